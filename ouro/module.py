@@ -1,0 +1,231 @@
+"""`OuroLM`: the LightningModule that trains a looped model with the LoopLM objective."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from ouro.config import OuroConfig
+from ouro.model import OuroForCausalLM, flops_per_token
+from ouro.objective import (
+    IGNORE_INDEX,
+    LoopLoss,
+    exit_distribution,
+    per_step_cross_entropy,
+    q_exit_cross_entropy,
+    stage1_loss,
+    stage2_gate_loss,
+)
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW settings (paper: β = (0.9, 0.95), weight decay 0.1, gradient clip 1.0 set on the Trainer)."""
+
+    lr: float = 3e-4
+    """Peak learning rate. LR-schedule callbacks scale it by tokens seen; without one it stays constant."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW β1, β2."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices (projections, embedding, LM head, gate weight); norms and biases get 0."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+
+
+class OuroLM(L.LightningModule):
+    """Looped language model + LoopLM objective + AdamW, for every stage of the Ouro pipeline.
+
+    Batches are dicts with ``input_ids`` (batch, seq), ``labels`` (batch, seq; -100 = not counted) and optionally
+    ``doc_ids`` (batch, seq) numbering the documents packed in each row (attention never crosses them).
+    """
+
+    def __init__(
+        self,
+        model: OuroConfig | None = None,
+        objective: Literal["stage1", "stage2"] = "stage1",
+        entropy_coef: float = 0.05,
+        gate_k: float = 50.0,
+        gate_gamma: float = 0.005,
+        optimizer: OptimizerConfig | None = None,
+        loss_chunk_size: int = 4096,
+        activation_checkpointing: bool = False,
+        attention_backend: Literal["auto", "sdpa", "flash"] = "auto",
+        q_exit_thresholds: list[float] | None = None,
+        compile: bool = False,
+    ) -> None:
+        """
+        Args:
+            model: Architecture (official config.json fields). Defaults to Ouro-1.4B.
+            objective: ``stage1``: LM and gate trained jointly on Σ_t p(t) L(t) - β H(p). ``stage2``: LM frozen,
+                only the exit gate learns from the loss improvements between steps (paper §3.4).
+            entropy_coef: β of Stage I (paper: 0.1 in the 8-step warmup stage, 0.05 afterwards).
+            gate_k: Slope k of the Stage II target w = sigmoid(k (I - γ)) (paper: 50).
+            gate_gamma: Threshold γ of the Stage II target (paper: 0.005).
+            optimizer: AdamW settings.
+            loss_chunk_size: Tokens per chunk of the LM-head cross-entropy; bounds the loss's memory.
+            activation_checkpointing: Recompute every layer call in backward (saves T x layers activations).
+            attention_backend: ``auto`` (flash-attn on CUDA when installed, else SDPA), ``sdpa`` or ``flash``.
+            q_exit_thresholds: Q-exit thresholds q whose loss and mean depth validation reports.
+            compile: ``torch.compile`` each decoder layer (worth it on GPU; 10-40 s of compile on CPU).
+        """
+        super().__init__()
+        self.config = model if model is not None else OuroConfig()
+        self.objective = objective
+        self.entropy_coef = entropy_coef
+        self.gate_k, self.gate_gamma = gate_k, gate_gamma
+        self.optim = optimizer if optimizer is not None else OptimizerConfig()
+        self.loss_chunk_size = loss_chunk_size
+        self.attention_backend = attention_backend
+        self.q_exit_thresholds = list(q_exit_thresholds if q_exit_thresholds is not None else (0.5, 0.7, 0.9, 1.0))
+        self.compile_layers = compile
+        self._check_args()
+        self.save_hyperparameters(dict(model=asdict(self.config), objective=objective, entropy_coef=entropy_coef,
+                                       gate_k=gate_k, gate_gamma=gate_gamma, optimizer=asdict(self.optim),
+                                       loss_chunk_size=loss_chunk_size, attention_backend=attention_backend,
+                                       activation_checkpointing=activation_checkpointing,
+                                       q_exit_thresholds=self.q_exit_thresholds, compile=compile))
+        self.net = OuroForCausalLM(self.config)
+        self.net.set_activation_checkpointing(activation_checkpointing)
+        if objective == "stage2":
+            self.freeze_language_model()
+        self.tokens_seen = 0
+        steps = self.config.total_ut_steps
+        self.val_ce = torch.nn.ModuleList(MeanMetric() for _ in range(steps))
+        self.val_loss = MeanMetric()
+        self.val_q_ce = torch.nn.ModuleList(MeanMetric() for _ in self.q_exit_thresholds)
+        self.val_q_depth = torch.nn.ModuleList(MeanMetric() for _ in self.q_exit_thresholds)
+        self.flops_per_batch = 0.0
+
+    def _check_args(self) -> None:
+        if self.entropy_coef < 0:
+            raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef}")
+        if self.loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}")
+        if self.objective == "stage2" and self.config.total_ut_steps < 2:
+            raise ValueError("objective 'stage2' needs model.total_ut_steps >= 2")
+        if any(not 0 < q <= 1 for q in self.q_exit_thresholds):
+            raise ValueError(f"q_exit_thresholds must lie in (0, 1], got {self.q_exit_thresholds}")
+        lr, (b1, b2) = self.optim.lr, self.optim.betas
+        if lr <= 0 or not (0 <= b1 < 1 and 0 <= b2 < 1) or self.optim.weight_decay < 0:
+            raise ValueError(f"optimizer settings are invalid: {self.optim}")
+
+    def freeze_language_model(self) -> None:
+        """Stage II: everything but ``model.early_exit_gate`` stops learning."""
+        for name, param in self.net.named_parameters():
+            param.requires_grad_(name.startswith("model.early_exit_gate."))
+
+    def configure_model(self) -> None:
+        if self.compile_layers:
+            for layer in self.net.model.layers:
+                layer.compile()
+
+    # ------------------------------------------------------------------------------------------------ step
+    def _flatten(self, batch: dict[str, torch.Tensor]):
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        if self.objective == "stage2":
+            with torch.no_grad():
+                out = self.net(input_ids, doc_ids=batch.get("doc_ids"))
+        else:
+            out = self.net(input_ids, doc_ids=batch.get("doc_ids"))
+        targets = labels.reshape(-1)
+        mask = targets != IGNORE_INDEX
+        hidden = [h.reshape(-1, h.shape[-1]) for h in out.hidden_states]
+        if self.objective == "stage2":
+            gate_logits = self.net.model.early_exit_gate(torch.stack(hidden, 1).detach()).squeeze(-1)
+        else:
+            gate_logits = out.gate_logits.reshape(-1, out.num_steps)
+        if not bool(mask.all()):  # e.g. SFT: only assistant tokens count, skip the rest before the LM head
+            keep = mask.nonzero().squeeze(1)
+            hidden = [h.index_select(0, keep) for h in hidden]
+            targets, gate_logits = targets.index_select(0, keep), gate_logits.index_select(0, keep)
+            mask = torch.ones_like(targets, dtype=torch.bool)
+        return hidden, targets, gate_logits, mask
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[LoopLoss, torch.Tensor, torch.Tensor]:
+        """The objective's loss for a batch, plus the per-token per-step cross-entropy and gate logits."""
+        hidden, targets, gate_logits, mask = self._flatten(batch)
+        if self.objective == "stage2":
+            with torch.no_grad():
+                ce = per_step_cross_entropy(hidden, self.net.lm_head.weight, targets, self.loss_chunk_size)
+            result = stage2_gate_loss(ce, gate_logits, mask, self.gate_k, self.gate_gamma)
+        else:
+            ce = per_step_cross_entropy(hidden, self.net.lm_head.weight, targets, self.loss_chunk_size)
+            result = stage1_loss(ce, gate_logits, mask, self.entropy_coef)
+        return result, ce, gate_logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        result, _, _ = self.compute_loss(batch)
+        tokens = batch["input_ids"].numel() * self.trainer.world_size
+        self.tokens_seen += tokens
+        self.flops_per_batch = flops_per_token(self.config, batch["input_ids"].shape[1]) * batch["input_ids"].numel()
+        self._log_loss("train", result, batch["input_ids"].shape[0])
+        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, sync_dist=False)
+        return result.loss
+
+    def _log_loss(self, split: str, result: LoopLoss, batch_size: int) -> None:
+        on_step = split == "train"
+        log = dict(on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
+        self.log(f"{split}/loss", result.loss.detach(), prog_bar=True, **log)
+        for t in range(result.ce_per_step.shape[0]):
+            self.log(f"{split}/ce_step{t + 1}", result.ce_per_step[t], **log)
+            self.log(f"{split}/exit_prob_step{t + 1}", result.exit_probs[t], **log)
+        self.log(f"{split}/expected_step", result.expected_step, prog_bar=on_step, **log)
+        self.log(f"{split}/exit_entropy", result.entropy, **log)
+
+    # ------------------------------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        result, ce, gate_logits = self.compute_loss(batch)
+        count = ce.shape[0]
+        self.val_loss.update(result.loss.detach(), weight=count)
+        for t, metric in enumerate(self.val_ce):
+            if t < ce.shape[1]:
+                metric.update(ce[:, t].mean(), weight=count)
+        probs = exit_distribution(gate_logits.detach())
+        mask = torch.ones(count, dtype=torch.bool, device=ce.device)
+        for q, ce_metric, depth_metric in zip(self.q_exit_thresholds, self.val_q_ce, self.val_q_depth):
+            q_ce, depth = q_exit_cross_entropy(ce, probs, mask, q)
+            ce_metric.update(q_ce, weight=count)
+            depth_metric.update(depth, weight=count)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_loss.update_count == 0:
+            return
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.val_loss.reset()
+        for t, metric in enumerate(self.val_ce):
+            ce = metric.compute()
+            self.log(f"val/ce_step{t + 1}", ce)
+            self.log(f"val/ppl_step{t + 1}", torch.exp(ce))
+            metric.reset()
+        for q, ce_metric, depth_metric in zip(self.q_exit_thresholds, self.val_q_ce, self.val_q_depth):
+            self.log(f"val/loss_q{q:g}", ce_metric.compute())
+            self.log(f"val/depth_q{q:g}", depth_metric.compute())
+            ce_metric.reset()
+            depth_metric.reset()
+
+    # ---------------------------------------------------------------------------------------- optimisation
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on matrices only: norms (1-D weights) and the gate bias get none."""
+        decay, no_decay = [], []
+        for param in self.net.parameters():
+            if param.requires_grad:
+                (decay if param.dim() >= 2 else no_decay).append(param)
+        groups = [dict(params=decay, weight_decay=self.optim.weight_decay),
+                  dict(params=no_decay, weight_decay=0.0)]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        fused = all(p.is_cuda for g in self.parameter_groups() for p in g["params"])
+        return torch.optim.AdamW(self.parameter_groups(), lr=self.optim.lr, betas=tuple(self.optim.betas),
+                                 eps=self.optim.eps, fused=fused or None)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ouro"] = {"tokens_seen": int(self.tokens_seen), "config": asdict(self.config)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = int(checkpoint.get("ouro", {}).get("tokens_seen", 0))

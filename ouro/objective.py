@@ -1,0 +1,192 @@
+"""The LoopLM training objective (paper §3; ../shared/OURO.md §3).
+
+Exit distribution (survival form), T steps, λ_t = sigmoid(gate logit after pass t):
+    p(t) = λ_t Π_{j<t} (1 - λ_j)  for t < T,     p(T) = Π_{j<T} (1 - λ_j).
+Stage I (pre-training, jointly with the LM), per token:  Σ_t p(t) L(t) - β H(p),  averaged over tokens.
+Stage II (gate only, LM frozen), with detached per-token losses:
+    I(t) = max(0, L(t-1) - L(t)),  w(t) = sigmoid(k (I(t) - γ)),
+    L_gate(t) = -mean_i [w log(1 - λ_t) + (1 - w) log λ_t],  L_gate = (1/T) Σ_{t=2..T} L_gate(t).
+Per-step cross-entropies come from `chunked_cross_entropy`, which never holds more than ``chunk_size`` rows of
+logits: memory grows with the chunk, not with T x tokens x vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------------------- exit distribution
+def exit_log_distribution(gate_logits: torch.Tensor) -> torch.Tensor:
+    """log p(t) over the last dimension (steps), computed stably from gate logits with log-sigmoids."""
+    log_exit = F.logsigmoid(gate_logits.float())         # log λ_t
+    log_stay = F.logsigmoid(-gate_logits.float())        # log (1 - λ_t)
+    survive = torch.cumsum(log_stay, dim=-1) - log_stay  # Σ_{j<t} log(1 - λ_j)
+    log_p = survive + log_exit
+    return torch.cat([log_p[..., :-1], survive[..., -1:]], dim=-1)  # the last step takes what is left
+
+
+def exit_distribution(gate_logits: torch.Tensor) -> torch.Tensor:
+    """p(t) over the last dimension (steps); sums to 1."""
+    return exit_log_distribution(gate_logits).exp()
+
+
+def q_exit_steps(exit_probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """0-based exit step per token: the first step whose CDF reaches ``threshold`` (q = 1 → the last step)."""
+    steps = exit_probs.shape[-1]
+    if threshold >= 1.0:
+        return torch.full(exit_probs.shape[:-1], steps - 1, dtype=torch.long, device=exit_probs.device)
+    reached = exit_probs.cumsum(-1) >= threshold
+    reached[..., -1] = True
+    return reached.float().argmax(-1)
+
+
+# ----------------------------------------------------------------------------------- chunked cross-entropy
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy of ``hidden @ weight.T`` computed ``chunk`` rows at a time.
+
+    Saves only its inputs and the per-row log-sum-exp; backward recomputes each chunk's logits, so peak extra
+    memory is O(chunk x vocab) in both directions. Matmuls run in ``compute_dtype``, softmax in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype):
+        w = weight.to(compute_dtype)
+        losses = torch.zeros(hidden.shape[0], device=hidden.device, dtype=torch.float32)
+        lse_all = torch.zeros_like(losses)
+        valid = targets != IGNORE_INDEX
+        safe_targets = targets.clamp(min=0)
+        for start in range(0, hidden.shape[0], chunk):
+            stop = start + chunk
+            logits = (hidden[start:stop].to(compute_dtype) @ w.T).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, safe_targets[start:stop, None]).squeeze(1)
+            losses[start:stop] = torch.where(valid[start:stop], lse - picked, 0.0)
+            lse_all[start:stop] = lse
+        ctx.save_for_backward(hidden, weight, targets, lse_all)
+        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        hidden, weight, targets, lse_all = ctx.saved_tensors
+        chunk, dtype = ctx.chunk, ctx.compute_dtype
+        w = weight.to(dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) \
+            if ctx.needs_input_grad[1] else None
+        valid = targets != IGNORE_INDEX
+        safe_targets = targets.clamp(min=0)
+        for start in range(0, hidden.shape[0], chunk):
+            stop = start + chunk
+            h = hidden[start:stop].to(dtype)
+            logits = (h @ w.T).float()
+            grad_logits = torch.exp(logits - lse_all[start:stop, None])
+            grad_logits.scatter_add_(1, safe_targets[start:stop, None],
+                                     torch.full_like(lse_all[start:stop, None], -1.0))
+            scale = torch.where(valid[start:stop], grad_losses[start:stop].float(), 0.0)
+            grad_logits = (grad_logits * scale[:, None]).to(dtype)
+            if grad_hidden is not None:
+                grad_hidden[start:stop] = (grad_logits @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += (grad_logits.T @ h).float()
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          chunk_size: int = 4096) -> torch.Tensor:
+    """Per-token cross-entropy (fp32, 0 where ``targets == -100``) of the logits ``hidden @ weight.T``.
+
+    ``hidden`` (tokens, hidden), ``weight`` (vocab, hidden) (the LM head), ``targets`` (tokens,). Under autocast
+    the matmuls use the autocast dtype, as the LM head itself would.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    with torch.autocast(device_type=device_type, enabled=False):
+        return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_size, dtype)
+
+
+def per_step_cross_entropy(hidden_states: list[torch.Tensor], lm_head_weight: torch.Tensor, targets: torch.Tensor,
+                           chunk_size: int = 4096) -> torch.Tensor:
+    """Cross-entropy of every step: (tokens, steps). ``hidden_states[t]`` is (tokens, hidden)."""
+    return torch.stack([chunked_cross_entropy(h, lm_head_weight, targets, chunk_size) for h in hidden_states], -1)
+
+
+# ------------------------------------------------------------------------------------------------- losses
+@dataclass
+class LoopLoss:
+    """A loss with the statistics worth logging; all statistics are detached means over counted tokens."""
+
+    loss: torch.Tensor
+    ce_per_step: torch.Tensor      # (steps,) mean cross-entropy of each step
+    exit_probs: torch.Tensor       # (steps,) mean p(t)
+    expected_step: torch.Tensor    # mean Σ_t t p(t), 1-based
+    entropy: torch.Tensor          # mean H(p)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens (dim 0) where mask is true; works for (tokens,) and (tokens, steps)."""
+    weights = mask.to(values.dtype)
+    if values.dim() > 1:
+        weights = weights[:, None]
+    return (values * weights).sum(0) / mask.sum().clamp(min=1)
+
+
+def _stats(ce: torch.Tensor, log_p: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    p = log_p.exp()
+    steps = torch.arange(1, p.shape[-1] + 1, device=p.device, dtype=p.dtype)
+    entropy = -(p * log_p).sum(-1)
+    return dict(ce_per_step=_masked_mean(ce, mask).detach(), exit_probs=_masked_mean(p, mask).detach(),
+                expected_step=_masked_mean((p * steps).sum(-1), mask).detach(),
+                entropy=_masked_mean(entropy, mask).detach())
+
+
+def stage1_loss(ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Tensor, beta: float) -> LoopLoss:
+    """Entropy-regularised expected loss: mean over tokens of ``Σ_t p(t) L(t) - β H(p)``.
+
+    ``ce`` (tokens, steps) per-step cross-entropy, ``gate_logits`` (tokens, steps), ``mask`` (tokens,) the
+    tokens that count.
+    """
+    log_p = exit_log_distribution(gate_logits)
+    p = log_p.exp()
+    entropy = -(p * log_p).sum(-1)
+    per_token = (p * ce).sum(-1) - beta * entropy
+    return LoopLoss(loss=_masked_mean(per_token, mask), **_stats(ce.detach(), log_p.detach(), mask))
+
+
+def stage2_gate_loss(ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Tensor, k: float = 50.0,
+                     gamma: float = 0.005) -> LoopLoss:
+    """Focused adaptive gate loss of Stage II; ``ce`` is detached here (only the gate learns).
+
+    For t = 2..T: I(t) = max(0, L(t-1) - L(t)), w(t) = sigmoid(k (I(t) - γ)) and the binary cross-entropy
+    ``-[w log(1 - λ_t) + (1 - w) log λ_t]`` averaged over tokens, then over the T - 1 steps.
+    """
+    ce = ce.detach().float()
+    steps = ce.shape[-1]
+    if steps < 2:
+        raise ValueError("Stage II gate training needs at least 2 recurrent steps")
+    improvement = (ce[:, :-1] - ce[:, 1:]).clamp(min=0)      # I(t), t = 2..T
+    target_continue = torch.sigmoid(k * (improvement - gamma))  # w(t)
+    z = gate_logits[:, 1:].float()
+    bce = -(target_continue * F.logsigmoid(-z) + (1 - target_continue) * F.logsigmoid(z))
+    loss = _masked_mean(bce, mask).mean()
+    return LoopLoss(loss=loss, **_stats(ce, exit_log_distribution(gate_logits.detach()), mask))
+
+
+def q_exit_cross_entropy(ce: torch.Tensor, exit_probs: torch.Tensor, mask: torch.Tensor, threshold: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and mean 1-based depth when every token exits by Q-exit at ``threshold``."""
+    steps = q_exit_steps(exit_probs, threshold)
+    chosen = ce.gather(-1, steps[:, None]).squeeze(-1)
+    return _masked_mean(chosen, mask), _masked_mean(steps.float() + 1, mask)

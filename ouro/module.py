@@ -45,12 +45,12 @@ class OuroLM(L.LightningModule):
 
     def __init__(
         self,
-        model: OuroConfig | None = None,
+        model: OuroConfig = OuroConfig(),  # noqa: B008 (jsonargparse reads dataclass defaults)
         objective: Literal["stage1", "stage2"] = "stage1",
         entropy_coef: float = 0.05,
         gate_k: float = 50.0,
         gate_gamma: float = 0.005,
-        optimizer: OptimizerConfig | None = None,
+        optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
         loss_chunk_size: int = 4096,
         activation_checkpointing: bool = False,
         attention_backend: Literal["auto", "sdpa", "flash"] = "auto",
@@ -73,11 +73,11 @@ class OuroLM(L.LightningModule):
             compile: ``torch.compile`` each decoder layer (worth it on GPU; 10-40 s of compile on CPU).
         """
         super().__init__()
-        self.config = model if model is not None else OuroConfig()
+        self.config = model
         self.objective = objective
         self.entropy_coef = entropy_coef
         self.gate_k, self.gate_gamma = gate_k, gate_gamma
-        self.optim = optimizer if optimizer is not None else OptimizerConfig()
+        self.optim = optimizer
         self.loss_chunk_size = loss_chunk_size
         self.attention_backend = attention_backend
         self.q_exit_thresholds = list(q_exit_thresholds if q_exit_thresholds is not None else (0.5, 0.7, 0.9, 1.0))

@@ -1,0 +1,67 @@
+"""The ``ouro`` command.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands (``--config`` files compose left to
+right, last wins; ``--print_config`` shows the resolved recipe). ``prepare``, ``export``, ``push``, ``generate``,
+``pipeline`` and ``plot`` are plain jsonargparse commands that are not Trainer methods.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _tool_commands() -> dict[str, tuple[str, str]]:
+    """name -> (module:function, one-line help). Imported lazily so ``ouro --help`` stays fast."""
+    return {
+        "prepare": ("ouro.data.prepare:prepare", "Tokenize text / JSONL / parquet / Hub data into litdata shards."),
+        "export": ("ouro.hub.export:export", "Export a run or checkpoint in the official Ouro Hub layout."),
+        "push": ("ouro.hub.push:push", "Upload an exported folder to the Hugging Face Hub."),
+        "generate": ("ouro.generation.cli:generate", "Generate text with early exit and KV sharing."),
+        "pipeline": ("ouro.pipeline:pipeline", "Run the stages of a pipeline file in order, resuming where it stopped."),
+        "plot": ("ouro.plot:plot", "Write PNG charts (per-step loss, exit distribution, LR) of a run."),
+    }
+
+
+def _load(target: str) -> Callable:
+    import importlib
+
+    module_name, function_name = target.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def _print_help() -> None:
+    print("usage: ouro {fit,validate,test,predict," + ",".join(_tool_commands()) + "} ...\n")
+    print("Train looped language models (Ouro / LoopLM) end to end.\n\nTrainer commands (LightningCLI):")
+    for name in TRAINER_COMMANDS:
+        print(f"  {name:<10} {name.capitalize()} a model from a recipe: ouro {name} --config recipes/<stage>.yaml")
+    print("\nTools:")
+    for name, (_, text) in _tool_commands().items():
+        print(f"  {name:<10} {text}")
+    print("\nRun `ouro COMMAND --help` for the options of a command.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        _print_help()
+        return
+    command = args[0]
+    tools = _tool_commands()
+    if command in tools:
+        from jsonargparse import auto_cli
+
+        auto_cli(_load(tools[command][0]), args=args[1:], as_positional=True)
+        return
+    if command not in TRAINER_COMMANDS:
+        print(f"ouro: unknown command {command!r}; run `ouro --help` for the list", file=sys.stderr)
+        raise SystemExit(2)
+    from ouro.trainer_cli import run_trainer_cli
+
+    run_trainer_cli(args)  # noqa: F841
+
+
+if __name__ == "__main__":
+    main()

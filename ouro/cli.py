@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     from ouro.trainer_cli import run_trainer_cli
 
-    run_trainer_cli(args)  # noqa: F841
+    run_trainer_cli(args)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,20 @@ def _print_help() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the ``ouro`` console script. Errors in user input end with one message and exit code 2
+    (set ``OURO_DEBUG=1`` for the traceback)."""
+    import os
+
+    try:
+        _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError) as error:
+        if os.environ.get("OURO_DEBUG"):
+            raise
+        print(f"ouro: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _dispatch(args: list[str]) -> None:
     if not args or args[0] in ("-h", "--help"):
         _print_help()
         return

@@ -56,6 +56,9 @@ class OuroLM(L.LightningModule):
         attention_backend: Literal["auto", "sdpa", "flash"] = "auto",
         q_exit_thresholds: list[float] | None = None,
         compile: bool = False,
+        init_from: str | None = None,
+        init_optimizer_state: bool = False,
+        upcycle: Literal["stack", "interleave"] = "stack",
     ) -> None:
         """
         Args:
@@ -71,6 +74,13 @@ class OuroLM(L.LightningModule):
             attention_backend: ``auto`` (flash-attn on CUDA when installed, else SDPA), ``sdpa`` or ``flash``.
             q_exit_thresholds: Q-exit thresholds q whose loss and mean depth validation reports.
             compile: ``torch.compile`` each decoder layer (worth it on GPU; 10-40 s of compile on CPU).
+            init_from: Where a new stage's weights come from: a previous stage's run directory or ``.ckpt``, an
+                exported official-format folder, or a Hub repo id (``ByteDance/Ouro-1.4B``). Ignored when the
+                stage resumes its own run directory. None: random initialisation.
+            init_optimizer_state: Also take the AdamW state of ``init_from`` (a Lightning checkpoint with the same
+                layer count); the data-loader state is never taken.
+            upcycle: How a deeper stack is filled from a shallower ``init_from``: ``stack`` repeats the whole block
+                (0..n-1, 0..n-1), ``interleave`` repeats each layer in place (0, 0, 1, 1, ...).
         """
         super().__init__()
         self.config = model
@@ -82,17 +92,30 @@ class OuroLM(L.LightningModule):
         self.attention_backend = attention_backend
         self.q_exit_thresholds = list(q_exit_thresholds if q_exit_thresholds is not None else (0.5, 0.7, 0.9, 1.0))
         self.compile_layers = compile
+        self.init_from, self.init_optimizer_state, self.upcycle = init_from, init_optimizer_state, upcycle
         self._check_args()
         self.save_hyperparameters(dict(model=asdict(self.config), objective=objective, entropy_coef=entropy_coef,
                                        gate_k=gate_k, gate_gamma=gate_gamma, optimizer=asdict(self.optim),
                                        loss_chunk_size=loss_chunk_size, attention_backend=attention_backend,
                                        activation_checkpointing=activation_checkpointing,
-                                       q_exit_thresholds=self.q_exit_thresholds, compile=compile))
+                                       q_exit_thresholds=self.q_exit_thresholds, compile=compile,
+                                       init_from=init_from, init_optimizer_state=init_optimizer_state,
+                                       upcycle=upcycle))
         self.net = OuroForCausalLM(self.config)
         self.net.set_activation_checkpointing(activation_checkpointing)
         if objective == "stage2":
             self.freeze_language_model()
         self.tokens_seen = 0
+        #: Set by the CLI: True when this fit resumes its own run directory (then ``init_from`` is not applied).
+        self.resuming = False
+        #: Name and recipe of this stage, and the stages before it (recorded in checkpoints and model cards).
+        self.stage_name: str | None = None
+        self.recipe: str | None = None
+        self.provenance: list[dict[str, Any]] = []
+        #: Learning rate the ``init_from`` checkpoint ended with (annealing stages may start from it).
+        self.previous_stage_final_lr: float | None = None
+        self.tokenizer_path: str | None = None
+        self._pending_optimizer_state: dict[str, Any] | None = None
         steps = self.config.total_ut_steps
         self.val_ce = torch.nn.ModuleList(MeanMetric() for _ in range(steps))
         self.val_loss = MeanMetric()
@@ -117,6 +140,51 @@ class OuroLM(L.LightningModule):
         """Stage II: everything but ``model.early_exit_gate`` stops learning."""
         for name, param in self.net.named_parameters():
             param.requires_grad_(name.startswith("model.early_exit_gate."))
+
+    # --------------------------------------------------------------------------------------- stage start
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.init_from and not self.resuming:
+            self.initialize_from(self.init_from)
+
+    def initialize_from(self, source: str) -> None:
+        """Load a new stage's starting weights (upcycling a shallower stack) from ``source``."""
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from ouro.stages import describe_transition, load_source, transfer_state
+
+        loaded = load_source(source, with_optimizer=self.init_optimizer_state)
+        state = transfer_state(loaded, self.config, self.upcycle)
+        self.net.load_state_dict(state, strict=True)
+        if self.objective == "stage2":
+            self.freeze_language_model()
+        changes = describe_transition(loaded.config, self.config)
+        rank_zero_info(f"ouro: initialised from {loaded.path} ({loaded.tokens_seen:,} tokens)"
+                       + (f"; changes: {', '.join(changes)}" if changes else ""))
+        self.previous_stage_final_lr = loaded.final_lr
+        self.provenance = loaded.provenance
+        self.tokenizer_path = self.tokenizer_path or loaded.tokenizer_path
+        if loaded.config.num_hidden_layers != self.config.num_hidden_layers:
+            # Kept (outside the module tree) until the first validation reports old vs upcycled loss.
+            reference = OuroForCausalLM(loaded.config)
+            reference.load_state_dict(loaded.state_dict)
+            self.__dict__["_upcycle_reference"] = reference.eval().requires_grad_(False)
+        if self.init_optimizer_state:
+            if loaded.optimizer_state is None:
+                raise ValueError(f"init_optimizer_state is true but {loaded.path} holds no optimizer state; "
+                                 "set model.init_optimizer_state: false")
+            if loaded.config.num_hidden_layers != self.config.num_hidden_layers or self.objective == "stage2":
+                raise ValueError("init_optimizer_state needs the same layer count and objective as init_from "
+                                 "(the AdamW moments follow the parameters); set model.init_optimizer_state: false")
+            self._pending_optimizer_state = loaded.optimizer_state
+
+    def on_fit_start(self) -> None:
+        if self._pending_optimizer_state is not None:
+            self.trainer.optimizers[0].load_state_dict(self._pending_optimizer_state)
+            self._pending_optimizer_state = None
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.tokenizer_path = getattr(datamodule, "tokenizer_path", None) or self.tokenizer_path
+        if self.tokenizer_path is not None:
+            self.tokenizer_path = str(self.tokenizer_path)
 
     def configure_model(self) -> None:
         if self.compile_layers:
@@ -179,6 +247,8 @@ class OuroLM(L.LightningModule):
     # ------------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         result, ce, gate_logits = self.compute_loss(batch)
+        if self.__dict__.get("_upcycle_reference") is not None:
+            self._update_upcycle_reference(batch)
         count = ce.shape[0]
         self.val_loss.update(result.loss.detach(), weight=count)
         for t, metric in enumerate(self.val_ce):
@@ -191,9 +261,32 @@ class OuroLM(L.LightningModule):
             ce_metric.update(q_ce, weight=count)
             depth_metric.update(depth, weight=count)
 
+    def _update_upcycle_reference(self, batch: dict[str, torch.Tensor]) -> None:
+        """Last-step cross-entropy of the pre-upcycling model on the same validation batch."""
+        reference = self.__dict__["_upcycle_reference"].to(self.device)
+        out = reference(batch["input_ids"], doc_ids=batch.get("doc_ids"))
+        targets = batch["labels"].reshape(-1)
+        hidden = out.hidden_states[-1].reshape(-1, out.hidden_states[-1].shape[-1])
+        ce = per_step_cross_entropy([hidden], reference.lm_head.weight, targets, self.loss_chunk_size)[:, 0]
+        mask = targets != IGNORE_INDEX
+        if not hasattr(self, "_upcycle_metric"):
+            self._upcycle_metric = MeanMetric().to(self.device)
+        self._upcycle_metric.update(ce[mask].mean(), weight=int(mask.sum()))
+
     def on_validation_epoch_end(self) -> None:
         if self.val_loss.update_count == 0:
             return
+        if self.__dict__.get("_upcycle_reference") is not None and hasattr(self, "_upcycle_metric"):
+            source_ce = self._upcycle_metric.compute()
+            new_ce = self.val_ce[-1].compute()
+            self.log("val/upcycle_source_ce_last", source_ce)
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(f"ouro: after upcycling, last-step validation CE {float(new_ce):.4f} "
+                           f"(source model: {float(source_ce):.4f})")
+            if not self.trainer.sanity_checking:
+                self.__dict__["_upcycle_reference"] = None
+            self._upcycle_metric.reset()
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
         self.val_loss.reset()
         for t, metric in enumerate(self.val_ce):
@@ -224,8 +317,25 @@ class OuroLM(L.LightningModule):
                                  eps=self.optim.eps, fused=fused or None)
 
     # ---------------------------------------------------------------------------------------- checkpoints
+    def stage_record(self) -> dict[str, Any]:
+        """This stage's provenance entry: name, recipe, tokens and the latest validation metrics."""
+        metrics = {}
+        if self._trainer is not None:
+            metrics = {k: round(float(v), 6) for k, v in self.trainer.callback_metrics.items()
+                       if k.startswith("val/") and v.numel() == 1}
+        return {"stage": self.stage_name, "recipe": self.recipe, "tokens": int(self.tokens_seen),
+                "objective": self.objective, "total_ut_steps": self.config.total_ut_steps,
+                "num_hidden_layers": self.config.num_hidden_layers, "rope_theta": self.config.rope_theta,
+                "metrics": metrics}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ouro"] = {"tokens_seen": int(self.tokens_seen), "config": asdict(self.config)}
+        checkpoint["ouro"] = {"tokens_seen": int(self.tokens_seen), "config": asdict(self.config),
+                              "provenance": [*self.provenance, self.stage_record()],
+                              "previous_provenance": list(self.provenance),
+                              "tokenizer_path": self.tokenizer_path}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.tokens_seen = int(checkpoint.get("ouro", {}).get("tokens_seen", 0))
+        meta = checkpoint.get("ouro", {})
+        self.tokens_seen = int(meta.get("tokens_seen", 0))
+        self.provenance = list(meta.get("previous_provenance", []))
+        self.tokenizer_path = meta.get("tokenizer_path") or self.tokenizer_path

@@ -1,0 +1,179 @@
+"""Stage initialisation: where a stage's weights come from, and the transforms between stages.
+
+A stage either resumes its own run directory (handled by the CLI through ``ckpt_path``) or starts from
+``init_from``: a previous stage's run directory or Lightning checkpoint, an exported official-format folder, or a
+Hub repo id such as ``ByteDance/Ouro-1.4B``. It takes the weights (and optionally the optimiser state), never the
+data-loader state. Architecture changes between stages are read off the two configs: a new loop count, RoPE base
+or sequence length needs no weight change; a deeper stack is upcycled by layer duplication.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ouro.config import OuroConfig
+
+UpcycleMethod = Literal["stack", "interleave"]
+#: Config fields that must agree between a source and a stage for weights to transfer.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+
+
+class StageInitError(ValueError):
+    """The stage cannot be initialised from its ``init_from``; the message says what to run or change."""
+
+
+@dataclass
+class SourceWeights:
+    """Everything a stage may take over from where it starts."""
+
+    config: OuroConfig
+    state_dict: dict[str, torch.Tensor]
+    path: str
+    optimizer_state: dict[str, Any] | None = None
+    final_lr: float | None = None
+    tokens_seen: int = 0
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+    tokenizer_path: str | None = None
+
+
+# -------------------------------------------------------------------------------------------------- finding
+def find_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint a run directory resumes from: ``checkpoints/last.ckpt``, else the newest ``*.ckpt``."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    last = folder / "last.ckpt"
+    if last.is_file():
+        return last
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return candidates[-1] if candidates else None
+
+
+def producing_recipe(path: str | Path, recipes_dir: str | Path = "recipes") -> str | None:
+    """The recipe whose ``default_root_dir`` is ``path`` (to tell users what to run), if any."""
+    target = Path(path).as_posix().rstrip("/")
+    for recipe in sorted(Path(recipes_dir).rglob("*.yaml")):
+        text = recipe.read_text(errors="ignore")
+        match = re.search(r"^\s*default_root_dir:\s*['\"]?([^'\"\s#]+)", text, flags=re.MULTILINE)
+        if match and match.group(1).rstrip("/") == target:
+            return recipe.as_posix()
+    return None
+
+
+def _missing_source_error(source: str) -> StageInitError:
+    recipe = producing_recipe(source)
+    hint = (f"it is produced by {recipe}: run `ouro fit --config {recipe}` (or the pipeline that contains it) first"
+            if recipe else "point init_from at a run directory, a .ckpt file, an exported folder or a Hub repo id")
+    return StageInitError(f"init_from {source!r} does not exist; {hint}")
+
+
+def load_source(source: str | Path, with_optimizer: bool = False) -> SourceWeights:
+    """Read the weights a stage starts from (see module docstring for the accepted forms)."""
+    path = Path(source).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        checkpoint = find_checkpoint(path)
+        if checkpoint is None:
+            raise StageInitError(f"init_from {str(source)!r} is a folder without checkpoints/*.ckpt or config.json: "
+                                 "the stage that writes it has not saved a checkpoint yet; run or finish it first")
+        return _load_lightning_checkpoint(checkpoint, with_optimizer)
+    if path.is_file():
+        return _load_lightning_checkpoint(path, with_optimizer)
+    if path.is_dir() or (not path.exists() and str(source).count("/") == 1 and not str(source).startswith(".")):
+        return _load_exported(str(source))
+    raise _missing_source_error(str(source))
+
+
+def _load_lightning_checkpoint(path: Path, with_optimizer: bool) -> SourceWeights:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    meta = checkpoint.get("ouro")
+    if meta is None or "state_dict" not in checkpoint:
+        raise StageInitError(f"{path} is not a checkpoint written by `ouro fit` (no 'ouro' section)")
+    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+    optimizer_states = checkpoint.get("optimizer_states") or []
+    final_lr = None
+    if optimizer_states:
+        groups = optimizer_states[0].get("param_groups", [])
+        final_lr = float(groups[0]["lr"]) if groups else None
+    return SourceWeights(
+        config=OuroConfig(**meta["config"]),
+        state_dict=state, path=str(path),
+        optimizer_state=optimizer_states[0] if (with_optimizer and optimizer_states) else None,
+        final_lr=final_lr, tokens_seen=int(meta.get("tokens_seen", 0)),
+        provenance=list(meta.get("provenance", [])), tokenizer_path=meta.get("tokenizer_path"))
+
+
+def _load_exported(source: str) -> SourceWeights:
+    import json
+
+    from ouro.model.weights import read_state_dict, resolve_model_dir
+
+    try:
+        directory = resolve_model_dir(source)
+    except FileNotFoundError:
+        raise _missing_source_error(source) from None
+    config = OuroConfig.load(directory)
+    provenance = []
+    card = directory / "ouro_provenance.json"
+    if card.is_file():
+        provenance = json.loads(card.read_text())
+    tokenizer = str(directory) if (directory / "tokenizer.json").is_file() else None
+    return SourceWeights(config=config, state_dict=read_state_dict(directory), path=str(directory),
+                         provenance=provenance, tokenizer_path=tokenizer)
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+def upcycle_layer_map(source_layers: int, target_layers: int, method: UpcycleMethod = "stack") -> list[int]:
+    """For each target layer, the source layer it copies.
+
+    ``stack``: the whole block repeated (0..n-1, 0..n-1, ...); ``interleave``: each layer repeated in place
+    (0, 0, 1, 1, ...). One pass of a stacked model is close to, not equal to, several passes of the source: the
+    final norm that ends every source pass is skipped between the copies.
+    """
+    if target_layers % source_layers:
+        raise StageInitError(f"model.num_hidden_layers ({target_layers}) must be a multiple of the source's "
+                             f"{source_layers} layers to upcycle by duplication")
+    factor = target_layers // source_layers
+    if method == "stack":
+        return [i % source_layers for i in range(target_layers)]
+    if method == "interleave":
+        return [i // factor for i in range(target_layers)]
+    raise StageInitError(f"upcycle must be 'stack' or 'interleave', got {method!r}")
+
+
+def transfer_state(source: SourceWeights, target: OuroConfig, upcycle: UpcycleMethod = "stack"
+                   ) -> dict[str, torch.Tensor]:
+    """The source weights rearranged for ``target``'s layer count; shape fields must agree."""
+    for name in SHAPE_FIELDS:
+        ours, theirs = getattr(target, name), getattr(source.config, name)
+        if ours != theirs:
+            raise StageInitError(f"model.{name} is {ours} but init_from {source.path} has {theirs}; weights cannot "
+                                 f"transfer — set model.{name}: {theirs} in the recipe")
+    layer_map = upcycle_layer_map(source.config.num_hidden_layers, target.num_hidden_layers, upcycle)
+    state: dict[str, torch.Tensor] = {}
+    pattern = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+    by_layer: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in source.state_dict.items():
+        match = pattern.match(key)
+        if match:
+            by_layer.setdefault(int(match.group(1)), {})[match.group(2)] = value
+        else:
+            state[key] = value
+    for new_index, old_index in enumerate(layer_map):
+        for suffix, value in by_layer[old_index].items():
+            state[f"model.layers.{new_index}.{suffix}"] = value.clone() if layer_map.count(old_index) > 1 else value
+    return state
+
+
+def describe_transition(source: OuroConfig, target: OuroConfig) -> list[str]:
+    """Human-readable changes between two stages' architectures (logged at stage start)."""
+    changes = []
+    for name in ("num_hidden_layers", "total_ut_steps", "rope_theta", "max_position_embeddings"):
+        before, after = getattr(source, name), getattr(target, name)
+        if before != after:
+            changes.append(f"{name}: {before} -> {after}")
+    return changes

@@ -83,11 +83,11 @@ class OuroLM(L.LightningModule):
                 (0..n-1, 0..n-1), ``interleave`` repeats each layer in place (0, 0, 1, 1, ...).
         """
         super().__init__()
-        self.config = model
+        self.config = model if model is not None else OuroConfig()
         self.objective = objective
         self.entropy_coef = entropy_coef
         self.gate_k, self.gate_gamma = gate_k, gate_gamma
-        self.optim = optimizer
+        self.optim = optimizer if optimizer is not None else OptimizerConfig()
         self.loss_chunk_size = loss_chunk_size
         self.attention_backend = attention_backend
         self.q_exit_thresholds = list(q_exit_thresholds if q_exit_thresholds is not None else (0.5, 0.7, 0.9, 1.0))

@@ -83,9 +83,16 @@ def load_source(source: str | Path, with_optimizer: bool = False) -> SourceWeigh
         return _load_lightning_checkpoint(checkpoint, with_optimizer)
     if path.is_file():
         return _load_lightning_checkpoint(path, with_optimizer)
-    if path.is_dir() or (not path.exists() and str(source).count("/") == 1 and not str(source).startswith(".")):
+    if path.is_dir() or _looks_like_repo_id(str(source)):
         return _load_exported(str(source))
     raise _missing_source_error(str(source))
+
+
+def _looks_like_repo_id(source: str) -> bool:
+    """ORG/NAME that is not a local path: no local parent folder, and no recipe writes it."""
+    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+        return False
+    return not Path(source.split("/")[0]).is_dir() and producing_recipe(source) is None
 
 
 def _load_lightning_checkpoint(path: Path, with_optimizer: bool) -> SourceWeights:

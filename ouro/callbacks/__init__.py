@@ -1,0 +1,16 @@
+"""Token-driven training callbacks: LR schedule, batch ramp, long context, loop/β schedule, budget, metrics.
+
+Every schedule is a function of ``pl_module.tokens_seen`` (restored from the checkpoint) and every callback
+saves its state under its class name, so a resumed stage continues exactly.
+"""
+
+from ouro.callbacks.batch_ramp import BatchSizeRamp
+from ouro.callbacks.long_context import LongContextSchedule
+from ouro.callbacks.loop_metrics import LoopMetrics
+from ouro.callbacks.loop_schedule import LoopSchedule
+from ouro.callbacks.lr_schedule import WarmupStableDecay, final_lr_from_checkpoint
+from ouro.callbacks.throughput import Throughput
+from ouro.callbacks.token_budget import STAGE_COMPLETE, TokenBudget, read_stage_complete
+
+__all__ = ["STAGE_COMPLETE", "BatchSizeRamp", "LongContextSchedule", "LoopMetrics", "LoopSchedule", "Throughput",
+           "TokenBudget", "WarmupStableDecay", "final_lr_from_checkpoint", "read_stage_complete"]

@@ -1,0 +1,113 @@
+"""Token budget: stop a stage at N tokens, checkpoint it and mark it complete for the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from ouro.callbacks.schedule import check_token_count, tokens_seen
+
+#: Marker file written in the run directory when a stage has trained its whole budget.
+STAGE_COMPLETE = "stage_complete.json"
+
+
+def read_stage_complete(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The completion record of a stage's run directory, or None while the stage is unfinished."""
+    path = Path(run_dir) / STAGE_COMPLETE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+class TokenBudget(L.Callback):
+    """Stop training after ``max_tokens`` tokens (at the end of that optimizer step), save a checkpoint and write
+    ``stage_complete.json`` in the run directory (``trainer.default_root_dir``) with tokens, steps and time.
+
+    The marker is written only after the checkpoint is on disk (atomically), so an interrupted stage never looks
+    finished. A run resumed past its budget stops before training another step.
+    """
+
+    def __init__(self, max_tokens: int, checkpoint_name: str = "final.ckpt", dirpath: str | None = None) -> None:
+        """
+        Args:
+            max_tokens: Tokens (all ranks) the stage trains on.
+            checkpoint_name: File name of the checkpoint saved when the budget is reached.
+            dirpath: Folder of that checkpoint. None: the ModelCheckpoint callback's folder, else
+                ``<run dir>/checkpoints``.
+        """
+        self.max_tokens = check_token_count(type(self).__name__, "max_tokens", max_tokens, 1)
+        if not checkpoint_name or "/" in checkpoint_name or not checkpoint_name.endswith(".ckpt"):
+            raise ValueError(f"TokenBudget: checkpoint_name must be a file name ending in .ckpt, got {checkpoint_name!r}")
+        self.checkpoint_name = checkpoint_name
+        self.dirpath = dirpath
+        self.elapsed_s = 0.0  # training time over every session of this stage
+        self._session_start: float | None = None
+        self._step_before: int | None = None
+        self.completed = False
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__
+
+    def checkpoint_path(self, trainer: L.Trainer) -> Path:
+        if self.dirpath is not None:
+            return Path(self.dirpath) / self.checkpoint_name
+        for callback in trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                return Path(callback.dirpath) / self.checkpoint_name
+        return Path(trainer.default_root_dir) / "checkpoints" / self.checkpoint_name
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._session_start = time.monotonic()
+        if tokens_seen(pl_module) >= self.max_tokens:
+            rank_zero_info(f"TokenBudget: {tokens_seen(pl_module)} tokens already trained (budget "
+                           f"{self.max_tokens}); finishing the stage without training")
+            self._finish(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._step_before = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stepped = self._step_before is not None and trainer.global_step > self._step_before
+        if stepped and not self.completed and tokens_seen(pl_module) >= self.max_tokens:
+            self._finish(trainer, pl_module)
+
+    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.completed = True
+        trainer.should_stop = True
+        self._update_elapsed()
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            record = {"tokens": tokens_seen(pl_module), "max_tokens": self.max_tokens,
+                      "global_step": trainer.global_step, "train_seconds": round(self.elapsed_s, 3),
+                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "checkpoint": str(path)}
+            run_dir = Path(trainer.default_root_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_dir / (STAGE_COMPLETE + ".tmp")
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(tmp, run_dir / STAGE_COMPLETE)
+            rank_zero_info(f"TokenBudget: stage complete at {record['tokens']} tokens; checkpoint {path}")
+        trainer.strategy.barrier("TokenBudget")
+
+    def _update_elapsed(self) -> None:
+        if self._session_start is not None:
+            now = time.monotonic()
+            self.elapsed_s += now - self._session_start
+            self._session_start = now
+
+    def state_dict(self) -> dict[str, Any]:
+        self._update_elapsed()
+        return {"elapsed_s": self.elapsed_s, "max_tokens": self.max_tokens}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.elapsed_s = float(state_dict.get("elapsed_s", 0.0))

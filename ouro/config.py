@@ -119,11 +119,10 @@ class OuroConfig:
             raise ConfigError(f"rope_scaling {self.rope_scaling!r} is not supported; set it to null")
         if self.use_sliding_window:
             raise ConfigError("use_sliding_window must be false: Ouro uses full attention in every layer")
-        if len(self.layer_types) != self.num_hidden_layers:
-            raise ConfigError(f"layer_types has {len(self.layer_types)} entries but num_hidden_layers is "
-                              f"{self.num_hidden_layers}; remove layer_types to have it filled in")
         if any(t != "full_attention" for t in self.layer_types):
-            raise ConfigError("layer_types must all be 'full_attention'")
+            raise ConfigError("layer_types must all be 'full_attention' (Ouro has no sliding-window layers)")
+        if len(self.layer_types) != self.num_hidden_layers:  # follows the layer count (only one value is valid)
+            self.layer_types = ["full_attention"] * self.num_hidden_layers
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ConfigError(f"attention_dropout must lie in [0, 1), got {self.attention_dropout}")
 

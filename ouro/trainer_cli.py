@@ -37,10 +37,10 @@ class OuroCLI(LightningCLI):
             config["logger"] = default_loggers(root)
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        if not any(isinstance(c, ModelCheckpoint) for c in callbacks) and config.get("enable_checkpointing", True):
+        if not any(isinstance(c, ModelCheckpoint) for c in callbacks) and config.get("enable_checkpointing") is not False:
             every = self._get(self.config_init, "checkpoint_every_n_steps", default=None)
             callbacks.append(default_checkpoint(root, every))
-        if config.get("enable_checkpointing", True):
+        if config.get("enable_checkpointing") is not False:
             callbacks.append(FinalCheckpoint())
         config["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
@@ -71,5 +71,5 @@ def run_trainer_cli(args: list[str]) -> OuroCLI:
         save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
-        args=args,
+        args=None if args == sys.argv[1:] else args,
     )

@@ -98,7 +98,6 @@ def test_missing_init_from_names_the_recipe_that_produces_it(tmp_path, monkeypat
 
 def _fit_tiny(tmp_path: Path, module: OuroLM, steps: int, name: str):
     import lightning as L
-
     from toy_data import ToyDataModule
 
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,

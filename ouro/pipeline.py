@@ -71,11 +71,11 @@ def load_pipeline(path: str | Path) -> list[Stage]:
     if not path.is_file():
         raise PipelineError(f"pipeline file {path} does not exist (see recipes/pipelines/ for examples)")
     spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list) or not spec["stages"]:
-        raise PipelineError(f"{path}: expected a mapping with a non-empty 'stages' list")
-    unknown = set(spec) - {"run_root", "stages"}
+    unknown = set(spec) - {"run_root", "stages"} if isinstance(spec, dict) else set()
     if unknown:
         raise PipelineError(f"{path}: unknown keys {sorted(unknown)}; allowed: run_root, stages")
+    if not isinstance(spec, dict) or not isinstance(spec.get("stages"), list) or not spec["stages"]:
+        raise PipelineError(f"{path}: expected a mapping with a non-empty 'stages' list")
     run_root = spec.get("run_root")
     stages: list[Stage] = []
     by_name: dict[str, Stage] = {}

@@ -10,7 +10,7 @@ from ouro.callbacks.loop_metrics import LoopMetrics
 from ouro.callbacks.loop_schedule import LoopSchedule
 from ouro.callbacks.lr_schedule import WarmupStableDecay, final_lr_from_checkpoint
 from ouro.callbacks.throughput import Throughput
-from ouro.callbacks.token_budget import STAGE_COMPLETE, TokenBudget, read_stage_complete
+from ouro.callbacks.token_budget import TokenBudget
 
-__all__ = ["STAGE_COMPLETE", "BatchSizeRamp", "LongContextSchedule", "LoopMetrics", "LoopSchedule", "Throughput",
-           "TokenBudget", "WarmupStableDecay", "final_lr_from_checkpoint", "read_stage_complete"]
+__all__ = ["BatchSizeRamp", "LongContextSchedule", "LoopMetrics", "LoopSchedule", "Throughput",
+           "TokenBudget", "WarmupStableDecay", "final_lr_from_checkpoint"]

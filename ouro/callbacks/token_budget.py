@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,17 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from ouro.callbacks.schedule import check_token_count, tokens_seen
-
-#: Marker file written in the run directory when a stage has trained its whole budget.
-STAGE_COMPLETE = "stage_complete.json"
-
-
-def read_stage_complete(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The completion record of a stage's run directory, or None while the stage is unfinished."""
-    path = Path(run_dir) / STAGE_COMPLETE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+from ouro.run_dir import mark_complete
 
 
 class TokenBudget(L.Callback):
@@ -34,7 +22,7 @@ class TokenBudget(L.Callback):
     finished. A run resumed past its budget stops before training another step.
     """
 
-    def __init__(self, max_tokens: int, checkpoint_name: str = "final.ckpt", dirpath: str | None = None) -> None:
+    def __init__(self, max_tokens: int, checkpoint_name: str = "last.ckpt", dirpath: str | None = None) -> None:
         """
         Args:
             max_tokens: Tokens (all ranks) the stage trains on.
@@ -90,12 +78,9 @@ class TokenBudget(L.Callback):
         if trainer.is_global_zero:
             record = {"tokens": tokens_seen(pl_module), "max_tokens": self.max_tokens,
                       "global_step": trainer.global_step, "train_seconds": round(self.elapsed_s, 3),
-                      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "checkpoint": str(path)}
-            run_dir = Path(trainer.default_root_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = run_dir / (STAGE_COMPLETE + ".tmp")
-            tmp.write_text(json.dumps(record, indent=2) + "\n")
-            os.replace(tmp, run_dir / STAGE_COMPLETE)
+                      "checkpoint": str(path)}
+            Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
+            mark_complete(trainer.default_root_dir, record)
             rank_zero_info(f"TokenBudget: stage complete at {record['tokens']} tokens; checkpoint {path}")
         trainer.strategy.barrier("TokenBudget")
 

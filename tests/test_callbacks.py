@@ -1,0 +1,384 @@
+"""Token-driven callbacks in a real Lightning Trainer on CPU: values at chosen token counts, exact resume, errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from ouro import OuroConfig
+from ouro.callbacks import (
+    BatchSizeRamp,
+    LongContextSchedule,
+    LoopMetrics,
+    LoopSchedule,
+    Throughput,
+    TokenBudget,
+    WarmupStableDecay,
+    final_lr_from_checkpoint,
+)
+from ouro.callbacks.long_context import split_rows
+from ouro.callbacks.loop_metrics import loop_table
+from ouro.model import flops_per_token
+from ouro.module import OptimizerConfig, OuroLM
+
+torch.set_num_threads(1)
+
+BATCH, SEQ = 2, 16
+MICRO = BATCH * SEQ  # tokens per micro-batch on one device
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+class _Blocks(Dataset):
+    """``rows`` token rows repeating with a period of ``period`` rows (random, fixed seed), following the batch
+    contract; two documents in every odd row."""
+
+    def __init__(self, rows: int, period: int, seq_len: int, vocab: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.blocks = torch.randint(1, vocab, (period, seq_len + 1), generator=g)
+        self.rows, self.seq_len = rows, seq_len
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        block = self.blocks[i % len(self.blocks)]
+        doc_ids = (torch.arange(self.seq_len) >= self.seq_len // 2).long() * (i % 2)
+        return {"input_ids": block[:-1], "labels": block[1:], "doc_ids": doc_ids}
+
+
+class TinyData(L.LightningDataModule):
+    """Unshuffled rows of ``seq_len`` tokens that repeat every ``period`` rows.
+
+    A map-style loader restarts at row 0 when Lightning resumes mid-epoch; checkpointing after a whole number of
+    periods makes the resumed run see the same rows as the uninterrupted one.
+    """
+
+    def __init__(self, rows: int = 400, period: int = 400, seq_len: int = SEQ, batch_size: int = BATCH) -> None:
+        super().__init__()
+        self.rows, self.period, self.seq_len, self.batch_size = rows, period, seq_len, batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Blocks(self.rows, self.period, self.seq_len, 512, 0), batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Blocks(4, 4, self.seq_len, 512, 1), batch_size=self.batch_size)
+
+
+class Recorder(L.Callback):
+    """Per optimizer step: tokens, LR, β, T, RoPE base, micro-batches in the step, loss; row length per batch."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+        self.shapes: list[tuple[int, int]] = []
+        self._micro = 0
+        self._losses: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.shapes.append(tuple(batch["input_ids"].shape))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._micro += 1
+        self._losses.append(float(outputs["loss"]))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.steps.append(dict(tokens=pl_module.tokens_seen, lr=optimizer.param_groups[0]["lr"],
+                               beta=pl_module.entropy_coef, T=pl_module.config.total_ut_steps,
+                               theta=pl_module.config.rope_theta, micro=self._micro + 1,
+                               accumulate=trainer.accumulate_grad_batches))
+        self._micro = -1  # the step's last micro-batch ends after this hook
+
+    def losses(self) -> list[float]:
+        return self._losses
+
+
+def tiny_module(**kwargs) -> OuroLM:
+    config = OuroConfig.preset("tiny", total_ut_steps=kwargs.pop("total_ut_steps", 3))
+    kwargs.setdefault("optimizer", OptimizerConfig(lr=3e-3))
+    return OuroLM(model=config, **kwargs)
+
+
+def fit(root: Path, callbacks: list, max_steps: int, module: OuroLM | None = None, data: TinyData | None = None,
+        ckpt_path: str | None = None, **trainer_kwargs) -> tuple[L.Trainer, OuroLM, Recorder]:
+    torch.manual_seed(0)
+    module = module or tiny_module()
+    recorder = Recorder()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, default_root_dir=root,
+                        logger=trainer_kwargs.pop("logger", False), enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=trainer_kwargs.pop("limit_val_batches", 0),
+                        callbacks=[*callbacks, recorder],
+                        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+                        **trainer_kwargs)
+    trainer.fit(module, datamodule=data or TinyData(), ckpt_path=ckpt_path)
+    return trainer, module, recorder
+
+
+def step_checkpoints(root: Path, every: int) -> ModelCheckpoint:
+    return ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every, save_top_k=-1, filename="s{step}",
+                           auto_insert_metric_name=False)
+
+
+# ------------------------------------------------------------------------------------------ the LR curve
+def test_warmup_stable_decay_at_chosen_token_counts():
+    peak, floor = 3e-4, 3e-5
+    wsd = WarmupStableDecay(total_tokens=1000, warmup_tokens=100, decay_tokens=400, decay="cosine", min_lr=floor)
+    assert wsd.lr_at(0, peak) == 0.0
+    assert wsd.lr_at(50, peak) == pytest.approx(peak / 2)
+    assert wsd.lr_at(100, peak) == pytest.approx(peak)
+    assert wsd.lr_at(600, peak) == pytest.approx(peak)  # decay starts at 1000 - 400
+    assert wsd.lr_at(800, peak) == pytest.approx(floor + (peak - floor) * 0.5)  # cos(pi/2) = 0
+    assert wsd.lr_at(700, peak) == pytest.approx(floor + (peak - floor) * (1 + math.sqrt(0.5)) / 2)
+    assert wsd.lr_at(1000, peak) == pytest.approx(floor)
+    assert wsd.lr_at(5000, peak) == pytest.approx(floor)  # past the budget: stays at the floor
+
+    linear = WarmupStableDecay(total_tokens=1000, decay_tokens=400, decay="linear", min_lr_ratio=0.1)
+    assert linear.lr_at(0, peak) == pytest.approx(peak)  # no warmup
+    assert linear.lr_at(700, peak) == pytest.approx(0.1 * peak + 0.9 * peak * 0.75)
+    sqrt = WarmupStableDecay(total_tokens=1000, decay_tokens=400, decay="1-sqrt")
+    assert sqrt.lr_at(700, peak) == pytest.approx(peak * (1 - 0.5))  # progress 1/4, sqrt = 1/2, floor 0
+    constant = WarmupStableDecay(total_tokens=1000)
+    assert {constant.lr_at(t, peak) for t in (0, 500, 1000)} == {peak}
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: WarmupStableDecay(total_tokens=1000, warmup_tokens=700, decay_tokens=400), "warmup_tokens + decay_tokens"),
+    (lambda: WarmupStableDecay(total_tokens=1000, decay="exp"), "decay"),
+    (lambda: WarmupStableDecay(total_tokens="1000"), "total_tokens"),
+    (lambda: WarmupStableDecay(total_tokens=1000, min_lr=1e-5, min_lr_ratio=0.1), "min_lr_ratio"),
+    (lambda: WarmupStableDecay(total_tokens=1000, min_lr_ratio=2.0), "min_lr_ratio"),
+    (lambda: LoopSchedule(steps=[[0, 8], [0, 4]]), "steps[1]"),
+    (lambda: LoopSchedule(steps=[[10, 8]]), "steps[0]"),
+    (lambda: LoopSchedule(steps=[[0, 4.5]]), "steps[0]"),
+    (lambda: LoopSchedule(beta=[[0, -0.1]]), "beta[0]"),
+    (lambda: LoopSchedule(), "steps and/or beta"),
+    (lambda: LongContextSchedule(seq_len=4096, warmup=[[0, 1000], [10, 4096]]), "warmup[0]"),
+    (lambda: LongContextSchedule(seq_len=4096, warmup=[[0, 1024], [10, 2048]]), "last warmup entry"),
+    (lambda: LongContextSchedule(rope_theta=-1.0), "rope_theta"),
+    (lambda: LongContextSchedule(rope_theta=[[0, 1e4], [5, 0.0]]), "rope_theta[1]"),
+    (lambda: BatchSizeRamp(8_000_000, 4_000_000, 100), "end_tokens_per_step"),
+    (lambda: BatchSizeRamp(4_000_000, 8_000_000, -1), "ramp_tokens"),
+    (lambda: TokenBudget(0), "max_tokens"),
+    (lambda: TokenBudget(10, checkpoint_name="x/y"), "checkpoint_name"),
+    (lambda: Throughput(log_every_n_steps=0), "log_every_n_steps"),
+])
+def test_bad_settings_fail_at_construction_naming_the_field(make, field):
+    with pytest.raises(ValueError) as error:
+        make()
+    assert field in str(error.value)
+
+
+def test_bad_settings_found_at_setup_fail_before_the_first_step(tmp_path):
+    recorder_steps = []
+    # total_tokens from a TokenBudget that is too small for warmup + decay
+    with pytest.raises(ValueError, match="exceeds total_tokens"):
+        _, _, rec = fit(tmp_path, [WarmupStableDecay(warmup_tokens=200, decay_tokens=200), TokenBudget(300)], 4)
+        recorder_steps = rec.steps
+    assert recorder_steps == []
+    with pytest.raises(ValueError, match="no TokenBudget"):
+        fit(tmp_path, [WarmupStableDecay(warmup_tokens=10)], 4)
+    # a global batch that is not a whole number of micro-batches
+    with pytest.raises(ValueError, match="start_tokens_per_step"):
+        fit(tmp_path, [BatchSizeRamp(MICRO + 1, 2 * MICRO + 2, 100)], 4)
+    with pytest.raises(ValueError, match="accumulate_grad_batches"):
+        fit(tmp_path, [BatchSizeRamp(MICRO, 2 * MICRO, 100)], 4, accumulate_grad_batches=2)
+    with pytest.raises(ValueError, match="last warmup entry"):  # checked against the datamodule's seq_len
+        fit(tmp_path, [LongContextSchedule(warmup=[[0, 8]])], 4)
+
+
+# ------------------------------------------------------------------------- schedules in a Trainer + resume
+def schedule_callbacks():
+    # 4 rows of 2 x 16 tokens per epoch: every step trains 32 tokens; 10 steps = 320 tokens.
+    return [WarmupStableDecay(total_tokens=320, warmup_tokens=64, decay_tokens=128, decay="cosine", min_lr_ratio=0.1),
+            LoopSchedule(steps=[[0, 3], [96, 2]], beta=[[0, 0.1], [160, 0.05]]),
+            LongContextSchedule(rope_theta=[[0, 1e4], [224, 4e4]])]
+
+
+def reference(tokens_after: int, tokens_before: int, peak: float) -> dict[str, float]:
+    """The recipe of `schedule_callbacks` written out independently."""
+    if tokens_after < 64:
+        lr = peak * tokens_after / 64
+    elif tokens_after <= 192:
+        lr = peak
+    else:
+        lr = 0.1 * peak + 0.9 * peak * 0.5 * (1 + math.cos(math.pi * (tokens_after - 192) / 128))
+    return dict(lr=lr, T=3 if tokens_before < 96 else 2, beta=0.1 if tokens_before < 160 else 0.05,
+                theta=1e4 if tokens_before < 224 else 4e4)
+
+
+def test_schedules_follow_the_recipe_and_resume_exactly(tmp_path):
+    data = TinyData(period=10)  # 5 distinct batches, then again
+    full_trainer, module, full = fit(tmp_path / "full", [*schedule_callbacks(), step_checkpoints(tmp_path / "full", 5)],
+                                     10, data=data)
+    assert [s["tokens"] for s in full.steps] == [MICRO * (i + 1) for i in range(10)]
+    for step in full.steps:
+        expected = reference(step["tokens"], step["tokens"] - MICRO, 3e-3)
+        assert step["lr"] == pytest.approx(expected["lr"], rel=1e-12)
+        assert (step["T"], step["beta"], step["theta"]) == (expected["T"], expected["beta"], expected["theta"])
+    assert {s["T"] for s in full.steps} == {3, 2} and {s["theta"] for s in full.steps} == {1e4, 4e4}
+
+    checkpoint = tmp_path / "full" / "ckpt" / "s5.ckpt"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["callbacks"]["WarmupStableDecay"]["last_lr"] == pytest.approx(full.steps[4]["lr"])
+    assert final_lr_from_checkpoint(state) == pytest.approx(full.steps[4]["lr"])
+
+    _, resumed_module, resumed = fit(tmp_path / "resumed", schedule_callbacks(), 10, data=TinyData(period=10),
+                                     ckpt_path=str(checkpoint))
+    assert resumed.steps == full.steps[5:]  # tokens, LR, β, T, RoPE base: equal, not just close
+    torch.testing.assert_close(torch.tensor(resumed.losses()), torch.tensor(full.losses()[5:]), rtol=1e-6, atol=0)
+    for (name, a), b in zip(module.state_dict().items(), resumed_module.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_annealing_stage_starts_from_the_previous_final_lr(tmp_path):
+    def schedule():
+        return WarmupStableDecay(total_tokens=4 * MICRO, decay_tokens=4 * MICRO, decay="cosine", min_lr=1e-4,
+                                 init_lr_from_previous=True)
+
+    module = tiny_module()
+    module.previous_stage_final_lr = 2e-3  # what stage initialisation puts there
+    wsd = schedule()
+    _, _, rec = fit(tmp_path, [wsd, step_checkpoints(tmp_path, 2)], 4, module=module, data=TinyData(period=4))
+    for step in rec.steps:
+        progress = step["tokens"] / (4 * MICRO)
+        assert step["lr"] == pytest.approx(1e-4 + (2e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress)))
+    assert rec.steps[-1]["lr"] == pytest.approx(1e-4) and wsd.peak_lr == 2e-3
+
+    # A resumed annealing stage is not re-initialised (no previous_stage_final_lr): the peak comes from its state.
+    _, _, resumed = fit(tmp_path / "b", [schedule()], 4, data=TinyData(period=4),
+                        ckpt_path=str(tmp_path / "ckpt" / "s2.ckpt"))
+    assert resumed.steps == rec.steps[2:]
+
+    # without a previous LR it falls back to optimizer.lr (with a warning)
+    fallback = WarmupStableDecay(total_tokens=4 * MICRO, init_lr_from_previous=True)
+    with pytest.warns(UserWarning, match="no final LR"):
+        _, _, rec = fit(tmp_path / "c", [fallback], 2)
+    assert [s["lr"] for s in rec.steps] == [3e-3, 3e-3]
+
+
+# ------------------------------------------------------------------------------------------ batch ramp
+def test_batch_ramp_steps_whole_windows_and_matches_manual_accumulation(tmp_path):
+    # 1 -> 4 micro-batches per step over 12 micro-batches of tokens; 24 batches per epoch, 10 optimizer steps.
+    ramp = BatchSizeRamp(MICRO, 4 * MICRO, ramp_tokens=12 * MICRO)
+    data = TinyData()
+    start = tiny_module()
+    trainer, module, rec = fit(tmp_path, [ramp], 10, module=copy.deepcopy(start), data=data)
+    micro = [s["micro"] for s in rec.steps]
+    assert [s["accumulate"] for s in rec.steps] == micro  # every step summed exactly its factor of micro-batches
+    assert micro[0] == 1 and micro[-1] == 4 and micro == sorted(micro)
+    for step in rec.steps:  # the factor never exceeds what the ramp asked for at the start of its window
+        before = step["tokens"] - step["micro"] * MICRO
+        target = MICRO + min(before / (12 * MICRO), 1.0) * 3 * MICRO
+        assert step["micro"] <= target // MICRO
+
+    # Independent reference: plain PyTorch with the same windows (zero grad, loss / factor, AdamW step).
+    torch.manual_seed(0)
+    reference = start
+    optimizer = reference.configure_optimizers()
+    batches = iter(data.train_dataloader())
+    for factor in micro:
+        optimizer.zero_grad()
+        for _ in range(factor):
+            (reference.compute_loss(next(batches))[0].loss / factor).backward()
+        optimizer.step()
+    for (name, a), b in zip(reference.state_dict().items(), module.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_batch_ramp_resumes_with_the_same_windows(tmp_path):
+    def callbacks(root):
+        return [BatchSizeRamp(MICRO, 4 * MICRO, ramp_tokens=12 * MICRO), step_checkpoints(root, 4)]
+
+    # every batch is the same (period = one batch), so any resume point sees the same data
+    _, full_module, full = fit(tmp_path / "full", callbacks(tmp_path / "full"), 8, data=TinyData(period=BATCH))
+    checkpoint = tmp_path / "full" / "ckpt" / "s4.ckpt"
+    _, module, resumed = fit(tmp_path / "resumed", callbacks(tmp_path / "resumed"), 8,
+                             data=TinyData(period=BATCH), ckpt_path=str(checkpoint))
+    assert resumed.steps == full.steps[4:]
+    torch.testing.assert_close(torch.tensor(resumed.losses()), torch.tensor(full.losses()[-len(resumed.losses()):]),
+                               rtol=1e-6, atol=0)
+    assert len(resumed.steps) > 0 and resumed.steps[0]["accumulate"] > 1
+    for (name, a), b in zip(full_module.state_dict().items(), module.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
+
+
+# --------------------------------------------------------------------------------------- long context
+def test_split_rows_keeps_tokens_labels_and_documents():
+    batch = {"input_ids": torch.arange(32).view(2, 16), "labels": torch.arange(1, 33).view(2, 16),
+             "doc_ids": torch.tensor([[0] * 6 + [1] * 10, [0] * 16])}
+    original = {k: v.clone() for k, v in batch.items()}
+    split_rows(batch, 4)
+    assert batch["input_ids"].shape == (8, 4)
+    for key in original:
+        assert torch.equal(batch[key][3], original[key][0, 12:16])  # 4th new row = end of the first old row
+    assert torch.equal(batch["labels"][:, :-1], batch["input_ids"][:, 1:])
+    assert bool((batch["doc_ids"].diff(dim=1) >= 0).all())
+
+
+def test_long_context_sets_rope_and_data_length_and_warms_up(tmp_path):
+    data = TinyData(seq_len=8)  # the recipe asks for 16: the callback sets it before the loader is built
+    callback = LongContextSchedule(rope_theta=4e4, seq_len=16, warmup=[[0, 4], [2 * MICRO, 8], [4 * MICRO, 16]])
+    trainer, module, rec = fit(tmp_path, [callback, Throughput(log_every_n_steps=1, peak_flops=1e12)], 6, data=data)
+    assert data.seq_len == 16 and module.config.rope_theta == 4e4
+    assert {s["theta"] for s in rec.steps} == {4e4}
+    assert rec.shapes == [(8, 4), (8, 4), (4, 8), (4, 8), (2, 16), (2, 16)]  # same tokens per batch throughout
+    assert [s["tokens"] for s in rec.steps] == [MICRO * (i + 1) for i in range(6)]
+    # Throughput counted FLOPs of the rows actually trained (last step: full length, all 3 passes).
+    last = trainer.callbacks[1].last
+    expected_per_token = flops_per_token(module.config, 16)
+    assert last["throughput/flops_per_sec"] / last["throughput/tokens_per_sec"] == pytest.approx(expected_per_token)
+    assert last["throughput/mfu"] == pytest.approx(last["throughput/flops_per_sec"] / 1e12)
+    assert flops_per_token(module.config, 16) == pytest.approx(3 * flops_per_token(module.config, 16, num_steps=1))
+
+
+# ---------------------------------------------------------------------------------------- token budget
+def test_token_budget_stops_checkpoints_and_marks_the_stage(tmp_path):
+    budget = TokenBudget(max_tokens=5 * MICRO - 1)  # reached during the 5th step
+    trainer, module, rec = fit(tmp_path, [budget], 100)
+    assert trainer.global_step == 5 and module.tokens_seen == 5 * MICRO
+    record = json.loads((tmp_path / "stage_complete.json").read_text())
+    assert record["tokens"] == 5 * MICRO and record["global_step"] == 5 and record["max_tokens"] == 5 * MICRO - 1
+    checkpoint = Path(record["checkpoint"])
+    assert checkpoint == tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["ouro"]["tokens_seen"] == 5 * MICRO and state["global_step"] == 5
+
+    # Resuming a finished stage trains nothing and keeps the marker.
+    (tmp_path / "stage_complete.json").unlink()
+    trainer, module, rec = fit(tmp_path, [TokenBudget(max_tokens=5 * MICRO - 1)], 100, ckpt_path=str(checkpoint))
+    assert rec.steps == [] and trainer.global_step == 5
+    assert json.loads((tmp_path / "stage_complete.json").read_text())["tokens"] == 5 * MICRO
+
+
+def test_token_budget_waits_for_the_end_of_an_accumulation_window(tmp_path):
+    trainer, module, rec = fit(tmp_path, [TokenBudget(max_tokens=3 * MICRO)], 100, accumulate_grad_batches=2)
+    assert module.tokens_seen == 4 * MICRO and trainer.global_step == 2 and rec.steps[-1]["micro"] == 2
+
+
+def test_stage_without_budget_reached_is_not_marked(tmp_path):
+    fit(tmp_path, [TokenBudget(max_tokens=100 * MICRO)], 3)
+    assert not (tmp_path / "stage_complete.json").exists()
+
+
+# ---------------------------------------------------------------------------------------- loop metrics
+def test_loop_metrics_table_matches_the_logged_validation_metrics(tmp_path, caplog):
+    metrics = LoopMetrics()
+    trainer, module, _ = fit(tmp_path, [metrics], 2, limit_val_batches=2, val_check_interval=2)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    steps, thresholds = metrics.last
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for row in steps:
+        assert row["ce"] == logged[f"val/ce_step{row['step']}"]
+        assert row["ppl"] == pytest.approx(math.exp(row["ce"]), rel=1e-5)
+    assert [r["q"] for r in thresholds] == sorted(module.q_exit_thresholds)
+    for row in thresholds:
+        assert row["depth"] == logged[f"val/depth_q{row['q']:g}"]
+    parsed = loop_table({"val/ce_step2": 1.0, "val/ce_step1": 2.0, "val/loss_q0.5": 3.0, "train/ce_step1": 9.0})
+    assert parsed == ([{"step": 1, "ce": 2.0}, {"step": 2, "ce": 1.0}], [{"q": 0.5, "loss": 3.0}])

@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from ouro.hub.load import PROVENANCE_FILE, SourceError, read_source
+from ouro.hub.load import PROVENANCE_FILE, ModelSource, SourceError, read_source
 
 REMOTE_CODE_DIR = Path(__file__).parent / "remote_code"
 REMOTE_CODE_FILES = ("configuration_ouro.py", "modeling_ouro.py")
@@ -62,6 +62,18 @@ def export(
         repo_name: Name used in the model card (default: the name of out_dir).
         overwrite: Replace out_dir if it already exists (only after the new export is complete).
     """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; choose another out_dir or pass --overwrite true")
+    return export_source(read_source(source), out, tokenizer=tokenizer, dtype=dtype, max_shard_size=max_shard_size,
+                         repo_name=repo_name, overwrite=overwrite, source_name=str(source))
+
+
+def export_source(loaded: ModelSource, out_dir: str | Path, tokenizer: str | None = None, dtype: str = "bfloat16",
+                  max_shard_size: str | int = "5GB", repo_name: str | None = None, overwrite: bool = False,
+                  source_name: str | None = None) -> Path:
+    """`export` for weights already in memory (used by `HubPushCallback`); same arguments as `export`."""
+    from ouro.hub.tokenizer_files import resolve_tokenizer_file, write_tokenizer_files
     from ouro.model import OuroForCausalLM
 
     out = Path(out_dir).expanduser().resolve()
@@ -70,14 +82,10 @@ def export(
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     shard_bytes = parse_size(max_shard_size)
-    loaded = read_source(source)
     tokenizer_source = tokenizer or loaded.tokenizer_path
     if tokenizer_source is None:
-        raise ExportError(f"{source} records no tokenizer; pass --tokenizer with a tokenizer.json file, a folder "
-                          "that holds one or a Hub repo id")
-
-    from ouro.hub.tokenizer_files import resolve_tokenizer_file, write_tokenizer_files
-
+        raise ExportError(f"{source_name or loaded.path} records no tokenizer; pass --tokenizer with a "
+                          "tokenizer.json file, a folder that holds one or a Hub repo id")
     tokenizer_file = resolve_tokenizer_file(tokenizer_source)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -107,9 +115,12 @@ def export(
         (tmp / PROVENANCE_FILE).write_text(json.dumps(loaded.provenance, indent=2) + "\n")
         from ouro.hub.card import model_card
 
-        card = model_card(config, repo_name or out.name, loaded.provenance, loaded.tokens_seen, str(source),
+        card = model_card(config, repo_name or out.name, loaded.provenance, loaded.tokens_seen,
+                          source_name or loaded.path,
                           sum(t.numel() for t in loaded.state_dict.values()), dtype)
         (tmp / "README.md").write_text(card)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

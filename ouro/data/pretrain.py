@@ -1,0 +1,233 @@
+"""`PretrainDataModule`: weighted mixtures of prepared token shards, streamed with litdata, cut into
+``seq_len + 1`` blocks, with document boundaries, exact mid-epoch resume and tokens-per-source logging."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from ouro.data.batching import BlockCollate
+from ouro.data.errors import DataError
+from ouro.data.manifest import Manifest, check_same_tokenizer
+
+BUILTIN = "builtin"
+
+
+def _source_dataset_class():
+    from litdata import StreamingDataset
+
+    class SourceDataset(StreamingDataset):
+        """A StreamingDataset whose samples say which mixture source they came from."""
+
+        def __init__(self, *args: Any, source_index: int = 0, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.source_index = source_index
+
+        def __getitem__(self, index: Any) -> dict:
+            return {"tokens": super().__getitem__(index), "source": self.source_index}
+
+    return SourceDataset
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Token streams from ``ouro prepare`` shards (or the built-in corpus), mixed by weight.
+
+    Every sample is a block of ``seq_len + 1`` tokens cut from a shard chunk at read time, so the same shards
+    serve every sequence length. Batches follow the batch contract: ``input_ids``, ``labels`` (next tokens) and
+    ``doc_ids`` numbered from the EOS positions. The loader state (position in every source and the mixture's
+    random state) lives in the Lightning checkpoint: ``fit(ckpt_path=...)`` continues with exactly the batches an
+    uninterrupted run would have seen (same world size, workers and batch size).
+
+    A mixture epoch ends as soon as **any** source runs out (litdata ``CombinedStreamingDataset``); the next epoch
+    reshuffles and restarts every source. A small, up-weighted source can therefore keep a large one from ever
+    reaching its tail: ``setup`` warns with the numbers when that happens.
+    """
+
+    def __init__(
+        self,
+        sources: list[str] | str = BUILTIN,
+        weights: list[float] | None = None,
+        val_source: str | None = BUILTIN,
+        seq_len: int = 4096,
+        batch_size: int = 1,
+        num_workers: int = 1,
+        seed: int = 42,
+        shuffle: bool = True,
+        doc_masking: bool = True,
+        prepare_workers: int | None = None,
+    ) -> None:
+        """
+        Args:
+            sources: Shard folders written by ``ouro prepare``, or ``builtin`` (the offline standard-library corpus,
+                prepared on first use).
+            weights: Sampling weight of each source (normalised); default: proportional to their sizes.
+            val_source: Shard folder for validation, ``builtin`` (the built-in corpus's held-out split) or null.
+            seq_len: Tokens per training sequence (blocks of seq_len + 1). Changing the attribute takes effect when
+                the train loader is rebuilt (a new stage, or ``reload_dataloaders_every_n_epochs``).
+            batch_size: Micro-batch size per device.
+            num_workers: Loader worker processes per device (resume needs the same value).
+            seed: Shuffle and mixture seed.
+            shuffle: Shuffle chunks and blocks (validation never shuffles).
+            doc_masking: Emit ``doc_ids`` so attention never crosses documents and the prediction across a
+                boundary does not count; false trains on the raw stream.
+            prepare_workers: Processes that tokenize the built-in corpus on first use (default: one per CPU).
+        """
+        super().__init__()
+        self.sources = [sources] if isinstance(sources, str) else list(sources)
+        self.weights = list(weights) if weights is not None else None
+        self.val_source = val_source
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.shuffle = shuffle
+        self.doc_masking = doc_masking
+        self.prepare_workers = prepare_workers
+        if not self.sources:
+            raise DataError("sources is empty: give at least one shard folder or 'builtin'")
+        if self.weights is not None and (len(self.weights) != len(self.sources) or min(self.weights) <= 0):
+            raise DataError(f"weights {self.weights} must be positive, one per source ({len(self.sources)})")
+        if seq_len < 1 or batch_size < 1 or num_workers < 0:
+            raise DataError(f"seq_len and batch_size must be >= 1 and num_workers >= 0, got {seq_len}, "
+                            f"{batch_size}, {num_workers}")
+        self.tokens_per_source = [0] * len(self.sources)
+        self.manifests: dict[str, Manifest] = {}
+        self.tokenizer_path: str | None = None
+        self.eos_id: int | None = None
+        self._train_dirs: list[Path] = []
+        self._val_dir: Path | None = None
+        self._builtin_dirs: dict[str, Path] | None = None
+
+    format = "pretrain"
+
+    # ------------------------------------------------------------------------------------------- preparation
+    def _builtin(self) -> dict[str, Path]:
+        if self._builtin_dirs is None:
+            from ouro.data.builtin import ensure_builtin_corpus
+
+            self._builtin_dirs = ensure_builtin_corpus(self.prepare_workers)
+        return self._builtin_dirs
+
+    def prepare_data(self) -> None:
+        if BUILTIN in self.sources or self.val_source == BUILTIN:
+            self._builtin()
+
+    def _resolve(self, source: str, split: str) -> Path:
+        if source == BUILTIN:
+            if self.format != "pretrain":
+                raise DataError("the built-in corpus is pretraining text; give SFT shards from `ouro prepare "
+                                "--format sft`")
+            return self._builtin()[split]
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise DataError(f"data source {source!r} does not exist; produce it with `ouro prepare <inputs> "
+                            f"{source} --format {self.format}`")
+        return path
+
+    def setup(self, stage: str | None = None) -> None:
+        self._train_dirs = [self._resolve(s, "train") for s in self.sources]
+        self._val_dir = self._resolve(self.val_source, "val") if self.val_source else None
+        dirs = self._train_dirs + ([self._val_dir] if self._val_dir else [])
+        self.manifests = {str(d): Manifest.load(d) for d in dirs}
+        first = check_same_tokenizer(self.manifests)
+        for directory, manifest in self.manifests.items():
+            if manifest.format != self.format:
+                raise DataError(f"{directory} holds {manifest.format!r} shards but {type(self).__name__} needs "
+                                f"{self.format!r}; prepare it with --format {self.format}")
+        self.eos_id = first.eos_token_id
+        shipped = self._train_dirs[0] / "tokenizer.json"
+        self.tokenizer_path = str(shipped) if shipped.is_file() else first.tokenizer
+        self._check_block_size()
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        config = getattr(module, "config", None)
+        if config is not None:
+            for directory, manifest in self.manifests.items():
+                manifest.check_model(config.vocab_size, config.eos_token_id, directory)
+        self._warn_exhaustion()
+
+    def _check_block_size(self) -> None:
+        """Pretraining shards serve any ``seq_len``; SFT overrides this."""
+
+    def _blocks(self, directory: Path) -> int:
+        return self.manifests[str(directory)].tokens // (self.seq_len + 1)
+
+    def _normalised_weights(self) -> list[float]:
+        raw = self.weights or [float(self._blocks(d)) or 1.0 for d in self._train_dirs]
+        return [w / sum(raw) for w in raw]
+
+    def _warn_exhaustion(self) -> None:
+        if len(self._train_dirs) < 2:
+            return
+        weights = self._normalised_weights()
+        blocks = [self._blocks(d) for d in self._train_dirs]
+        samples = [b / w for b, w in zip(blocks, weights)]  # mixture samples until each source runs out
+        first = min(range(len(samples)), key=samples.__getitem__)
+        seen = [samples[first] * w / max(b, 1) for b, w in zip(blocks, weights)]
+        if min(seen) < 0.9:
+            short = min(range(len(seen)), key=seen.__getitem__)
+            warnings.warn(
+                f"source {self.sources[first]} (weight {weights[first]:.3f}, {blocks[first]} blocks) runs out after "
+                f"about {int(samples[first])} samples, when {self.sources[short]} has seen only "
+                f"{seen[short]:.0%} of its blocks; each new epoch reshuffles and restarts every source, so that "
+                "tail may never be reached. Lower the weight of the small source or give it more data.",
+                stacklevel=2)
+
+    # ------------------------------------------------------------------------------------------------ loaders
+    def _dataset(self, directory: Path, index: int, shuffle: bool, drop_last: bool):
+        from litdata import TokensLoader
+
+        return _source_dataset_class()(str(directory), item_loader=TokensLoader(block_size=self.seq_len + 1),
+                                       shuffle=shuffle, drop_last=drop_last, seed=self.seed, source_index=index)
+
+    def _collate(self) -> BlockCollate:
+        return BlockCollate(self.eos_id, sft=self.format == "sft", doc_masking=self.doc_masking)
+
+    def train_dataloader(self):
+        from litdata import CombinedStreamingDataset, StreamingDataLoader
+
+        datasets = [self._dataset(d, i, self.shuffle, True) for i, d in enumerate(self._train_dirs)]
+        if len(datasets) == 1:
+            dataset = datasets[0]
+        else:
+            dataset = CombinedStreamingDataset(datasets, seed=self.seed, weights=self._normalised_weights(),
+                                               iterate_over_all=False)
+        return StreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                                   collate_fn=self._collate(), drop_last=True)
+
+    def val_dataloader(self):
+        from litdata import StreamingDataLoader
+
+        if self._val_dir is None:
+            return []
+        dataset = self._dataset(self._val_dir, 0, False, False)
+        return StreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=min(self.num_workers, 1),
+                                   collate_fn=self._collate())
+
+    # ------------------------------------------------------------------------------------- per-source tokens
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        source = batch.pop("source", None)
+        trainer = self.trainer
+        if source is None or trainer is None or not trainer.training:
+            return batch
+        per_sample = batch["input_ids"].shape[1] * trainer.world_size
+        for index in source.tolist():
+            self.tokens_per_source[index] += per_sample
+        if trainer.loggers and trainer.log_every_n_steps and trainer.global_step % trainer.log_every_n_steps == 0:
+            metrics = {f"data/tokens/{self._source_name(i)}": float(n) for i, n in enumerate(self.tokens_per_source)}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        return batch
+
+    def _source_name(self, index: int) -> str:
+        name = self.sources[index]
+        return name if name == BUILTIN else Path(name).name
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tokens_per_source": list(self.tokens_per_source), "sources": list(self.sources)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("sources") == self.sources:
+            self.tokens_per_source = list(state_dict["tokens_per_source"])

@@ -1,4 +1,4 @@
-"""``ouro plot RUN_DIR``: PNG charts of a run's per-step loss, exit distribution and learning rate against tokens."""
+"""``ouro plot RUN_DIR``: PNG charts of per-step loss, exit distribution and learning rate against tokens."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def read_metrics(files: list[Path]) -> list[dict[str, float]]:
 
 
 def _tokens_by_step(rows: list[dict[str, float]]) -> tuple[list[float], list[float]]:
-    pairs = sorted({(r["step"], r["train/tokens_seen"]) for r in rows if "step" in r and "train/tokens_seen" in r})
+    pairs = sorted({(r["step"], r["train/tokens_seen"])
+                    for r in rows if "step" in r and "train/tokens_seen" in r})
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -81,8 +82,8 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
     """Write PNG charts of a run: per-step loss, exit distribution and learning rate against tokens seen.
 
     Args:
-        run_dir: A stage's run directory (or a folder holding ``metrics.csv``); every ``version_*/metrics.csv``
-            below it is read, so resumed attempts continue the curves.
+        run_dir: A stage's run directory (or a folder holding ``metrics.csv``); every
+            ``version_*/metrics.csv`` below it is read, so resumed attempts continue the curves.
         out: Folder for the PNG files (default: ``RUN_DIR/plots``).
 
     Returns:
@@ -98,8 +99,9 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
         raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
     files = find_metrics_files(root)
     if not files:
-        raise FileNotFoundError(f"no metrics.csv in {run_dir!r} or its version_* folders; train with the CSV logger "
-                                "(the default of `ouro fit`) or pass the folder that holds metrics.csv")
+        raise FileNotFoundError(f"no metrics.csv in {run_dir!r} or its version_* folders; train with the CSV "
+                                "logger (the default of `ouro fit`) or pass the folder that holds "
+                                "metrics.csv")
     rows = read_metrics(files)
     if not any("train/tokens_seen" in r for r in rows):
         raise ValueError(f"{files[-1]} has no train/tokens_seen column: no training step was logged yet "
@@ -129,7 +131,8 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
             fig, ax = axes(f"{split} cross-entropy per recurrent step", "cross-entropy")
             for key in keys:
                 xs, ys = series(rows, key)
-                ax.plot(xs, ys, label=f"step {key.rsplit('step', 1)[1]}", marker="o" if split == "val" else None,
+                ax.plot(xs, ys, label=f"step {key.rsplit('step', 1)[1]}",
+                        marker="o" if split == "val" else None,
                         markersize=3, linewidth=1)
             ax.legend()
             save(fig, f"{split}_loss_per_step.png")
@@ -140,7 +143,8 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
         curves = [series(rows, key) for key in keys]
         xs = curves[0][0]
         if all(c[0] == xs for c in curves):
-            ax.stackplot(xs, [c[1] for c in curves], labels=[f"step {i + 1}" for i in range(len(curves))], alpha=0.85)
+            ax.stackplot(xs, [c[1] for c in curves], labels=[f"step {i + 1}" for i in range(len(curves))],
+                         alpha=0.85)
             ax.set_ylim(0, 1)
         else:
             for i, (cx, cy) in enumerate(curves):
@@ -156,5 +160,6 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
         save(fig, "lr.png")
 
     if not written:
-        raise ValueError(f"{files[-1]} holds none of train/ce_step*, train/exit_prob_step*, val/ce_step* or lr")
+        raise ValueError(f"{files[-1]} holds none of train/ce_step*, train/exit_prob_step*, val/ce_step*, "
+                         "lr")
     return written

@@ -1,4 +1,4 @@
-"""Token-driven callbacks in a real Lightning Trainer on CPU: values at chosen token counts, exact resume, errors."""
+"""Token-driven callbacks in a real Trainer on CPU: values at chosen token counts, exact resume, errors."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ MICRO = BATCH * SEQ  # tokens per micro-batch on one device
 
 # ------------------------------------------------------------------------------------------------ fixtures
 class _Blocks(Dataset):
-    """``rows`` token rows repeating with a period of ``period`` rows (random, fixed seed), following the batch
-    contract; two documents in every odd row."""
+    """``rows`` token rows repeating with a period of ``period`` rows (random, fixed seed), following the
+    batch contract; two documents in every odd row."""
 
     def __init__(self, rows: int, period: int, seq_len: int, vocab: int, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
@@ -57,11 +57,13 @@ class _Blocks(Dataset):
 class TinyData(L.LightningDataModule):
     """Unshuffled rows of ``seq_len`` tokens that repeat every ``period`` rows.
 
-    A map-style loader restarts at row 0 when Lightning resumes mid-epoch; checkpointing after a whole number of
-    periods makes the resumed run see the same rows as the uninterrupted one.
+    A map-style loader restarts at row 0 when Lightning resumes mid-epoch; checkpointing after a whole number
+    of periods makes the resumed run see the same rows as the uninterrupted one.
     """
 
-    def __init__(self, rows: int = 400, period: int = 400, seq_len: int = SEQ, batch_size: int = BATCH) -> None:
+    def __init__(
+        self, rows: int = 400, period: int = 400, seq_len: int = SEQ, batch_size: int = BATCH
+    ) -> None:
         super().__init__()
         self.rows, self.period, self.seq_len, self.batch_size = rows, period, seq_len, batch_size
 
@@ -73,7 +75,7 @@ class TinyData(L.LightningDataModule):
 
 
 class Recorder(L.Callback):
-    """Per optimizer step: tokens, LR, β, T, RoPE base, micro-batches in the step, loss; row length per batch."""
+    """Per optimizer step: tokens, LR, β, T, RoPE base, micro-batches in the step; loss and rows per batch."""
 
     def __init__(self) -> None:
         self.steps: list[dict[str, float]] = []
@@ -89,10 +91,17 @@ class Recorder(L.Callback):
         self._losses.append(float(outputs["loss"]))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.steps.append(dict(tokens=pl_module.tokens_seen, lr=optimizer.param_groups[0]["lr"],
-                               beta=pl_module.entropy_coef, T=pl_module.config.total_ut_steps,
-                               theta=pl_module.config.rope_theta, micro=self._micro + 1,
-                               accumulate=trainer.accumulate_grad_batches))
+        self.steps.append(
+            dict(
+                tokens=pl_module.tokens_seen,
+                lr=optimizer.param_groups[0]["lr"],
+                beta=pl_module.entropy_coef,
+                T=pl_module.config.total_ut_steps,
+                theta=pl_module.config.rope_theta,
+                micro=self._micro + 1,
+                accumulate=trainer.accumulate_grad_batches,
+            )
+        )
         self._micro = -1  # the step's last micro-batch ends after this hook
 
     def losses(self) -> list[float]:
@@ -105,31 +114,52 @@ def tiny_module(**kwargs) -> OuroLM:
     return OuroLM(model=config, **kwargs)
 
 
-def fit(root: Path, callbacks: list, max_steps: int, module: OuroLM | None = None, data: TinyData | None = None,
-        ckpt_path: str | None = None, **trainer_kwargs) -> tuple[L.Trainer, OuroLM, Recorder]:
+def fit(
+    root: Path,
+    callbacks: list,
+    max_steps: int,
+    module: OuroLM | None = None,
+    data: TinyData | None = None,
+    ckpt_path: str | None = None,
+    **trainer_kwargs,
+) -> tuple[L.Trainer, OuroLM, Recorder]:
     torch.manual_seed(0)
     module = module or tiny_module()
     recorder = Recorder()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, default_root_dir=root,
-                        logger=trainer_kwargs.pop("logger", False), enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=trainer_kwargs.pop("limit_val_batches", 0),
-                        callbacks=[*callbacks, recorder],
-                        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-                        **trainer_kwargs)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        default_root_dir=root,
+        logger=trainer_kwargs.pop("logger", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=trainer_kwargs.pop("limit_val_batches", 0),
+        callbacks=[*callbacks, recorder],
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        **trainer_kwargs,
+    )
     trainer.fit(module, datamodule=data or TinyData(), ckpt_path=ckpt_path)
     return trainer, module, recorder
 
 
 def step_checkpoints(root: Path, every: int) -> ModelCheckpoint:
-    return ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every, save_top_k=-1, filename="s{step}",
-                           auto_insert_metric_name=False)
+    return ModelCheckpoint(
+        dirpath=root / "ckpt",
+        every_n_train_steps=every,
+        save_top_k=-1,
+        filename="s{step}",
+        auto_insert_metric_name=False,
+    )
 
 
 # ------------------------------------------------------------------------------------------ the LR curve
 def test_warmup_stable_decay_at_chosen_token_counts():
     peak, floor = 3e-4, 3e-5
-    wsd = WarmupStableDecay(total_tokens=1000, warmup_tokens=100, decay_tokens=400, decay="cosine", min_lr=floor)
+    wsd = WarmupStableDecay(
+        total_tokens=1000, warmup_tokens=100, decay_tokens=400, decay="cosine", min_lr=floor
+    )
     assert wsd.lr_at(0, peak) == 0.0
     assert wsd.lr_at(50, peak) == pytest.approx(peak / 2)
     assert wsd.lr_at(100, peak) == pytest.approx(peak)
@@ -148,27 +178,33 @@ def test_warmup_stable_decay_at_chosen_token_counts():
     assert {constant.lr_at(t, peak) for t in (0, 500, 1000)} == {peak}
 
 
-@pytest.mark.parametrize("make, field", [
-    (lambda: WarmupStableDecay(total_tokens=1000, warmup_tokens=700, decay_tokens=400), "warmup_tokens + decay_tokens"),
-    (lambda: WarmupStableDecay(total_tokens=1000, decay="exp"), "decay"),
-    (lambda: WarmupStableDecay(total_tokens="1000"), "total_tokens"),
-    (lambda: WarmupStableDecay(total_tokens=1000, min_lr=1e-5, min_lr_ratio=0.1), "min_lr_ratio"),
-    (lambda: WarmupStableDecay(total_tokens=1000, min_lr_ratio=2.0), "min_lr_ratio"),
-    (lambda: LoopSchedule(steps=[[0, 8], [0, 4]]), "steps[1]"),
-    (lambda: LoopSchedule(steps=[[10, 8]]), "steps[0]"),
-    (lambda: LoopSchedule(steps=[[0, 4.5]]), "steps[0]"),
-    (lambda: LoopSchedule(beta=[[0, -0.1]]), "beta[0]"),
-    (lambda: LoopSchedule(), "steps and/or beta"),
-    (lambda: LongContextSchedule(seq_len=4096, warmup=[[0, 1000], [10, 4096]]), "warmup[0]"),
-    (lambda: LongContextSchedule(seq_len=4096, warmup=[[0, 1024], [10, 2048]]), "last warmup entry"),
-    (lambda: LongContextSchedule(rope_theta=-1.0), "rope_theta"),
-    (lambda: LongContextSchedule(rope_theta=[[0, 1e4], [5, 0.0]]), "rope_theta[1]"),
-    (lambda: BatchSizeRamp(8_000_000, 4_000_000, 100), "end_tokens_per_step"),
-    (lambda: BatchSizeRamp(4_000_000, 8_000_000, -1), "ramp_tokens"),
-    (lambda: TokenBudget(0), "max_tokens"),
-    (lambda: TokenBudget(10, checkpoint_name="x/y"), "checkpoint_name"),
-    (lambda: Throughput(log_every_n_steps=0), "log_every_n_steps"),
-])
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (
+            lambda: WarmupStableDecay(total_tokens=1000, warmup_tokens=700, decay_tokens=400),
+            "warmup_tokens + decay_tokens",
+        ),
+        (lambda: WarmupStableDecay(total_tokens=1000, decay="exp"), "decay"),
+        (lambda: WarmupStableDecay(total_tokens="1000"), "total_tokens"),
+        (lambda: WarmupStableDecay(total_tokens=1000, min_lr=1e-5, min_lr_ratio=0.1), "min_lr_ratio"),
+        (lambda: WarmupStableDecay(total_tokens=1000, min_lr_ratio=2.0), "min_lr_ratio"),
+        (lambda: LoopSchedule(steps=[[0, 8], [0, 4]]), "steps[1]"),
+        (lambda: LoopSchedule(steps=[[10, 8]]), "steps[0]"),
+        (lambda: LoopSchedule(steps=[[0, 4.5]]), "steps[0]"),
+        (lambda: LoopSchedule(beta=[[0, -0.1]]), "beta[0]"),
+        (lambda: LoopSchedule(), "steps and/or beta"),
+        (lambda: LongContextSchedule(seq_len=4096, warmup=[[0, 1000], [10, 4096]]), "warmup[0]"),
+        (lambda: LongContextSchedule(seq_len=4096, warmup=[[0, 1024], [10, 2048]]), "last warmup entry"),
+        (lambda: LongContextSchedule(rope_theta=-1.0), "rope_theta"),
+        (lambda: LongContextSchedule(rope_theta=[[0, 1e4], [5, 0.0]]), "rope_theta[1]"),
+        (lambda: BatchSizeRamp(8_000_000, 4_000_000, 100), "end_tokens_per_step"),
+        (lambda: BatchSizeRamp(4_000_000, 8_000_000, -1), "ramp_tokens"),
+        (lambda: TokenBudget(0), "max_tokens"),
+        (lambda: TokenBudget(10, checkpoint_name="x/y"), "checkpoint_name"),
+        (lambda: Throughput(log_every_n_steps=0), "log_every_n_steps"),
+    ],
+)
 def test_bad_settings_fail_at_construction_naming_the_field(make, field):
     with pytest.raises(ValueError) as error:
         make()
@@ -179,7 +215,9 @@ def test_bad_settings_found_at_setup_fail_before_the_first_step(tmp_path):
     recorder_steps = []
     # total_tokens from a TokenBudget that is too small for warmup + decay
     with pytest.raises(ValueError, match="exceeds total_tokens"):
-        _, _, rec = fit(tmp_path, [WarmupStableDecay(warmup_tokens=200, decay_tokens=200), TokenBudget(300)], 4)
+        _, _, rec = fit(
+            tmp_path, [WarmupStableDecay(warmup_tokens=200, decay_tokens=200), TokenBudget(300)], 4
+        )
         recorder_steps = rec.steps
     assert recorder_steps == []
     with pytest.raises(ValueError, match="no TokenBudget"):
@@ -196,9 +234,13 @@ def test_bad_settings_found_at_setup_fail_before_the_first_step(tmp_path):
 # ------------------------------------------------------------------------- schedules in a Trainer + resume
 def schedule_callbacks():
     # 4 rows of 2 x 16 tokens per epoch: every step trains 32 tokens; 10 steps = 320 tokens.
-    return [WarmupStableDecay(total_tokens=320, warmup_tokens=64, decay_tokens=128, decay="cosine", min_lr_ratio=0.1),
-            LoopSchedule(steps=[[0, 3], [96, 2]], beta=[[0, 0.1], [160, 0.05]]),
-            LongContextSchedule(rope_theta=[[0, 1e4], [224, 4e4]])]
+    return [
+        WarmupStableDecay(
+            total_tokens=320, warmup_tokens=64, decay_tokens=128, decay="cosine", min_lr_ratio=0.1
+        ),
+        LoopSchedule(steps=[[0, 3], [96, 2]], beta=[[0, 0.1], [160, 0.05]]),
+        LongContextSchedule(rope_theta=[[0, 1e4], [224, 4e4]]),
+    ]
 
 
 def reference(tokens_after: int, tokens_before: int, peak: float) -> dict[str, float]:
@@ -209,19 +251,28 @@ def reference(tokens_after: int, tokens_before: int, peak: float) -> dict[str, f
         lr = peak
     else:
         lr = 0.1 * peak + 0.9 * peak * 0.5 * (1 + math.cos(math.pi * (tokens_after - 192) / 128))
-    return dict(lr=lr, T=3 if tokens_before < 96 else 2, beta=0.1 if tokens_before < 160 else 0.05,
-                theta=1e4 if tokens_before < 224 else 4e4)
+    return dict(
+        lr=lr,
+        T=3 if tokens_before < 96 else 2,
+        beta=0.1 if tokens_before < 160 else 0.05,
+        theta=1e4 if tokens_before < 224 else 4e4,
+    )
 
 
 def test_schedules_follow_the_recipe_and_resume_exactly(tmp_path):
     data = TinyData(period=10)  # 5 distinct batches, then again
-    full_trainer, module, full = fit(tmp_path / "full", [*schedule_callbacks(), step_checkpoints(tmp_path / "full", 5)],
-                                     10, data=data)
+    full_trainer, module, full = fit(
+        tmp_path / "full", [*schedule_callbacks(), step_checkpoints(tmp_path / "full", 5)], 10, data=data
+    )
     assert [s["tokens"] for s in full.steps] == [MICRO * (i + 1) for i in range(10)]
     for step in full.steps:
         expected = reference(step["tokens"], step["tokens"] - MICRO, 3e-3)
         assert step["lr"] == pytest.approx(expected["lr"], rel=1e-12)
-        assert (step["T"], step["beta"], step["theta"]) == (expected["T"], expected["beta"], expected["theta"])
+        assert (step["T"], step["beta"], step["theta"]) == (
+            expected["T"],
+            expected["beta"],
+            expected["theta"],
+        )
     assert {s["T"] for s in full.steps} == {3, 2} and {s["theta"] for s in full.steps} == {1e4, 4e4}
 
     checkpoint = tmp_path / "full" / "ckpt" / "s5.ckpt"
@@ -229,18 +280,26 @@ def test_schedules_follow_the_recipe_and_resume_exactly(tmp_path):
     assert state["callbacks"]["WarmupStableDecay"]["last_lr"] == pytest.approx(full.steps[4]["lr"])
     assert final_lr_from_checkpoint(state) == pytest.approx(full.steps[4]["lr"])
 
-    _, resumed_module, resumed = fit(tmp_path / "resumed", schedule_callbacks(), 10, data=TinyData(period=10),
-                                     ckpt_path=str(checkpoint))
+    _, resumed_module, resumed = fit(
+        tmp_path / "resumed", schedule_callbacks(), 10, data=TinyData(period=10), ckpt_path=str(checkpoint)
+    )
     assert resumed.steps == full.steps[5:]  # tokens, LR, β, T, RoPE base: equal, not just close
-    torch.testing.assert_close(torch.tensor(resumed.losses()), torch.tensor(full.losses()[5:]), rtol=1e-6, atol=0)
-    for (name, a), b in zip(module.state_dict().items(), resumed_module.state_dict().values()):
+    torch.testing.assert_close(
+        torch.tensor(resumed.losses()), torch.tensor(full.losses()[5:]), rtol=1e-6, atol=0
+    )
+    for (name, a), b in zip(module.state_dict().items(), resumed_module.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_annealing_stage_starts_from_the_previous_final_lr(tmp_path):
     def schedule():
-        return WarmupStableDecay(total_tokens=4 * MICRO, decay_tokens=4 * MICRO, decay="cosine", min_lr=1e-4,
-                                 init_lr_from_previous=True)
+        return WarmupStableDecay(
+            total_tokens=4 * MICRO,
+            decay_tokens=4 * MICRO,
+            decay="cosine",
+            min_lr=1e-4,
+            init_lr_from_previous=True,
+        )
 
     module = tiny_module()
     module.previous_stage_final_lr = 2e-3  # what stage initialisation puts there
@@ -251,9 +310,10 @@ def test_annealing_stage_starts_from_the_previous_final_lr(tmp_path):
         assert step["lr"] == pytest.approx(1e-4 + (2e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress)))
     assert rec.steps[-1]["lr"] == pytest.approx(1e-4) and wsd.peak_lr == 2e-3
 
-    # A resumed annealing stage is not re-initialised (no previous_stage_final_lr): the peak comes from its state.
-    _, _, resumed = fit(tmp_path / "b", [schedule()], 4, data=TinyData(period=4),
-                        ckpt_path=str(tmp_path / "ckpt" / "s2.ckpt"))
+    # A resumed annealing stage is not re-initialised (no previous_stage_final_lr): the peak comes from state.
+    _, _, resumed = fit(
+        tmp_path / "b", [schedule()], 4, data=TinyData(period=4), ckpt_path=str(tmp_path / "ckpt" / "s2.ckpt")
+    )
     assert resumed.steps == rec.steps[2:]
 
     # without a previous LR it falls back to optimizer.lr (with a warning)
@@ -271,7 +331,9 @@ def test_batch_ramp_steps_whole_windows_and_matches_manual_accumulation(tmp_path
     start = tiny_module()
     trainer, module, rec = fit(tmp_path, [ramp], 10, module=copy.deepcopy(start), data=data)
     micro = [s["micro"] for s in rec.steps]
-    assert [s["accumulate"] for s in rec.steps] == micro  # every step summed exactly its factor of micro-batches
+    assert [
+        s["accumulate"] for s in rec.steps
+    ] == micro  # every step summed exactly its factor of micro-batches
     assert micro[0] == 1 and micro[-1] == 4 and micro == sorted(micro)
     for step in rec.steps:  # the factor never exceeds what the ramp asked for at the start of its window
         before = step["tokens"] - step["micro"] * MICRO
@@ -288,7 +350,7 @@ def test_batch_ramp_steps_whole_windows_and_matches_manual_accumulation(tmp_path
         for _ in range(factor):
             (reference.compute_loss(next(batches))[0].loss / factor).backward()
         optimizer.step()
-    for (name, a), b in zip(reference.state_dict().items(), module.state_dict().values()):
+    for (name, a), b in zip(reference.state_dict().items(), module.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
 
 
@@ -297,22 +359,36 @@ def test_batch_ramp_resumes_with_the_same_windows(tmp_path):
         return [BatchSizeRamp(MICRO, 4 * MICRO, ramp_tokens=12 * MICRO), step_checkpoints(root, 4)]
 
     # every batch is the same (period = one batch), so any resume point sees the same data
-    _, full_module, full = fit(tmp_path / "full", callbacks(tmp_path / "full"), 8, data=TinyData(period=BATCH))
+    _, full_module, full = fit(
+        tmp_path / "full", callbacks(tmp_path / "full"), 8, data=TinyData(period=BATCH)
+    )
     checkpoint = tmp_path / "full" / "ckpt" / "s4.ckpt"
-    _, module, resumed = fit(tmp_path / "resumed", callbacks(tmp_path / "resumed"), 8,
-                             data=TinyData(period=BATCH), ckpt_path=str(checkpoint))
+    _, module, resumed = fit(
+        tmp_path / "resumed",
+        callbacks(tmp_path / "resumed"),
+        8,
+        data=TinyData(period=BATCH),
+        ckpt_path=str(checkpoint),
+    )
     assert resumed.steps == full.steps[4:]
-    torch.testing.assert_close(torch.tensor(resumed.losses()), torch.tensor(full.losses()[-len(resumed.losses()):]),
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(resumed.losses()),
+        torch.tensor(full.losses()[-len(resumed.losses()) :]),
+        rtol=1e-6,
+        atol=0,
+    )
     assert len(resumed.steps) > 0 and resumed.steps[0]["accumulate"] > 1
-    for (name, a), b in zip(full_module.state_dict().items(), module.state_dict().values()):
+    for (name, a), b in zip(full_module.state_dict().items(), module.state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
 
 
 # --------------------------------------------------------------------------------------- long context
 def test_split_rows_keeps_tokens_labels_and_documents():
-    batch = {"input_ids": torch.arange(32).view(2, 16), "labels": torch.arange(1, 33).view(2, 16),
-             "doc_ids": torch.tensor([[0] * 6 + [1] * 10, [0] * 16])}
+    batch = {
+        "input_ids": torch.arange(32).view(2, 16),
+        "labels": torch.arange(1, 33).view(2, 16),
+        "doc_ids": torch.tensor([[0] * 6 + [1] * 10, [0] * 16]),
+    }
     original = {k: v.clone() for k, v in batch.items()}
     split_rows(batch, 4)
     assert batch["input_ids"].shape == (8, 4)
@@ -324,18 +400,33 @@ def test_split_rows_keeps_tokens_labels_and_documents():
 
 def test_long_context_sets_rope_and_data_length_and_warms_up(tmp_path):
     data = TinyData(seq_len=8)  # the recipe asks for 16: the callback sets it before the loader is built
-    callback = LongContextSchedule(rope_theta=4e4, seq_len=16, warmup=[[0, 4], [2 * MICRO, 8], [4 * MICRO, 16]])
-    trainer, module, rec = fit(tmp_path, [callback, Throughput(log_every_n_steps=1, peak_flops=1e12)], 6, data=data)
+    callback = LongContextSchedule(
+        rope_theta=4e4, seq_len=16, warmup=[[0, 4], [2 * MICRO, 8], [4 * MICRO, 16]]
+    )
+    trainer, module, rec = fit(
+        tmp_path, [callback, Throughput(log_every_n_steps=1, peak_flops=1e12)], 6, data=data
+    )
     assert data.seq_len == 16 and module.config.rope_theta == 4e4
     assert {s["theta"] for s in rec.steps} == {4e4}
-    assert rec.shapes == [(8, 4), (8, 4), (4, 8), (4, 8), (2, 16), (2, 16)]  # same tokens per batch throughout
+    assert rec.shapes == [
+        (8, 4),
+        (8, 4),
+        (4, 8),
+        (4, 8),
+        (2, 16),
+        (2, 16),
+    ]  # same tokens per batch throughout
     assert [s["tokens"] for s in rec.steps] == [MICRO * (i + 1) for i in range(6)]
     # Throughput counted FLOPs of the rows actually trained (last step: full length, all 3 passes).
     last = trainer.callbacks[1].last
     expected_per_token = flops_per_token(module.config, 16)
-    assert last["throughput/flops_per_sec"] / last["throughput/tokens_per_sec"] == pytest.approx(expected_per_token)
+    assert last["throughput/flops_per_sec"] / last["throughput/tokens_per_sec"] == pytest.approx(
+        expected_per_token
+    )
     assert last["throughput/mfu"] == pytest.approx(last["throughput/flops_per_sec"] / 1e12)
-    assert flops_per_token(module.config, 16) == pytest.approx(3 * flops_per_token(module.config, 16, num_steps=1))
+    assert flops_per_token(module.config, 16) == pytest.approx(
+        3 * flops_per_token(module.config, 16, num_steps=1)
+    )
 
 
 # ---------------------------------------------------------------------------------------- token budget
@@ -344,7 +435,9 @@ def test_token_budget_stops_checkpoints_and_marks_the_stage(tmp_path):
     trainer, module, rec = fit(tmp_path, [budget], 100)
     assert trainer.global_step == 5 and module.tokens_seen == 5 * MICRO
     record = json.loads((tmp_path / "stage_complete.json").read_text())
-    assert record["tokens"] == 5 * MICRO and record["global_step"] == 5 and record["max_tokens"] == 5 * MICRO - 1
+    assert (
+        record["tokens"] == 5 * MICRO and record["global_step"] == 5 and record["max_tokens"] == 5 * MICRO - 1
+    )
     checkpoint = Path(record["checkpoint"])
     assert checkpoint == tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(checkpoint, weights_only=True)
@@ -352,7 +445,9 @@ def test_token_budget_stops_checkpoints_and_marks_the_stage(tmp_path):
 
     # Resuming a finished stage trains nothing and keeps the marker.
     (tmp_path / "stage_complete.json").unlink()
-    trainer, module, rec = fit(tmp_path, [TokenBudget(max_tokens=5 * MICRO - 1)], 100, ckpt_path=str(checkpoint))
+    trainer, module, rec = fit(
+        tmp_path, [TokenBudget(max_tokens=5 * MICRO - 1)], 100, ckpt_path=str(checkpoint)
+    )
     assert rec.steps == [] and trainer.global_step == 5
     assert json.loads((tmp_path / "stage_complete.json").read_text())["tokens"] == 5 * MICRO
 
@@ -380,5 +475,51 @@ def test_loop_metrics_table_matches_the_logged_validation_metrics(tmp_path, capl
     assert [r["q"] for r in thresholds] == sorted(module.q_exit_thresholds)
     for row in thresholds:
         assert row["depth"] == logged[f"val/depth_q{row['q']:g}"]
-    parsed = loop_table({"val/ce_step2": 1.0, "val/ce_step1": 2.0, "val/loss_q0.5": 3.0, "train/ce_step1": 9.0})
+    parsed = loop_table(
+        {"val/ce_step2": 1.0, "val/ce_step1": 2.0, "val/loss_q0.5": 3.0, "train/ce_step1": 9.0}
+    )
     assert parsed == ([{"step": 1, "ce": 2.0}, {"step": 2, "ce": 1.0}], [{"q": 0.5, "loss": 3.0}])
+
+
+# ------------------------------------------------------------------------------------------- recipes
+RECIPE = """
+callbacks:
+  - class_path: ouro.callbacks.WarmupStableDecay
+    init_args: {total_tokens: 400_000_000, warmup_tokens: 1_000_000, decay_tokens: 100_000_000, decay: 1-sqrt,
+                min_lr_ratio: 0.1}
+  - class_path: ouro.callbacks.LongContextSchedule
+    init_args: {rope_theta: [[0, 10000], [1000, 40000.0]], seq_len: 4096, warmup: [[0, 1024], [100, 4096]]}
+  - class_path: ouro.callbacks.LoopSchedule
+    init_args: {steps: [[0, 8], [100, 4]], beta: [[0, 0.1], [100, 0.05]]}
+  - class_path: ouro.callbacks.BatchSizeRamp
+    init_args: {start_tokens_per_step: 4_194_304, end_tokens_per_step: 8_388_608, ramp_tokens:
+    100_000_000_000}
+  - class_path: ouro.callbacks.TokenBudget
+    init_args: {max_tokens: 3_000_000_000_000}
+  - ouro.callbacks.LoopMetrics
+  - class_path: ouro.callbacks.Throughput
+    init_args: {peak_flops: 989e12}
+"""
+
+
+def _parse(text: str):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--callbacks", type=list[L.Callback])
+    return parser.instantiate_classes(parser.parse_string(text)).callbacks
+
+
+def test_callbacks_parse_from_a_recipe_and_bad_keys_or_types_are_named():
+    wsd, context, loops, ramp, budget, _, throughput = _parse(RECIPE)
+    assert wsd.lr_at(400_000_000, 1.0) == pytest.approx(0.1) and wsd.decay == "1-sqrt"
+    assert context.rope_theta_at(999) == 1e4 and context.rope_theta_at(1000) == 4e4
+    assert context.seq_len_at(50, 4096) == 1024 and context.seq_len_at(100, 4096) == 4096
+    assert (loops.steps_at(99), loops.steps_at(100), loops.beta_at(100)) == (8, 4, 0.05)
+    assert ramp.end_tokens_per_step == 8_388_608 and budget.max_tokens == 3 * 10**12
+    assert throughput.peak_flops == 989e12
+    bad = {"warmup_steps": "{total_tokens: 1000, warmup_steps: 7}", "total_tokens": "{total_tokens: lots}"}
+    for field, args in bad.items():
+        with pytest.raises(Exception) as error:
+            _parse(f"callbacks:\n  - class_path: ouro.callbacks.WarmupStableDecay\n    init_args: {args}\n")
+        assert field in str(error.value)

@@ -13,34 +13,38 @@ from ouro.callbacks.schedule import check_token_count, tokens_seen
 class BatchSizeRamp(L.Callback):
     """Grow the tokens per optimizer step from ``start_tokens_per_step`` to ``end_tokens_per_step``.
 
-    The global batch is micro-batch tokens x world size x ``trainer.accumulate_grad_batches``; this callback sets
-    the accumulation factor to ``floor(target / micro-batch tokens)`` where the target grows linearly with tokens
-    seen over ``ramp_tokens`` (paper: 4M -> 8M tokens in stage 1a).
+    The global batch is micro-batch tokens x world size x ``trainer.accumulate_grad_batches``; this callback
+    sets the accumulation factor to ``floor(target / micro-batch tokens)`` where the target grows linearly
+    with tokens seen over ``ramp_tokens`` (paper: 4M -> 8M tokens in stage 1a).
 
-    Lightning decides when to step by ``batches of this epoch % accumulate_grad_batches`` (and zeroes gradients
-    and scales the loss with the same factor), so the factor only changes right after an optimizer step and only
-    where the epoch's batch count is a multiple of the new factor; otherwise the old factor runs until it is
-    (fewer than new / gcd(old, new) extra steps). Every optimizer step therefore sums exactly its factor of
-    micro-batches. Strategies that fix accumulation at start-up (DeepSpeed) cannot ramp.
+    Lightning decides when to step by ``batches of this epoch % accumulate_grad_batches`` (and zeroes
+    gradients and scales the loss with the same factor), so the factor only changes right after an optimizer
+    step and only where the epoch's batch count is a multiple of the new factor; otherwise the old factor runs
+    until it is (fewer than new / gcd(old, new) extra steps). Every optimizer step therefore sums exactly its
+    factor of micro-batches. Strategies that fix accumulation at start-up (DeepSpeed) cannot ramp.
     """
 
     def __init__(self, start_tokens_per_step: int, end_tokens_per_step: int, ramp_tokens: int,
                  ramp_start_tokens: int = 0) -> None:
         """
         Args:
-            start_tokens_per_step: Global tokens per optimizer step at the start (multiple of the micro-batch tokens).
+            start_tokens_per_step: Global tokens per optimizer step at the start (multiple of the micro-batch
+                tokens).
             end_tokens_per_step: Global tokens per optimizer step at the end of the ramp (also a multiple).
-            ramp_tokens: Tokens over which the batch grows linearly (0 = jump to the end size at ramp_start_tokens).
+            ramp_tokens: Tokens over which the batch grows linearly (0 = jump to the end size at
+                ramp_start_tokens).
             ramp_start_tokens: Tokens seen before the ramp begins.
         """
         name = type(self).__name__
-        self.start_tokens_per_step = check_token_count(name, "start_tokens_per_step", start_tokens_per_step, 1)
+        self.start_tokens_per_step = check_token_count(name, "start_tokens_per_step", start_tokens_per_step,
+                                                       1)
         self.end_tokens_per_step = check_token_count(name, "end_tokens_per_step", end_tokens_per_step, 1)
         self.ramp_tokens = check_token_count(name, "ramp_tokens", ramp_tokens)
         self.ramp_start_tokens = check_token_count(name, "ramp_start_tokens", ramp_start_tokens)
         if self.end_tokens_per_step < self.start_tokens_per_step:
             raise ValueError(f"{name}: end_tokens_per_step ({self.end_tokens_per_step}) is smaller than "
-                             f"start_tokens_per_step ({self.start_tokens_per_step}); the ramp only grows the batch")
+                             f"start_tokens_per_step ({self.start_tokens_per_step}); the ramp only grows the "
+                             "batch")
         self.micro_tokens: int | None = None
         self.factor: int | None = None
 
@@ -60,14 +64,16 @@ class BatchSizeRamp(L.Callback):
     def factor_at(self, tokens: int) -> int:
         """Accumulation factor the ramp asks for after ``tokens`` tokens (needs the micro-batch size)."""
         if self.micro_tokens is None:
-            raise RuntimeError("BatchSizeRamp.factor_at needs the micro-batch size, known after the first batch")
+            raise RuntimeError("BatchSizeRamp.factor_at needs the micro-batch size, known after the first "
+                               "batch")
         return max(1, int(self.target_tokens_per_step(tokens) // self.micro_tokens))
 
     # --------------------------------------------------------------------------------------------- Lightning
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and self.factor is None and trainer.accumulate_grad_batches != 1:
             raise ValueError(f"BatchSizeRamp sets trainer.accumulate_grad_batches itself; remove "
-                             f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} from the recipe")
+                             f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} from the "
+                             "recipe")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.factor is not None:  # resumed: the window that follows the checkpoint uses the saved factor
@@ -87,8 +93,8 @@ class BatchSizeRamp(L.Callback):
                 trainer.accumulate_grad_batches = self.factor
         elif batch["input_ids"].numel() * trainer.world_size != self.micro_tokens:
             raise ValueError(f"BatchSizeRamp: micro-batch changed from {self.micro_tokens} to "
-                             f"{batch['input_ids'].numel() * trainer.world_size} tokens; the ramp needs a fixed "
-                             "micro-batch size")
+                             f"{batch['input_ids'].numel() * trainer.world_size} tokens; the ramp needs a "
+                             "fixed micro-batch size")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -102,8 +108,10 @@ class BatchSizeRamp(L.Callback):
             self.factor = wanted
             trainer.accumulate_grad_batches = wanted
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
-        pl_module.log("train/tokens_per_step", float(trainer.accumulate_grad_batches * (self.micro_tokens or 0)),
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: Any) -> None:
+        pl_module.log("train/tokens_per_step",
+                      float(trainer.accumulate_grad_batches * (self.micro_tokens or 0)),
                       on_step=True, on_epoch=False, rank_zero_only=True)
 
     def state_dict(self) -> dict[str, Any]:

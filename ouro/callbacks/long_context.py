@@ -1,4 +1,4 @@
-"""Long-context schedule: RoPE base and sequence length of a stage, with an optional gradual length warm-up."""
+"""Long-context schedule: a stage's RoPE base and sequence length, with an optional length warm-up."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from ouro.callbacks.schedule import Piecewise, check_token_count, tokens_seen
 def _model_configs(pl_module: Any) -> list[Any]:
     """Every distinct config object the module and its network read (usually one shared object)."""
     found: list[Any] = []
-    for owner in (pl_module, getattr(pl_module, "net", None), getattr(getattr(pl_module, "net", None), "model", None)):
+    net = getattr(pl_module, "net", None)
+    for owner in (pl_module, net, getattr(net, "model", None)):
         config = getattr(owner, "config", None)
         if config is not None and all(config is not c for c in found):
             found.append(config)
@@ -22,7 +23,7 @@ def _model_configs(pl_module: Any) -> list[Any]:
 
 
 def set_model_field(pl_module: Any, field: str, value: Any) -> None:
-    """Set ``config.<field>`` wherever the module keeps its model config (the model reads it every forward)."""
+    """Set ``config.<field>`` wherever the module keeps its model config (read at every forward)."""
     configs = _model_configs(pl_module)
     if not configs:
         raise TypeError(f"{type(pl_module).__name__} has no model `config` to set {field} on")
@@ -45,37 +46,37 @@ def split_rows(batch: dict[str, Any], seq_len: int) -> None:
 class LongContextSchedule(L.Callback):
     """Set the stage's RoPE base and sequence length, optionally warming the length up gradually.
 
-    ``rope_theta`` is written to the model config (read at every forward) at fit start and whenever its schedule
-    changes; paper: 10K (stages 1a/1b), 40K (CT annealing), 1M (LongCT onwards). ``seq_len`` is written to
-    ``trainer.datamodule.seq_len`` before the loaders are built (paper: 4K -> 16K -> 64K -> 32K).
+    ``rope_theta`` is written to the model config (read at every forward) at fit start and whenever its
+    schedule changes; paper: 10K (stages 1a/1b), 40K (CT annealing), 1M (LongCT onwards). ``seq_len`` is
+    written to ``trainer.datamodule.seq_len`` before the loaders are built (paper: 4K -> 16K -> 64K -> 32K).
 
-    Gradual length warm-up (``warmup``) keeps the loader at the full ``seq_len`` and, while a shorter length is
-    in force, cuts each row of the batch into rows of that length before the forward. The tokens, the batch in
-    tokens and the data-loader position are those of the full-length run, so resume stays exact; only the context
-    is shorter. (Changing the loader's own block size mid-stage would need a loader rebuild, and litdata refuses
-    to resume a loader whose block size changed.)
+    Gradual length warm-up (``warmup``) keeps the loader at the full ``seq_len`` and, while a shorter length
+    is in force, cuts each row of the batch into rows of that length before the forward. The tokens, the batch
+    in tokens and the data-loader position are those of the full-length run, so resume stays exact; only the
+    context is shorter. (Changing the loader's own block size mid-stage would need a loader rebuild, and
+    litdata refuses to resume a loader whose block size changed.)
     """
 
     def __init__(self, rope_theta: float | list[tuple[int, float]] | None = None, seq_len: int | None = None,
                  warmup: list[tuple[int, int]] | None = None) -> None:
         """
         Args:
-            rope_theta: RoPE base for the whole stage, or ``[[tokens, base], ...]`` changing at those token counts
-                (first entry at 0). None keeps the model's ``rope_theta``.
+            rope_theta: RoPE base for the whole stage, or ``[[tokens, base], ...]`` changing at those token
+                counts (first entry at 0). None keeps the model's ``rope_theta``.
             seq_len: Sequence length of the stage, written to ``trainer.datamodule.seq_len``. None keeps the
                 datamodule's.
-            warmup: ``[[tokens, length], ...]``: from each token count on, train on rows of ``length`` tokens; first
-                entry at 0, lengths increase, divide ``seq_len`` and end with ``seq_len`` itself.
+            warmup: ``[[tokens, length], ...]``: from each token count on, train on rows of ``length`` tokens;
+                first entry at 0, lengths increase, divide ``seq_len`` and end with ``seq_len`` itself.
         """
         name = type(self).__name__
         if rope_theta is None or isinstance(rope_theta, list):
-            self.rope_theta = None if rope_theta is None else Piecewise(name, "rope_theta", rope_theta, float, 0,
-                                                                         exclusive_minimum=True)
+            self.rope_theta = None if rope_theta is None else Piecewise(
+                name, "rope_theta", rope_theta, float, 0, exclusive_minimum=True)
         elif isinstance(rope_theta, Real) and not isinstance(rope_theta, bool) and rope_theta > 0:
             self.rope_theta = Piecewise(name, "rope_theta", [(0, float(rope_theta))])
         else:
-            raise ValueError(f"{name}: rope_theta must be a positive number or a list of [tokens, base] pairs, "
-                             f"got {rope_theta!r}")
+            raise ValueError(f"{name}: rope_theta must be a positive number or a list of [tokens, base] "
+                             f"pairs, got {rope_theta!r}")
         self.seq_len = None if seq_len is None else check_token_count(name, "seq_len", seq_len, 1)
         self.warmup = None if warmup is None else Piecewise(name, "warmup", warmup, int, 1)
         if self.warmup is not None and self.seq_len is not None:
@@ -91,14 +92,14 @@ class LongContextSchedule(L.Callback):
         lengths = self.warmup.values
         for i, length in enumerate(lengths):
             if full % length:
-                raise ValueError(f"LongContextSchedule: warmup[{i}] length {length} does not divide seq_len {full}; "
-                                 "use lengths that divide the stage's sequence length")
+                raise ValueError(f"LongContextSchedule: warmup[{i}] length {length} does not divide seq_len "
+                                 f"{full}; use lengths that divide the stage's sequence length")
             if i and length <= lengths[i - 1]:
                 raise ValueError(f"LongContextSchedule: warmup lengths must increase, got {length} after "
                                  f"{lengths[i - 1]}")
         if lengths[-1] != full:
-            raise ValueError(f"LongContextSchedule: the last warmup entry must be the full seq_len ({full}), got "
-                             f"{lengths[-1]}; add [tokens, {full}] where the warm-up ends")
+            raise ValueError(f"LongContextSchedule: the last warmup entry must be the full seq_len ({full}), "
+                             f"got {lengths[-1]}; add [tokens, {full}] where the warm-up ends")
 
     def rope_theta_at(self, tokens: int) -> float | None:
         return None if self.rope_theta is None else self.rope_theta(tokens)
@@ -113,15 +114,16 @@ class LongContextSchedule(L.Callback):
         if self.seq_len is not None:
             datamodule = trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "seq_len"):
-                raise ValueError("LongContextSchedule: seq_len is set but the datamodule has no `seq_len`; use an "
-                                 "ouro DataModule or drop seq_len from the callback")
+                raise ValueError("LongContextSchedule: seq_len is set but the datamodule has no `seq_len`; "
+                                 "use an ouro DataModule or drop seq_len from the callback")
             if datamodule.seq_len != self.seq_len:
                 rank_zero_info(f"LongContextSchedule: data seq_len {datamodule.seq_len} -> {self.seq_len}")
                 datamodule.seq_len = self.seq_len
         elif self.warmup is not None:
             full = getattr(trainer.datamodule, "seq_len", None)
             if full is None:
-                raise ValueError("LongContextSchedule: warmup needs the stage's seq_len; set seq_len on the callback")
+                raise ValueError("LongContextSchedule: warmup needs the stage's seq_len; set seq_len on the "
+                                 "callback")
             self._check_warmup(full)
         self._apply_theta(pl_module)
 
@@ -135,14 +137,15 @@ class LongContextSchedule(L.Callback):
                              batch_idx: int) -> None:
         self._apply_theta(pl_module)
         if self._applied_theta is not None:
-            pl_module.log("train/rope_theta", self._applied_theta, on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log("train/rope_theta", self._applied_theta, on_step=True, on_epoch=False,
+                          rank_zero_only=True)
         if self.warmup is not None:
             full = batch["input_ids"].shape[1]
             length = self.seq_len_at(tokens_seen(pl_module), full)
             if length != full:
                 if full % length:
-                    raise ValueError(f"LongContextSchedule: warm-up length {length} does not divide the batch's "
-                                     f"sequence length {full}")
+                    raise ValueError(f"LongContextSchedule: warm-up length {length} does not divide the "
+                                     f"batch's sequence length {full}")
                 split_rows(batch, length)
             pl_module.log("train/seq_len", float(length), on_step=True, on_epoch=False, rank_zero_only=True)
 

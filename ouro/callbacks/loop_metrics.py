@@ -34,7 +34,8 @@ def format_loop_table(step_rows: list[dict[str, float]], q_rows: list[dict[str, 
         return format(row[key], fmt) if key in row else "-"
 
     lines = [f"{'step':>4}  {'CE':>8}  {'ppl':>10}  {'p(exit)':>8}"]
-    lines += [f"{int(r['step']):>4}  {cell(r, 'ce', '8.4f')}  {cell(r, 'ppl', '10.3f')}  {cell(r, 'exit_prob', '8.4f')}"
+    lines += [f"{int(r['step']):>4}  {cell(r, 'ce', '8.4f')}  {cell(r, 'ppl', '10.3f')}  "
+              f"{cell(r, 'exit_prob', '8.4f')}"
               for r in step_rows]
     if q_rows:
         lines.append(f"{'q':>6}  {'loss':>8}  {'depth':>6}")
@@ -43,8 +44,8 @@ def format_loop_table(step_rows: list[dict[str, float]], q_rows: list[dict[str, 
 
 
 class LoopMetrics(L.Callback):
-    """After each validation, print a table of the per-step cross-entropy, perplexity and exit probability and of
-    the Q-exit losses and mean depths, read from the metrics the module logged (``val/ce_step{t}``,
+    """After each validation, print a table of the per-step cross-entropy, perplexity and exit probability and
+    of the Q-exit losses and mean depths, read from the metrics the module logged (``val/ce_step{t}``,
     ``val/ppl_step{t}``, ``val/exit_prob_step{t}``, ``val/loss_q{q}``, ``val/depth_q{q}``).
 
     Metrics the module does not log show as ``-``. The last table is kept in ``last`` (rows as dicts).

@@ -12,11 +12,12 @@ from ouro.callbacks.schedule import Piecewise, tokens_seen
 
 
 class LoopSchedule(L.Callback):
-    """Set the recurrent steps T (``config.total_ut_steps``) and Stage I's β (``entropy_coef``) from tokens seen.
+    """Set the recurrent steps T (``config.total_ut_steps``) and Stage I's β (``entropy_coef``) from tokens
+    seen.
 
-    Both are piecewise constant: ``[[0, 8], [N, 4]]`` trains with 8 steps until N tokens, then 4. Paper: T 8 -> 4
-    and β 0.1 -> 0.05 after the first (warmup) stage. The values are applied before every training batch and
-    before validation, and logged as ``train/total_ut_steps`` and ``train/entropy_coef``.
+    Both are piecewise constant: ``[[0, 8], [N, 4]]`` trains with 8 steps until N tokens, then 4. Paper: T 8
+    -> 4 and β 0.1 -> 0.05 after the first (warmup) stage. The values are applied before every training batch
+    and before validation, and logged as ``train/total_ut_steps`` and ``train/entropy_coef``.
     """
 
     def __init__(self, steps: list[tuple[int, int]] | None = None, beta: list[tuple[int, float]] | None = None
@@ -58,7 +59,8 @@ class LoopSchedule(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.beta is not None and getattr(pl_module, "objective", "stage1") != "stage1":
-            raise ValueError("LoopSchedule: beta only affects objective 'stage1'; drop beta from the callback")
+            raise ValueError("LoopSchedule: beta only affects objective 'stage1'; drop beta from the "
+                             "callback")
         self._apply(pl_module)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -72,9 +74,11 @@ class LoopSchedule(L.Callback):
         self._apply(pl_module)
         steps, beta = self._applied
         if steps is not None:
-            pl_module.log("train/total_ut_steps", float(steps), on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log("train/total_ut_steps", float(steps), on_step=True, on_epoch=False,
+                          rank_zero_only=True)
         if beta is not None:
-            pl_module.log("train/entropy_coef", float(beta), on_step=True, on_epoch=False, rank_zero_only=True)
+            pl_module.log("train/entropy_coef", float(beta), on_step=True, on_epoch=False,
+                          rank_zero_only=True)
 
     def state_dict(self) -> dict[str, Any]:
         steps, beta = self._applied

@@ -1,4 +1,4 @@
-"""Warmup-stable-decay learning rate measured in tokens, with annealing stages that continue the previous LR."""
+"""Warmup-stable-decay learning rate in tokens; annealing stages continue from the previous stage's LR."""
 
 from __future__ import annotations
 
@@ -29,14 +29,15 @@ def decay_factor(shape: str, progress: float) -> float:
 class WarmupStableDecay(L.Callback):
     """Learning rate as a function of tokens seen: linear warmup, constant, then decay to a floor.
 
-    Before every optimizer step it sets the LR of every parameter group from ``pl_module.tokens_seen`` (counting
-    the step's own tokens) and logs it as ``lr``. The peak is ``pl_module.optim.lr``, or with
-    ``init_lr_from_previous`` the LR the previous stage ended with (``pl_module.previous_stage_final_lr``, set by
-    stage initialisation), so an annealing stage decays from where the last stage stopped. Paper (Table 1): warmup
-    then 3e-4 (stage 1a), constant 3e-4 (1b), cosine to 3e-5 (CT annealing), constant 3e-5 (LongCT), cosine to
-    1e-5 (mid-training).
+    Before every optimizer step it sets the LR of every parameter group from ``pl_module.tokens_seen``
+    (counting the step's own tokens) and logs it as ``lr``. The peak is ``pl_module.optim.lr``, or with
+    ``init_lr_from_previous`` the LR the previous stage ended with (``pl_module.previous_stage_final_lr``, set
+    by stage initialisation), so an annealing stage decays from where the last stage stopped. Paper (Table 1):
+    warmup then 3e-4 (stage 1a), constant 3e-4 (1b), cosine to 3e-5 (CT annealing), constant 3e-5 (LongCT),
+    cosine to 1e-5 (mid-training).
 
-    The peak, the total and the last LR are saved in the checkpoint, so a resumed stage follows the same curve.
+    The peak, the total and the last LR are saved in the checkpoint, so a resumed stage follows the same
+    curve.
     """
 
     def __init__(
@@ -51,16 +52,19 @@ class WarmupStableDecay(L.Callback):
     ) -> None:
         """
         Args:
-            total_tokens: Tokens of the stage; decay ends here. None: the ``max_tokens`` of the TokenBudget callback.
+            total_tokens: Tokens of the stage; decay ends here. None: the ``max_tokens`` of the TokenBudget
+                callback.
             warmup_tokens: Tokens of linear warmup from 0 to the peak LR.
             decay_tokens: Tokens of the final decay to the floor (0 = constant after warmup).
             decay: Shape of the decay: ``cosine``, ``linear`` or ``1-sqrt``.
             min_lr: Floor reached at the end of the decay, as an absolute LR.
             min_lr_ratio: Floor as a fraction of the peak LR (instead of ``min_lr``).
-            init_lr_from_previous: Start from the LR the previous stage ended with instead of ``optimizer.lr``.
+            init_lr_from_previous: Start from the LR the previous stage ended with instead of
+                ``optimizer.lr``.
         """
         name = type(self).__name__
-        self.total_tokens = None if total_tokens is None else check_token_count(name, "total_tokens", total_tokens, 1)
+        self.total_tokens = None if total_tokens is None else check_token_count(name, "total_tokens",
+                                                                                total_tokens, 1)
         self.warmup_tokens = check_token_count(name, "warmup_tokens", warmup_tokens)
         self.decay_tokens = check_token_count(name, "decay_tokens", decay_tokens)
         if decay not in DECAY_SHAPES:
@@ -88,8 +92,8 @@ class WarmupStableDecay(L.Callback):
     def _check_total(self, total: int) -> None:
         if self.warmup_tokens + self.decay_tokens > total:
             raise ValueError(f"{type(self).__name__}: warmup_tokens + decay_tokens ({self.warmup_tokens} + "
-                             f"{self.decay_tokens} = {self.warmup_tokens + self.decay_tokens}) exceeds total_tokens "
-                             f"({total}); shorten warmup/decay or raise the budget")
+                             f"{self.decay_tokens} = {self.warmup_tokens + self.decay_tokens}) exceeds "
+                             f"total_tokens ({total}); shorten warmup/decay or raise the budget")
 
     # ---------------------------------------------------------------------------------------------- the curve
     def floor(self, peak: float) -> float:
@@ -99,8 +103,8 @@ class WarmupStableDecay(L.Callback):
         """The learning rate after ``tokens`` tokens for peak LR ``peak`` (default: the resolved peak)."""
         peak = self.peak_lr if peak is None else peak
         if peak is None or self.total_tokens is None:
-            raise RuntimeError("WarmupStableDecay.lr_at needs the peak LR and total_tokens; they are resolved "
-                               "when training starts")
+            raise RuntimeError("WarmupStableDecay.lr_at needs the peak LR and total_tokens; they are "
+                               "resolved when training starts")
         floor = self.floor(peak)
         if self.warmup_tokens and tokens < self.warmup_tokens:
             return peak * tokens / self.warmup_tokens
@@ -116,8 +120,9 @@ class WarmupStableDecay(L.Callback):
 
             budgets = [cb for cb in trainer.callbacks if isinstance(cb, TokenBudget)]
             if not budgets:
-                raise ValueError("WarmupStableDecay: total_tokens is not set and there is no TokenBudget callback "
-                                 "to take it from; set total_tokens or add ouro.callbacks.TokenBudget")
+                raise ValueError("WarmupStableDecay: total_tokens is not set and there is no TokenBudget "
+                                 "callback to take it from; set total_tokens or add "
+                                 "ouro.callbacks.TokenBudget")
             self.total_tokens = budgets[0].max_tokens
             self._check_total(self.total_tokens)
 
@@ -128,8 +133,8 @@ class WarmupStableDecay(L.Callback):
         if self.init_lr_from_previous:
             previous = getattr(pl_module, "previous_stage_final_lr", None)
             if previous is None:
-                rank_zero_warn("WarmupStableDecay: init_lr_from_previous is set but the initialising checkpoint "
-                               f"has no final LR; starting from optimizer.lr = {peak:g}")
+                rank_zero_warn("WarmupStableDecay: init_lr_from_previous is set but the initialising "
+                               f"checkpoint has no final LR; starting from optimizer.lr = {peak:g}")
             elif isinstance(previous, bool) or not isinstance(previous, (int, float)) or previous <= 0:
                 raise ValueError(f"WarmupStableDecay: previous_stage_final_lr must be a positive number, got "
                                  f"{previous!r}")
@@ -137,7 +142,8 @@ class WarmupStableDecay(L.Callback):
                 peak = float(previous)
         self.peak_lr = peak
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: Any) -> None:
         lr = self.lr_at(tokens_seen(pl_module))
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -152,14 +158,16 @@ class WarmupStableDecay(L.Callback):
         self.last_lr = state_dict.get("last_lr")
         saved_total = state_dict.get("total_tokens")
         if saved_total is not None and self.total_tokens is not None and saved_total != self.total_tokens:
-            rank_zero_warn(f"WarmupStableDecay: the checkpoint was trained with total_tokens={saved_total}, the "
-                           f"recipe now says {self.total_tokens}; the rest of the stage follows the new value")
+            rank_zero_warn(f"WarmupStableDecay: the checkpoint was trained with total_tokens={saved_total}, "
+                           f"the recipe now says {self.total_tokens}; the rest of the stage follows the new "
+                           "value")
 
 
 def final_lr_from_checkpoint(checkpoint: Mapping[str, Any]) -> float | None:
     """The LR a stage ended with, read from its Lightning checkpoint dict (for ``init_lr_from_previous``).
 
-    Uses the WarmupStableDecay state when present, else the optimizer's first parameter group; None if neither.
+    Uses the WarmupStableDecay state when present, else the optimizer's first parameter group; None if
+    neither.
     """
     state = checkpoint.get("callbacks", {}).get(WarmupStableDecay.__name__)
     if isinstance(state, Mapping) and state.get("last_lr") is not None:

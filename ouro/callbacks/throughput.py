@@ -1,4 +1,4 @@
-"""Training throughput: tokens/s, FLOP/s counting every recurrent pass, and MFU when the device peak is known."""
+"""Training throughput: tokens/s, FLOP/s counting every recurrent pass, and MFU when the peak is known."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ class Throughput(L.Callback):
     ``throughput/mfu`` every ``log_every_n_steps`` optimizer steps.
 
     FLOPs come from `ouro.model.flops_per_token` for the current config and row length: every one of the T
-    passes of the stack, the LM head once per pass, x3 for backward (a 6 x params x tokens estimate undercounts
-    a looped model by about T). Validation time is left out. MFU needs the device's peak: ``peak_flops`` or
-    Lightning's table of CUDA chips (its names miss some, e.g. a plain "NVIDIA H200": pass ``peak_flops``;
-    dense bf16 H100/H200 SXM: 989e12).
+    passes of the stack, the LM head once per pass, x3 for backward (a 6 x params x tokens estimate
+    undercounts a looped model by about T). Validation time is left out. MFU needs the device's peak:
+    ``peak_flops`` or Lightning's table of CUDA chips (its names miss some, e.g. a plain "NVIDIA H200": pass
+    ``peak_flops``; dense bf16 H100/H200 SXM: 989e12).
     """
 
     def __init__(self, log_every_n_steps: int = 10, peak_flops: float | None = None) -> None:
@@ -40,9 +40,12 @@ class Throughput(L.Callback):
             log_every_n_steps: Optimizer steps per measurement window.
             peak_flops: Peak FLOP/s of one device for the training dtype (None: looked up for CUDA devices).
         """
-        if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ValueError(f"Throughput: log_every_n_steps must be a positive integer, got {log_every_n_steps!r}")
-        if peak_flops is not None and (isinstance(peak_flops, bool) or not isinstance(peak_flops, (int, float))
+        if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps,
+                                                                 int) or log_every_n_steps < 1:
+            raise ValueError("Throughput: log_every_n_steps must be a positive integer, got "
+                             f"{log_every_n_steps!r}")
+        if peak_flops is not None and (isinstance(peak_flops, bool) or not isinstance(peak_flops, (int,
+                                                                                                   float))
                                        or peak_flops <= 0):
             raise ValueError(f"Throughput: peak_flops must be a positive number, got {peak_flops!r}")
         self.log_every_n_steps = log_every_n_steps
@@ -62,7 +65,8 @@ class Throughput(L.Callback):
         if self.peak_flops is None and trainer.strategy.root_device.type == "cuda":
             from lightning.fabric.utilities.throughput import get_available_flops
 
-            self.peak_flops = get_available_flops(trainer.strategy.root_device, compute_dtype(trainer.precision))
+            self.peak_flops = get_available_flops(trainer.strategy.root_device,
+                                                  compute_dtype(trainer.precision))
         self._reset_window()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,

@@ -15,14 +15,16 @@ from ouro.run_dir import mark_complete
 
 
 class TokenBudget(L.Callback):
-    """Stop training after ``max_tokens`` tokens (at the end of that optimizer step), save a checkpoint and write
-    ``stage_complete.json`` in the run directory (``trainer.default_root_dir``) with tokens, steps and time.
+    """Stop training after ``max_tokens`` tokens (at the end of that optimizer step), save a checkpoint and
+    write ``stage_complete.json`` in the run directory (``trainer.default_root_dir``) with tokens, steps and
+    time.
 
-    The marker is written only after the checkpoint is on disk (atomically), so an interrupted stage never looks
-    finished. A run resumed past its budget stops before training another step.
+    The marker is written only after the checkpoint is on disk (atomically), so an interrupted stage never
+    looks finished. A run resumed past its budget stops before training another step.
     """
 
-    def __init__(self, max_tokens: int, checkpoint_name: str = "last.ckpt", dirpath: str | None = None) -> None:
+    def __init__(self, max_tokens: int, checkpoint_name: str = "last.ckpt",
+                 dirpath: str | None = None) -> None:
         """
         Args:
             max_tokens: Tokens (all ranks) the stage trains on.
@@ -32,7 +34,8 @@ class TokenBudget(L.Callback):
         """
         self.max_tokens = check_token_count(type(self).__name__, "max_tokens", max_tokens, 1)
         if not checkpoint_name or "/" in checkpoint_name or not checkpoint_name.endswith(".ckpt"):
-            raise ValueError(f"TokenBudget: checkpoint_name must be a file name ending in .ckpt, got {checkpoint_name!r}")
+            raise ValueError("TokenBudget: checkpoint_name must be a file name ending in .ckpt, got "
+                             f"{checkpoint_name!r}")
         self.checkpoint_name = checkpoint_name
         self.dirpath = dirpath
         self.elapsed_s = 0.0  # training time over every session of this stage

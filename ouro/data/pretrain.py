@@ -32,6 +32,26 @@ def _source_dataset_class():
     return SourceDataset
 
 
+def _mixture_class():
+    from litdata import CombinedStreamingDataset
+
+    class WeightedMixture(CombinedStreamingDataset):
+        """litdata's weighted ``CombinedStreamingDataset`` with a length: the expected number of samples until the
+        first source runs out. Lightning prefetches one batch from a loader without length and then saves a loader
+        state one batch ahead (resume would skip a batch); with a length it does not prefetch. The epoch ends at
+        that length or when a source runs out, whichever comes first."""
+
+        def get_len(self, num_workers: int, batch_size: int) -> int:
+            self.num_workers, self.batch_size = num_workers, batch_size
+            sizes = [d.get_len(num_workers, batch_size) for d in self._datasets]
+            return int(min(size / weight for size, weight in zip(sizes, self._weights)))
+
+        def __len__(self) -> int:
+            return self.get_len(1, 1)
+
+    return WeightedMixture
+
+
 class PretrainDataModule(L.LightningDataModule):
     """Token streams from ``ouro prepare`` shards (or the built-in corpus), mixed by weight.
 
@@ -186,13 +206,13 @@ class PretrainDataModule(L.LightningDataModule):
         return BlockCollate(self.eos_id, sft=self.format == "sft", doc_masking=self.doc_masking)
 
     def train_dataloader(self):
-        from litdata import CombinedStreamingDataset, StreamingDataLoader
+        from litdata import StreamingDataLoader
 
         datasets = [self._dataset(d, i, self.shuffle, True) for i, d in enumerate(self._train_dirs)]
         if len(datasets) == 1:
             dataset = datasets[0]
         else:
-            dataset = CombinedStreamingDataset(datasets, seed=self.seed, weights=self._normalised_weights(),
+            dataset = _mixture_class()(datasets, seed=self.seed, weights=self._normalised_weights(),
                                                iterate_over_all=False)
         return StreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                                    collate_fn=self._collate(), drop_last=True)

@@ -1,0 +1,178 @@
+"""PretrainDataModule: batches, document boundaries, mixture proportions, manifest checks, exact resume."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from ouro.config import OuroConfig
+from ouro.data.batching import IGNORE_INDEX, blocks_to_batch
+from ouro.data.builtin import train_tokenizer
+from ouro.data.errors import DataError
+from ouro.data.prepare import prepare
+from ouro.data.pretrain import PretrainDataModule
+from ouro.module import OuroLM
+
+WORDS = "alpha beta gamma delta loop model token stream shard chunk exit gate step".split()
+
+
+def _doc(rng: random.Random) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40)))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pretrain")
+    rng = random.Random(0)
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": _doc(rng)}) + "\n" for _ in range(100)))
+    tokenizer = root / "tokenizer.json"
+    tokenizer.write_text(train_tokenizer([corpus], vocab_size=200).to_str())
+    out = {"tokenizer": tokenizer}
+    for name, n in (("big", 600), ("small", 150), ("val", 40)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps({"text": _doc(rng)}) + "\n" for _ in range(n)))
+        out[name] = root / name
+        prepare([str(root / f"{name}.jsonl")], str(out[name]), tokenizer=str(tokenizer), num_workers=1)
+    return out
+
+
+def _vocab(shards) -> int:
+    return json.loads((shards["big"] / "manifest.json").read_text())["vocab_size"]
+
+
+def _reference_doc_ids(row: list[int], eos: int) -> list[int]:
+    out, doc = [], 0
+    for i in range(len(row)):
+        if i > 0 and row[i - 1] == eos:
+            doc += 1
+        out.append(doc)
+    return out
+
+
+def test_batches_follow_the_contract(shards):
+    dm = PretrainDataModule(sources=[str(shards["big"])], val_source=str(shards["val"]), seq_len=48,
+                            batch_size=3, num_workers=0)
+    dm.setup("fit")
+    assert dm.tokenizer_path == str(shards["big"] / "tokenizer.json")
+    batch = next(iter(dm.train_dataloader()))
+    ids, labels, doc_ids = batch["input_ids"], batch["labels"], batch["doc_ids"]
+    assert ids.shape == labels.shape == doc_ids.shape == (3, 48) and ids.dtype == torch.long
+    assert batch["source"].tolist() == [0, 0, 0]
+    assert (ids == 0).any(), "48-token rows of short documents contain EOS"
+    for row_ids, row_labels, row_docs in zip(ids.tolist(), labels.tolist(), doc_ids.tolist()):
+        assert row_docs == _reference_doc_ids(row_ids, 0)
+        for i in range(47):  # labels are the next tokens, except the prediction made at an EOS
+            assert row_labels[i] == (IGNORE_INDEX if row_ids[i] == 0 else row_ids[i + 1])
+    val = next(iter(dm.val_dataloader()))
+    assert val["input_ids"].shape == (3, 48)
+
+
+def test_same_shards_serve_every_sequence_length(shards):
+    streams = []
+    for seq_len in (15, 63):
+        dm = PretrainDataModule(sources=[str(shards["small"])], val_source=None, seq_len=seq_len, batch_size=1,
+                                num_workers=0, shuffle=False, doc_masking=False)
+        dm.setup("fit")
+        blocks = [torch.cat([b["input_ids"][0], b["labels"][0][-1:]]) for b in dm.train_dataloader()]
+        assert all(len(b) == seq_len + 1 for b in blocks)
+        streams.append(torch.cat(blocks))
+    n = min(len(s) for s in streams) // 64 * 64
+    # Unshuffled, both read the same token stream (the block cut only drops each chunk's tail).
+    assert n > 500 and torch.equal(streams[0][:n], streams[1][:n])
+
+
+def test_blocks_to_batch_without_doc_masking():
+    blocks = torch.tensor([[5, 0, 7, 8, 0, 9]])
+    batch = blocks_to_batch(blocks, eos_id=0, doc_masking=False)
+    assert "doc_ids" not in batch and batch["labels"].tolist() == [[0, 7, 8, 0, 9]]
+    batch = blocks_to_batch(blocks, eos_id=0)
+    assert batch["doc_ids"].tolist() == [[0, 0, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[0, IGNORE_INDEX, 8, 0, IGNORE_INDEX]]
+
+
+def test_mixture_proportions_and_exhaustion_warning(shards):
+    dm = PretrainDataModule(sources=[str(shards["big"]), str(shards["small"])], weights=[3.0, 1.0], val_source=None,
+                            seq_len=8, batch_size=4, num_workers=0, seed=3)
+    dm.setup("fit")
+    counts = torch.zeros(2)
+    for i, batch in enumerate(dm.train_dataloader()):
+        counts += torch.bincount(batch["source"], minlength=2)
+        if i == 199:
+            break
+    share = counts[0].item() / counts.sum().item()
+    assert counts.sum() == 800
+    assert abs(share - 0.75) < 4 * (0.75 * 0.25 / 800) ** 0.5
+    with pytest.warns(UserWarning, match="runs out after"):
+        PretrainDataModule(sources=[str(shards["big"]), str(shards["small"])], weights=[1.0, 9.0], val_source=None,
+                           seq_len=8, num_workers=0).setup("fit")
+
+
+class _Recorder(L.Callback):
+    def __init__(self) -> None:
+        self.batches: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append(batch["input_ids"].clone())
+
+
+def _fit(shards, data_kwargs, max_steps, root, ckpt_path=None, save_every=None):
+    L.seed_everything(0)
+    model = OuroLM(model=OuroConfig.preset("tiny", vocab_size=_vocab(shards)), loss_chunk_size=256)
+    recorder = _Recorder()
+    callbacks = [recorder]
+    if save_every:
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=save_every,
+                                                             save_top_k=-1, filename="{step}"))
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=bool(save_every),
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=root)
+    dm = PretrainDataModule(**data_kwargs)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return recorder.batches, dm
+
+
+@pytest.mark.parametrize("mixture,workers", [(False, 0), (False, 1), (True, 1)])
+def test_resume_mid_epoch_sees_the_same_batches(shards, tmp_path, mixture, workers):
+    sources = [str(shards["big"]), str(shards["small"])] if mixture else [str(shards["big"])]
+    data = dict(sources=sources, weights=[0.5, 0.5] if mixture else None, val_source=None, seq_len=16,
+                batch_size=2, num_workers=workers, seed=7)
+    n, k = 7, 3
+    full, full_dm = _fit(shards, data, n, tmp_path, save_every=k)
+    assert len(full) == n
+    resumed, resumed_dm = _fit(shards, data, n, tmp_path / "resumed", ckpt_path=str(tmp_path / f"step={k}.ckpt"))
+    assert len(resumed) == n - k
+    for a, b in zip(full[k:], resumed):
+        assert torch.equal(a, b)
+    assert sum(full_dm.tokens_per_source) == n * 2 * 16
+    assert resumed_dm.tokens_per_source == full_dm.tokens_per_source
+    if mixture:
+        assert min(full_dm.tokens_per_source) > 0, "both sources were drawn"
+
+
+def test_manifest_mismatch_is_refused(shards, tmp_path):
+    vocab = _vocab(shards)
+    for model_vocab, message in ((vocab - 10, "would overflow"), (vocab + 512, "the tokenizers differ")):
+        model = OuroLM(model=OuroConfig.preset("tiny", vocab_size=model_vocab))
+        trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        dm = PretrainDataModule(sources=[str(shards["big"])], val_source=None, seq_len=8, num_workers=0)
+        with pytest.raises(DataError, match=message) as info:
+            trainer.fit(model, datamodule=dm)
+        assert f"vocab_size is {model_vocab}" in str(info.value) or f"vocab_size {model_vocab}" in str(info.value)
+    model = OuroLM(model=OuroConfig.preset("tiny", vocab_size=vocab, eos_token_id=5))
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(DataError, match="eos_token_id 5"):
+        trainer.fit(model, datamodule=PretrainDataModule(sources=[str(shards["big"])], val_source=None, seq_len=8,
+                                                         num_workers=0))
+
+
+def test_missing_source_says_how_to_make_it(tmp_path):
+    dm = PretrainDataModule(sources=[str(tmp_path / "nowhere")], val_source=None)
+    with pytest.raises(DataError, match="ouro prepare"):
+        dm.setup("fit")

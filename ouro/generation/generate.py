@@ -16,8 +16,9 @@ row, running passes until each row exits), `_sample`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,7 +47,14 @@ class GenerationResult:
     """(row, pass) evaluations while decoding (after the prompt): the work early exit saves."""
     decode_tokens: int = 0
     """Tokens produced by decode steps (all but the first per prompt)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    prefill_seconds: float = 0.0
+    """Wall time of the prompt pass (and the first token's logits)."""
+    decode_seconds: float = 0.0
+    """Wall time of everything after the prompt pass (decode steps and sampling)."""
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
     @property
     def mean_depth(self) -> float:
@@ -160,7 +168,10 @@ def generate(
         tokens: list[list[int]] = [[] for _ in batch_prompts]
         exits: list[list[int]] = [[] for _ in batch_prompts]
         finished = torch.zeros(len(batch_prompts), dtype=torch.bool, device=device)
+        start = time.perf_counter()
         logits, steps = run.first()
+        _sync(device)
+        prefill_s = time.perf_counter() - start
         for i in range(max_new_tokens):
             new = _sample(logits, temperature, top_p, generator)
             alive = (~finished).nonzero().flatten().tolist()
@@ -179,11 +190,19 @@ def generate(
             full_new = torch.full((len(batch_prompts),), pad, dtype=torch.long, device=device)
             full_new[torch.tensor(alive, device=device)] = new
             logits, steps = run.next(full_new, ~finished)
+        _sync(device)
+        decode_s = time.perf_counter() - start - prefill_s
     finally:
         model.train(was_training)
     texts = [decode(tokenizer, t) for t in tokens] if tokenizer is not None else None
     return GenerationResult(tokens=tokens, texts=texts, exit_steps=exits, cache_bytes=run.cache_bytes,
-                            decode_passes=run.decode_passes, decode_tokens=run.decode_tokens)
+                            decode_passes=run.decode_passes, decode_tokens=run.decode_tokens,
+                            prefill_seconds=prefill_s, decode_seconds=decode_s)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None

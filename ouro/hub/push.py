@@ -31,7 +31,7 @@ def check_export(folder: Path) -> None:
 
 def push(
     out_dir: str,
-    repo_id: str,
+    repo_id: str | None = None,
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
@@ -48,9 +48,11 @@ def push(
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
+    if not repo_id:
+        raise ValueError("pass --repo_id ORG/NAME: the Hub repository to push to")
     folder = Path(out_dir).expanduser()
     check_export(folder)
-    retry = f"the export in {folder} is unchanged; rerun `ouro push {folder} --repo-id {repo_id}` to retry"
+    retry = f"the export in {folder} is unchanged; rerun `ouro push {folder} --repo_id {repo_id}` to retry"
     if get_token() is None:
         raise PushError(f"no Hugging Face token found: set HF_TOKEN or run `hf auth login`; {retry}")
     endpoint = os.environ.get("HF_ENDPOINT") or None

@@ -507,7 +507,7 @@ def _parse(text: str):
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--callbacks", type=list[L.Callback])
-    return parser.instantiate_classes(parser.parse_string(text)).callbacks
+    return parser.instantiate(parser.parse_string(text)).callbacks
 
 
 def test_callbacks_parse_from_a_recipe_and_bad_keys_or_types_are_named():

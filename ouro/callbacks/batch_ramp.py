@@ -70,6 +70,9 @@ class BatchSizeRamp(L.Callback):
 
     # --------------------------------------------------------------------------------------------- Lightning
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.strategy.handles_gradient_accumulation:
+            raise ValueError(f"BatchSizeRamp: strategy {type(trainer.strategy).__name__} fixes gradient "
+                             "accumulation at start-up; remove BatchSizeRamp or use DDP / FSDP")
         if stage == "fit" and self.factor is None and trainer.accumulate_grad_batches != 1:
             raise ValueError(f"BatchSizeRamp sets trainer.accumulate_grad_batches itself; remove "
                              f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} from the "

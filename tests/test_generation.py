@@ -210,3 +210,32 @@ def test_bad_arguments_are_named(model):
         generate(model, PROMPTS[0], kv_sharing="first")
     with pytest.raises(ValueError, match="tokenizer"):
         generate(model, "text without tokenizer")
+
+
+def test_ouro_generate_command(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from ouro.cli import main
+    from ouro.hub.export import export
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    words = specials + ["[UNK]", "user", "assistant", "system"] + [f"w{i}" for i in range(505)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(specials)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    model = tiny_model()
+    torch.save({"state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
+                "ouro": {"config": asdict(model.config), "tokenizer_path": str(tmp_path / "tokenizer.json")}},
+               tmp_path / "m.ckpt")
+    out = export(str(tmp_path / "m.ckpt"), str(tmp_path / "export"), dtype="float32")
+    main(["generate", str(out), "w1 w2", "--chat", "true", "--max_new_tokens", "5", "--exit_threshold", "0.7",
+          "--kv_sharing", "last", "--stats", "true"])
+    captured = capsys.readouterr()
+    prompt = tok.encode(format_chat([{"role": "user", "content": "w1 w2"}])).ids
+    expected = generate(model, prompt, tokenizer=tok, max_new_tokens=5, exit_threshold=0.7, kv_sharing="last",
+                        eos_token_id=[2, 0])
+    assert captured.out.strip() == expected.texts[0].strip()
+    assert "mean exit depth" in captured.err and "(last)" in captured.err

@@ -108,6 +108,7 @@ def test_batched_generate_equals_unbatched_and_ouro(exported, q):
     texts = ["w1 w2 w3 w4 w5 w6", "w7 w8", "w9 w10 w11"]
     batch = tok(texts, return_tensors="pt", padding=True, padding_side="left")
     assert batch["attention_mask"].min() == 0  # really padded
+    assert "token_type_ids" not in batch  # transformers 4.x generate would refuse them
     with torch.no_grad():
         together = hf.generate(**batch, max_new_tokens=8, do_sample=False, exit_threshold=q)[:, batch["input_ids"].shape[1]:]
         for i, text in enumerate(texts):

@@ -68,6 +68,7 @@ def write_tokenizer_files(tokenizer_file: str | Path, directory: str | Path, max
         "clean_up_tokenization_spaces": False,
         "add_bos_token": False,
         "add_eos_token": False,
+        "model_input_names": ["input_ids", "attention_mask"],
         "added_tokens_decoder": added,
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

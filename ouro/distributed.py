@@ -1,0 +1,201 @@
+"""Scale-out helpers: Lightning strategies configured for the looped stack, and a collective counter.
+
+The stack's decoder layers run ``total_ut_steps`` (T) times per step with the same weights. Sharded data
+parallelism normally gathers a layer's parameters before each call and frees them after it, so a looped layer
+would be gathered T times in forward and again T times in backward. The strategies here keep a layer's
+parameters gathered from its first call to the end of backward instead (measured in docs/scale-out.md):
+
+* `OuroFSDPStrategy`: Lightning's FSDP (FSDP1) with one unit per `DecoderLayer`, ``SHARD_GRAD_OP`` by default
+  (parameters stay gathered between forward and backward; gradients and optimiser state sharded), sharded
+  checkpoints, bf16 parameters with fp32 gradient reduction under ``precision: bf16-mixed``. Also runs on CPU
+  with gloo (for tests).
+* `OuroFSDP2Strategy`: Lightning's ``ModelParallelStrategy`` plus FSDP2 ``fully_shard`` per `DecoderLayer` with
+  ``reshard_after_forward=False`` (the same trade-off, DTensor parameters, distributed checkpoints).
+
+DDP needs nothing of ours: ``trainer.strategy: ddp``. Recipes name these classes by ``class_path``::
+
+    trainer:
+      precision: bf16-mixed
+      strategy:
+        class_path: ouro.distributed.OuroFSDPStrategy
+        init_args: {sharding_strategy: SHARD_GRAD_OP}
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from torch import nn
+
+from ouro.model.looped import DecoderLayer
+
+#: Collectives that FSDP1 / FSDP2 / DDP call through ``torch.distributed`` (gloo uses the list-based ones).
+COLLECTIVES = ("all_gather", "all_gather_single", "all_gather_into_tensor", "reduce_scatter_single",
+               "reduce_scatter_tensor", "all_reduce")
+
+
+def wrap_policy() -> set[type[nn.Module]]:
+    """Module classes that become their own FSDP unit: every decoder layer (embedding, norm, gate and LM head
+    stay in the root unit, gathered once per step)."""
+    return {DecoderLayer}
+
+
+class OuroFSDPStrategy(FSDPStrategy):
+    """Lightning ``FSDPStrategy`` (FSDP1) set up for the looped stack.
+
+    Every other ``FSDPStrategy`` argument (``cpu_offload``, ``mixed_precision``, ``activation_checkpointing_policy``
+    ...) passes through. Prefer the model's own ``activation_checkpointing: true`` (it checkpoints each of the
+    T x layers calls) over Lightning's policy, which wraps the layer module.
+    """
+
+    def __init__(
+        self,
+        sharding_strategy: Literal["SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2",
+                                   "NO_SHARD"] = "SHARD_GRAD_OP",
+        state_dict_type: Literal["sharded", "full"] = "sharded",
+        fp32_reduce: bool = True,
+        limit_all_gathers: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            sharding_strategy: ``SHARD_GRAD_OP`` keeps each layer gathered from its first pass to the end of
+                backward (1 all-gather per layer per step; parameter memory of one full copy); ``FULL_SHARD``
+                frees after every layer call and re-gathers (2 x T + ... per layer per step, least memory).
+                ``HYBRID_SHARD``: ``FULL_SHARD`` inside a node, replicated across nodes.
+            state_dict_type: ``sharded``: each rank writes its shard (a checkpoint folder; needed at 1B+ scale);
+                ``full``: one file assembled on rank 0.
+            fp32_reduce: Reduce gradients in fp32 when the Trainer's precision is bf16/fp16 (Lightning's default
+                reduces in the low precision).
+            limit_all_gathers: Rate-limit prefetching all-gathers (bounds memory with many layers).
+            **kwargs: Further ``FSDPStrategy`` / ``FullyShardedDataParallel`` arguments.
+        """
+        kwargs.setdefault("auto_wrap_policy", wrap_policy())
+        super().__init__(sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
+                         limit_all_gathers=limit_all_gathers, **kwargs)
+        self.fp32_reduce = fp32_reduce
+
+    @property
+    def mixed_precision_config(self):  # noqa: ANN201 (torch's MixedPrecision, imported lazily)
+        config = super().mixed_precision_config
+        if config is not None and self.fp32_reduce and config.reduce_dtype in (torch.bfloat16, torch.float16):
+            from torch.distributed.fsdp import MixedPrecision
+
+            config = MixedPrecision(param_dtype=config.param_dtype, reduce_dtype=torch.float32,
+                                    buffer_dtype=torch.float32)
+        return config
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        # Lightning passes device_id=None on CPU, which torch's FSDP1 refuses; it works with an explicit CPU device.
+        if self.root_device.type == "cpu":
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+                kwargs = dict(self.kwargs)
+                model = FullyShardedDataParallel(
+                    module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                    sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **kwargs)
+                self.kwargs.pop("auto_wrap_policy", None)
+                try:
+                    return super()._setup_model(model)
+                finally:
+                    self.kwargs = kwargs
+        return super()._setup_model(model)
+
+
+class OuroFSDP2Strategy(ModelParallelStrategy):
+    """Lightning ``ModelParallelStrategy`` with FSDP2 applied to the looped model (no tensor parallelism).
+
+    Each `DecoderLayer`, then the module's network ``net``, gets ``fully_shard`` over the data-parallel mesh.
+    ``reshard_after_forward=False`` keeps a layer's parameters gathered across the T passes and until its
+    backward; ``True`` gathers on every layer call (2 x T per layer per step) for the least memory.
+    """
+
+    def __init__(
+        self,
+        reshard_after_forward: bool = False,
+        param_dtype: Literal["bfloat16", "float32"] | None = "bfloat16",
+        reduce_dtype: Literal["bfloat16", "float32"] = "float32",
+        save_distributed_checkpoint: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            reshard_after_forward: Free each layer's gathered parameters after every call (least memory, T times
+                the all-gathers) instead of keeping them until backward.
+            param_dtype: Dtype of the gathered parameters used in compute (``None``: the stored dtype).
+            reduce_dtype: Dtype of the gradient reduce-scatter.
+            save_distributed_checkpoint: Each rank writes its shard (a checkpoint folder) instead of one file.
+            **kwargs: Further ``ModelParallelStrategy`` arguments (``data_parallel_size``, ``timeout`` ...).
+        """
+        kwargs.setdefault("tensor_parallel_size", 1)
+        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        self.reshard_after_forward = reshard_after_forward
+        self.param_dtype = getattr(torch, param_dtype) if param_dtype else None
+        self.reduce_dtype = getattr(torch, reduce_dtype)
+
+    def setup(self, trainer: Any) -> None:
+        # The Trainer has run the module's configure_model (e.g. per-layer compile) before this point.
+        apply_fsdp2(self.lightning_module.net, self.device_mesh["data_parallel"], self.reshard_after_forward,
+                    self.param_dtype, self.reduce_dtype)
+        super().setup(trainer)
+
+
+def apply_fsdp2(module: nn.Module, mesh: Any = None, reshard_after_forward: bool = False,
+                param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype = torch.float32) -> nn.Module:
+    """``fully_shard`` every `DecoderLayer` in ``module``, then ``module`` itself (its root unit holds the
+    embedding, final norm, exit gate and LM head). Returns ``module``, sharded in place.
+
+    ``module`` is the network (`OuroForCausalLM`): its forward is what FSDP2 hooks. The root unit never reshards
+    after forward, because the objective reads ``lm_head.weight`` after the network's forward has returned.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    layers = [m for m in module.modules() if isinstance(m, DecoderLayer)]
+    if not layers:
+        raise ValueError(f"{type(module).__name__} has no DecoderLayer to shard; pass the OuroLM or the network")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    fully_shard(module, mesh=mesh, reshard_after_forward=False, mp_policy=policy)
+    return module
+
+
+@contextlib.contextmanager
+def count_collectives() -> Iterator[Counter]:
+    """Count calls of ``torch.distributed`` collectives (by name) made while the context is open.
+
+    FSDP and DDP look the functions up on the ``torch.distributed`` module at call time, so replacing them there
+    sees every call. Used by tests and docs/scale-out.md to count all-gathers per training step.
+    """
+    counts: Counter = Counter()
+    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
+
+    def counted(name: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            counts[name] += 1
+            return function(*args, **kwargs)
+        return call
+
+    for name, function in originals.items():
+        setattr(dist, name, counted(name, function))
+    try:
+        yield counts
+    finally:
+        for name, function in originals.items():
+            setattr(dist, name, function)
+
+
+def all_gathers(counts: Counter) -> int:
+    """Total parameter all-gathers in ``counts`` (whichever variant the backend used)."""
+    return sum(counts[name] for name in ("all_gather", "all_gather_single", "all_gather_into_tensor"))
+
+
+__all__ = ["OuroFSDPStrategy", "OuroFSDP2Strategy", "all_gathers", "apply_fsdp2", "count_collectives",
+           "wrap_policy"]

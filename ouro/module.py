@@ -116,11 +116,8 @@ class OuroLM(L.LightningModule):
         self.previous_stage_final_lr: float | None = None
         self.tokenizer_path: str | None = None
         self._pending_optimizer_state: dict[str, Any] | None = None
-        steps = self.config.total_ut_steps
-        self.val_ce = torch.nn.ModuleList(MeanMetric() for _ in range(steps))
-        self.val_loss = MeanMetric()
-        self.val_q_ce = torch.nn.ModuleList(MeanMetric() for _ in self.q_exit_thresholds)
-        self.val_q_depth = torch.nn.ModuleList(MeanMetric() for _ in self.q_exit_thresholds)
+        # Validation means, created on first use so a loop count that changes mid-stage is reported correctly.
+        self.val_metrics = torch.nn.ModuleDict()
         self.flops_per_batch = 0.0
 
     def _check_args(self) -> None:
@@ -245,60 +242,56 @@ class OuroLM(L.LightningModule):
         self.log(f"{split}/exit_entropy", result.entropy, **log)
 
     # ------------------------------------------------------------------------------------------ validation
+    def _val_update(self, name: str, value: torch.Tensor, weight: int) -> None:
+        key = name.replace(".", "_")
+        if key not in self.val_metrics:
+            self.val_metrics[key] = MeanMetric().to(self.device)
+            self.val_metrics[key].log_name = name
+        self.val_metrics[key].update(value, weight=weight)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         result, ce, gate_logits = self.compute_loss(batch)
-        if self.__dict__.get("_upcycle_reference") is not None:
-            self._update_upcycle_reference(batch)
         count = ce.shape[0]
-        self.val_loss.update(result.loss.detach(), weight=count)
-        for t, metric in enumerate(self.val_ce):
-            if t < ce.shape[1]:
-                metric.update(ce[:, t].mean(), weight=count)
+        self._val_update("loss", result.loss.detach(), count)
         probs = exit_distribution(gate_logits.detach())
+        for t in range(ce.shape[1]):
+            self._val_update(f"ce_step{t + 1}", ce[:, t].mean(), count)
+            self._val_update(f"exit_prob_step{t + 1}", probs[:, t].mean(), count)
         mask = torch.ones(count, dtype=torch.bool, device=ce.device)
-        for q, ce_metric, depth_metric in zip(self.q_exit_thresholds, self.val_q_ce, self.val_q_depth):
+        for q in self.q_exit_thresholds:
             q_ce, depth = q_exit_cross_entropy(ce, probs, mask, q)
-            ce_metric.update(q_ce, weight=count)
-            depth_metric.update(depth, weight=count)
+            self._val_update(f"loss_q{q:g}", q_ce, count)
+            self._val_update(f"depth_q{q:g}", depth, count)
+        if self.__dict__.get("_upcycle_reference") is not None:
+            self._val_update("upcycle_source_ce_last", self._upcycle_reference_ce(batch), count)
 
-    def _update_upcycle_reference(self, batch: dict[str, torch.Tensor]) -> None:
-        """Last-step cross-entropy of the pre-upcycling model on the same validation batch."""
+    def _upcycle_reference_ce(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean last-step cross-entropy of the pre-upcycling model on the same validation batch."""
         reference = self.__dict__["_upcycle_reference"].to(self.device)
         out = reference(batch["input_ids"], doc_ids=batch.get("doc_ids"))
         targets = batch["labels"].reshape(-1)
         hidden = out.hidden_states[-1].reshape(-1, out.hidden_states[-1].shape[-1])
         ce = per_step_cross_entropy([hidden], reference.lm_head.weight, targets, self.loss_chunk_size)[:, 0]
-        mask = targets != IGNORE_INDEX
-        if not hasattr(self, "_upcycle_metric"):
-            self._upcycle_metric = MeanMetric().to(self.device)
-        self._upcycle_metric.update(ce[mask].mean(), weight=int(mask.sum()))
+        return ce[targets != IGNORE_INDEX].mean()
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_loss.update_count == 0:
-            return
-        if self.__dict__.get("_upcycle_reference") is not None and hasattr(self, "_upcycle_metric"):
-            source_ce = self._upcycle_metric.compute()
-            new_ce = self.val_ce[-1].compute()
-            self.log("val/upcycle_source_ce_last", source_ce)
+        values = {}
+        for metric in self.val_metrics.values():
+            if metric.update_count:
+                values[metric.log_name] = metric.compute()
+            metric.reset()
+        for name, value in values.items():
+            self.log(f"val/{name}", value, prog_bar=name == "loss")
+            if name.startswith("ce_step"):
+                self.log(f"val/ppl_step{name.removeprefix('ce_step')}", torch.exp(value))
+        if "upcycle_source_ce_last" in values:
             from lightning.pytorch.utilities import rank_zero_info
 
-            rank_zero_info(f"ouro: after upcycling, last-step validation CE {float(new_ce):.4f} "
-                           f"(source model: {float(source_ce):.4f})")
+            last = max(int(n.removeprefix("ce_step")) for n in values if n.startswith("ce_step"))
+            rank_zero_info(f"ouro: after upcycling, last-step validation CE {float(values[f'ce_step{last}']):.4f} "
+                           f"(model before upcycling: {float(values['upcycle_source_ce_last']):.4f})")
             if not self.trainer.sanity_checking:
                 self.__dict__["_upcycle_reference"] = None
-            self._upcycle_metric.reset()
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
-        self.val_loss.reset()
-        for t, metric in enumerate(self.val_ce):
-            ce = metric.compute()
-            self.log(f"val/ce_step{t + 1}", ce)
-            self.log(f"val/ppl_step{t + 1}", torch.exp(ce))
-            metric.reset()
-        for q, ce_metric, depth_metric in zip(self.q_exit_thresholds, self.val_q_ce, self.val_q_depth):
-            self.log(f"val/loss_q{q:g}", ce_metric.compute())
-            self.log(f"val/depth_q{q:g}", depth_metric.compute())
-            ce_metric.reset()
-            depth_metric.reset()
 
     # ---------------------------------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -42,6 +42,8 @@ class FinalCheckpoint(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.interrupted or trainer.sanity_checking:
             return
+        if any(getattr(callback, "completed", False) for callback in trainer.callbacks):
+            return  # TokenBudget already saved the final state
         trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
 
 

@@ -37,15 +37,10 @@ def build_model(args: argparse.Namespace) -> OuroForCausalLM:
     return model.to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
 
 
-def measure(model: OuroForCausalLM, prompts: list[list[int]], args: argparse.Namespace, sharing: str, q: float):
-    rates, depths = [], []
-    result = None
-    for _ in range(args.repeats):
-        result = generate(model, prompts, max_new_tokens=args.new_tokens, exit_threshold=q, kv_sharing=sharing,
-                          eos_token_id=[])
-        rates.append(result.decode_tokens_per_second)
-        depths.append(result.decode_passes / max(result.decode_tokens, 1))
-    return statistics.median(rates), statistics.mean(depths), result.cache_bytes
+def run_once(model: OuroForCausalLM, prompts: list[list[int]], args: argparse.Namespace, sharing: str, q: float):
+    result = generate(model, prompts, max_new_tokens=args.new_tokens, exit_threshold=q, kv_sharing=sharing,
+                      eos_token_id=[])
+    return result.decode_tokens_per_second, result.decode_passes / max(result.decode_tokens, 1), result.cache_bytes
 
 
 def main() -> None:
@@ -77,15 +72,20 @@ def main() -> None:
           f"hidden {config.hidden_size}), device {args.device}, {args.dtype}, batch {args.batch_size}, "
           f"prompt {args.prompt_len}, new tokens {args.new_tokens}, threads {torch.get_num_threads()}")
     print(f"{'sharing':>8} {'q':>5} {'avg depth':>9} {'decode tok/s':>13} {'speedup':>8} {'cache MiB':>10}")
+    settings = [(sharing, q) for sharing in args.sharing for q in args.thresholds]
+    runs: dict[tuple[str, float], list[tuple[float, float, int]]] = {s: [] for s in settings}
+    for _ in range(args.repeats):  # round-robin, so load from other processes hits every setting alike
+        for sharing, q in settings:
+            runs[(sharing, q)].append(run_once(model, prompts, args, sharing, q))
     rows = []
-    for sharing in args.sharing:
-        baseline = None
-        for q in args.thresholds:
-            rate, depth, cache = measure(model, prompts, args, sharing, q)
-            baseline = rate if q == 1.0 else baseline
-            speedup = rate / baseline if baseline else float("nan")
-            rows.append((sharing, q, depth, speedup))
-            print(f"{sharing:>8} {q:>5.2f} {depth:>9.2f} {rate:>13.1f} {speedup:>7.2f}x {cache / 2**20:>10.2f}")
+    for sharing, q in settings:
+        rate = statistics.median(r[0] for r in runs[(sharing, q)])
+        depth = statistics.mean(r[1] for r in runs[(sharing, q)])
+        cache = runs[(sharing, q)][0][2]
+        baseline = statistics.median(r[0] for r in runs[(sharing, 1.0)]) if (sharing, 1.0) in runs else None
+        speedup = rate / baseline if baseline else float("nan")
+        rows.append((sharing, q, depth, speedup))
+        print(f"{sharing:>8} {q:>5.2f} {depth:>9.2f} {rate:>13.1f} {speedup:>7.2f}x {cache / 2**20:>10.2f}")
     shallow = [r for r in rows if r[2] <= 2.5 and r[1] < 1.0]
     for sharing, q, depth, speedup in shallow:
         verdict = "meets" if speedup >= 1.4 else "misses"

@@ -100,10 +100,15 @@ class LoopKVCache:
         if self.sharing == "full" and exit_steps is not None:
             keys = self.keys.view(self.num_steps, self.num_layers, *self.keys.shape[1:])
             values = self.values.view(self.num_steps, self.num_layers, *self.values.shape[1:])
-            all_rows = torch.arange(keys.shape[2], device=keys.device) if rows is None else rows
-            for m in exit_steps.unique().tolist():
+            exits = exit_steps.tolist()
+            for m in sorted(set(exits)):
                 if m >= self.num_steps - 1:
                     continue
+                if rows is None and len(set(exits)) == 1:  # every row exited at m: plain slices, no gather
+                    keys[m + 1:, :, :, :, start:end] = keys[m, :, :, :, start:end]
+                    values[m + 1:, :, :, :, start:end] = values[m, :, :, :, start:end]
+                    continue
+                all_rows = torch.arange(keys.shape[2], device=keys.device) if rows is None else rows
                 chosen = all_rows[exit_steps == m]
                 keys[m + 1:][:, :, chosen, :, start:end] = keys[m][:, chosen, :, start:end].unsqueeze(0)
                 values[m + 1:][:, :, chosen, :, start:end] = values[m][:, chosen, :, start:end].unsqueeze(0)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +37,7 @@ class FakeHub:
         self.commits: list[dict] = []
         self.unknown: list[str] = []
         self.validated: list[str] = []
+        self.downloads: list[str] = []
         self.auth_headers: list[str] = []
         hub = self
 
@@ -86,9 +91,40 @@ class FakeHub:
                 hub.unknown.append(f"POST {self.path}")
                 return self._reply(404, {"error": "not found"})
 
-            def do_GET(self):  # noqa: N802
-                hub.unknown.append(f"GET {self.path}")
+            def _serve(self, with_body: bool) -> None:
+                """Just enough of the download API for `snapshot_download` (repo info, file resolve)."""
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
+                    repo = f"{parts[2]}/{parts[3]}"
+                    files = hub.files.get((repo, "main"), {})
+                    if files and parts[4] == "revision":
+                        return self._reply(200, {"id": repo, "modelId": repo, "sha": "a" * 40, "private": False,
+                                                 "siblings": [{"rfilename": name} for name in sorted(files)]})
+                    if files:
+                        return self._reply(200, [{"type": "file", "path": name, "size": len(data),
+                                                  "oid": hashlib.sha1(data).hexdigest()}
+                                                 for name, data in sorted(files.items())])
+                if len(parts) >= 5 and parts[2] == "resolve":
+                    repo, path = f"{parts[0]}/{parts[1]}", "/".join(parts[4:])
+                    content = hub.files.get((repo, "main"), {}).get(path)
+                    if content is not None:
+                        hub.downloads.append(path)
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(len(content)))
+                        self.send_header("X-Repo-Commit", "a" * 40)
+                        self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
+                        self.end_headers()
+                        if with_body:
+                            self.wfile.write(content)
+                        return None
+                hub.unknown.append(f"{self.command} {self.path}")
                 return self._reply(404, {"error": "not found"})
+
+            def do_GET(self):  # noqa: N802
+                self._serve(with_body=True)
+
+            def do_HEAD(self):  # noqa: N802
+                self._serve(with_body=False)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -218,3 +254,26 @@ def test_callback_exports_and_pushes_at_the_end_of_a_stage(hub, tmp_path):
     trained = OuroForCausalLM.from_pretrained(out)
     for key, value in module.net.state_dict().items():
         assert torch.equal(trained.state_dict()[key], value.to(torch.bfloat16).float())
+
+
+def test_pushed_repo_loads_back_by_repo_id(hub, exported, tmp_path):
+    """export -> push -> `load_weights_for_init("org/name")` through the same endpoint (a fresh process, since
+    huggingface_hub reads HF_ENDPOINT when it is imported)."""
+    push(str(exported), "org/round-trip")
+    script = (
+        "import sys, torch\n"
+        "from ouro.hub.load import load_weights_for_init\n"
+        "config, state = load_weights_for_init('org/round-trip')\n"
+        "torch.save({'layers': config.num_hidden_layers, 'state': state}, sys.argv[1])\n"
+    )
+    result_file = tmp_path / "loaded.pt"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub_cache"), "HF_HUB_DISABLE_XET": "1"}
+    done = subprocess.run([sys.executable, "-c", script, str(result_file)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert TOKEN not in done.stdout + done.stderr
+    loaded = torch.load(result_file, weights_only=True)
+    expected = OuroForCausalLM.from_pretrained(exported).state_dict()
+    assert loaded["layers"] == 2 and set(loaded["state"]) == set(expected)
+    assert all(torch.equal(loaded["state"][k].float(), v) for k, v in expected.items())
+    assert "model.safetensors" in hub.downloads and "modeling_ouro.py" not in hub.downloads

@@ -105,7 +105,7 @@ def _tokenizer(out):
 def test_batched_generate_equals_unbatched_and_ouro(exported, q):
     out, hf, ours = exported
     tok = _tokenizer(out)
-    texts = ["w1 w2 w3 w4 w5 w6", "w7 w8", "w9 w10 w11"]
+    texts = ["w1 w2 w3 w4 w5 w6", "w7 w8", "w9 w10 w11", "w12"]
     batch = tok(texts, return_tensors="pt", padding=True, padding_side="left")
     assert batch["attention_mask"].min() == 0  # really padded
     assert "token_type_ids" not in batch  # transformers 4.x generate would refuse them

@@ -277,8 +277,8 @@ class OuroModel(OuroPreTrainedModel):
 
         num_steps, num_layers = self.config.total_ut_steps, self.config.num_hidden_layers
         threshold = self.config.early_exit_threshold if exit_threshold is None else float(exit_threshold)
-        # Real early exit while decoding one token at a time with a cache.
-        skip = cache is not None and q_len == 1 and threshold < 1.0 and not self.training
+        # Real early exit while decoding one token at a time after the prompt (which runs every pass).
+        skip = cache is not None and q_len == 1 and past > 0 and threshold < 1.0 and not self.training
         exit_steps = torch.full((batch,), num_steps - 1, dtype=torch.long, device=hidden.device)
         exited = torch.zeros(batch, dtype=torch.bool, device=hidden.device)
         cdf = torch.zeros(batch, device=hidden.device)

@@ -138,10 +138,13 @@ def test_remote_early_exit_skips_passes(exported):
     try:
         with torch.no_grad():
             hf.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=5, do_sample=False, exit_threshold=0.9)
+            assert calls == [3] * 4 + [1] * 4  # the prompt runs 4 passes, each new token one
+            calls.clear()
+            hf.generate(torch.tensor([[5]]), max_new_tokens=3, do_sample=False, exit_threshold=0.9)
+            assert calls == [1] * 4 + [1] * 2  # a one-token prompt is still a prompt: every pass
     finally:
         hf.model.early_exit_gate.bias.data.copy_(bias)
         handle.remove()
-    assert calls == [3] * 4 + [1] * 4  # the prompt runs 4 passes, each new token one
 
 
 def test_chat_template_matches_ouro(exported):

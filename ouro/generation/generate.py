@@ -152,6 +152,8 @@ def generate(
 
     single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], int))
     batch_prompts = [prompts] if single else list(prompts)
+    if not batch_prompts:
+        raise ValueError("prompts is empty: pass a string, a list of token ids, or a list of either")
     ids_list = [encode(tokenizer, p) if isinstance(p, str) else [int(t) for t in p] for p in batch_prompts]
     eos = eos_token_id if eos_token_id is not None else config.eos_token_id
     eos_ids = set([eos] if isinstance(eos, int) else (eos or []))

@@ -45,7 +45,10 @@ class HubPushCallback(Callback):
         from ouro.hub.push import PushError, push
 
         meta: dict = {}
-        pl_module.on_save_checkpoint(meta)  # the module records config, tokens, provenance, tokenizer here
+        try:
+            pl_module.on_save_checkpoint(meta)  # the module records config, tokens, provenance, tokenizer here
+        except (KeyError, AttributeError):
+            meta = {}
         info = meta.get("ouro", {})
         source = ModelSource(config=pl_module.net.config,
                              state_dict={k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()},

@@ -153,7 +153,7 @@ def _existing(output: Path, manifest_args: dict, overwrite: bool) -> Manifest | 
 
 
 def prepare(
-    inputs: list[str],
+    inputs: list[str] | str,
     output_dir: str,
     tokenizer: str = OURO_TOKENIZER,
     format: Literal["pretrain", "sft"] = "pretrain",
@@ -167,7 +167,7 @@ def prepare(
     """Tokenize documents into litdata token shards with a manifest.
 
     Args:
-        inputs: Files, folders, globs of .txt / .jsonl / .jsonl.gz / .parquet, or Hub data sets as hf://org/name.
+        inputs: A file, folder or glob, or a list of them ("[a.jsonl, data/]"): files, folders, globs of .txt / .jsonl / .jsonl.gz / .parquet, or Hub data sets as hf://org/name.
         output_dir: Folder for the shards and manifest.json (written atomically when everything succeeded).
         tokenizer: tokenizer.json, a folder holding one, a Hub repo id, or 'builtin' (the offline tokenizer).
         format: 'pretrain': documents, each ending with EOS. 'sft': ChatML conversations ('messages'), packed.
@@ -185,7 +185,7 @@ def prepare(
         raise DataError(f"format must be 'pretrain' or 'sft', got {format!r}")
     if seq_len < 1 or chunk_tokens < 1:
         raise DataError(f"seq_len and chunk_tokens must be positive, got {seq_len} and {chunk_tokens}")
-    files = expand_inputs(inputs)
+    files = expand_inputs([inputs] if isinstance(inputs, str) else inputs)
     tokenizer_file = resolve_tokenizer_file(tokenizer)
     tok = load_tokenizer(tokenizer_file)
     eos = eos_token_id(tok)

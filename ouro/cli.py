@@ -32,6 +32,13 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module_name), function_name)
 
 
+def _underscore_option(arg: str) -> str:
+    if not arg.startswith("--") or arg == "--":
+        return arg
+    name, sep, value = arg[2:].partition("=")
+    return "--" + name.replace("-", "_") + sep + value
+
+
 def _print_help() -> None:
     print("usage: ouro {fit,validate,test,predict," + ",".join(_tool_commands()) + "} ...\n")
     print("Train looped language models (Ouro / LoopLM) end to end.\n\nTrainer commands (LightningCLI):")
@@ -50,11 +57,17 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         _dispatch(list(sys.argv[1:] if argv is None else argv))
-    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError) as error:
-        if os.environ.get("OURO_DEBUG"):
+    except Exception as error:
+        if os.environ.get("OURO_DEBUG") or not _is_user_error(error):
             raise
         print(f"ouro: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _is_user_error(error: Exception) -> bool:
+    """Bad input (a file, a value, a recipe) rather than a bug: those end with one message, no traceback."""
+    user_types = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError)
+    return isinstance(error, user_types) or type(error).__module__.startswith("ouro.")
 
 
 def _dispatch(args: list[str]) -> None:
@@ -66,7 +79,9 @@ def _dispatch(args: list[str]) -> None:
     if command in tools:
         from jsonargparse import auto_cli
 
-        auto_cli(_load(tools[command][0]), args=args[1:], as_positional=True)
+        # Accept --repo-id as well as --repo_id: jsonargparse spells options with underscores.
+        options = [_underscore_option(a) for a in args[1:]]
+        auto_cli(_load(tools[command][0]), args=options, as_positional=True)
         return
     if command not in TRAINER_COMMANDS:
         print(f"ouro: unknown command {command!r}; run `ouro --help` for the list", file=sys.stderr)

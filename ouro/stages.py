@@ -43,15 +43,13 @@ class SourceWeights:
 
 # -------------------------------------------------------------------------------------------------- finding
 def find_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint a run directory resumes from: ``checkpoints/last.ckpt``, else the newest ``*.ckpt``."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
+    """The checkpoint a run directory resumes from (``checkpoints/last.ckpt``, else the newest), if any."""
+    from ouro.hub.load import SourceError, find_run_checkpoint
+
+    try:
+        return find_run_checkpoint(run_dir)
+    except SourceError:
         return None
-    last = folder / "last.ckpt"
-    if last.is_file():
-        return last
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1] if candidates else None
 
 
 def producing_recipe(path: str | Path, recipes_dir: str | Path = "recipes") -> str | None:
@@ -65,72 +63,40 @@ def producing_recipe(path: str | Path, recipes_dir: str | Path = "recipes") -> s
     return None
 
 
-def _missing_source_error(source: str) -> StageInitError:
-    recipe = producing_recipe(source)
-    hint = (f"it is produced by {recipe}: run `ouro fit --config {recipe}` (or the pipeline that contains it) first"
-            if recipe else "point init_from at a run directory, a .ckpt file, an exported folder or a Hub repo id")
-    return StageInitError(f"init_from {source!r} does not exist; {hint}")
-
-
-def load_source(source: str | Path, with_optimizer: bool = False) -> SourceWeights:
-    """Read the weights a stage starts from (see module docstring for the accepted forms)."""
-    path = Path(source).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file():
-        checkpoint = find_checkpoint(path)
-        if checkpoint is None:
-            raise StageInitError(f"init_from {str(source)!r} is a folder without checkpoints/*.ckpt or config.json: "
-                                 "the stage that writes it has not saved a checkpoint yet; run or finish it first")
-        return _load_lightning_checkpoint(checkpoint, with_optimizer)
-    if path.is_file():
-        return _load_lightning_checkpoint(path, with_optimizer)
-    if path.is_dir() or _looks_like_repo_id(str(source)):
-        return _load_exported(str(source))
-    raise _missing_source_error(str(source))
-
-
 def _looks_like_repo_id(source: str) -> bool:
     """ORG/NAME that is not a local path: no local parent folder, and no recipe writes it."""
-    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+    if source.count("/") != 1 or source.startswith((".", "/", "~")) or source.endswith(".ckpt"):
         return False
     return not Path(source.split("/")[0]).is_dir() and producing_recipe(source) is None
 
 
-def _load_lightning_checkpoint(path: Path, with_optimizer: bool) -> SourceWeights:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    meta = checkpoint.get("ouro")
-    if meta is None or "state_dict" not in checkpoint:
-        raise StageInitError(f"{path} is not a checkpoint written by `ouro fit` (no 'ouro' section)")
-    state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+def load_source(source: str | Path, with_optimizer: bool = False) -> SourceWeights:
+    """Read the weights a stage starts from: a run directory, ``.ckpt``, exported folder or Hub repo id."""
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    from ouro.callbacks.lr_schedule import final_lr_from_checkpoint
+    from ouro.hub.load import read_source
+
+    path = Path(source).expanduser()
+    if not path.exists() and not _looks_like_repo_id(str(source)):
+        recipe = producing_recipe(source)
+        hint = (f"it is produced by {recipe}: run `ouro fit --config {recipe}` (or the pipeline that contains it) "
+                "first" if recipe else "point init_from at a run directory, a .ckpt file, an exported folder or a "
+                "Hub repo id")
+        raise StageInitError(f"init_from {str(source)!r} does not exist; {hint}")
+    if path.is_dir() and not (path / "config.json").is_file() and find_checkpoint(path) is None:
+        raise StageInitError(f"init_from {str(source)!r} is a folder without checkpoints/*.ckpt or config.json: the "
+                             "stage that writes it has not saved a checkpoint yet; run or finish it first")
+    loaded = read_source(source)
+    checkpoint = loaded.checkpoint or {}
     optimizer_states = checkpoint.get("optimizer_states") or []
-    final_lr = None
-    if optimizer_states:
-        groups = optimizer_states[0].get("param_groups", [])
-        final_lr = float(groups[0]["lr"]) if groups else None
-    return SourceWeights(
-        config=OuroConfig(**meta["config"]),
-        state_dict=state, path=str(path),
-        optimizer_state=optimizer_states[0] if (with_optimizer and optimizer_states) else None,
-        final_lr=final_lr, tokens_seen=int(meta.get("tokens_seen", 0)),
-        provenance=list(meta.get("provenance", [])), tokenizer_path=meta.get("tokenizer_path"))
-
-
-def _load_exported(source: str) -> SourceWeights:
-    import json
-
-    from ouro.model.weights import read_state_dict, resolve_model_dir
-
-    try:
-        directory = resolve_model_dir(source)
-    except FileNotFoundError:
-        raise _missing_source_error(source) from None
-    config = OuroConfig.load(directory)
-    provenance = []
-    card = directory / "ouro_provenance.json"
-    if card.is_file():
-        provenance = json.loads(card.read_text())
-    tokenizer = str(directory) if (directory / "tokenizer.json").is_file() else None
-    return SourceWeights(config=config, state_dict=read_state_dict(directory), path=str(directory),
-                         provenance=provenance, tokenizer_path=tokenizer)
+    if with_optimizer and len(optimizer_states) > 1:
+        rank_zero_warn(f"{loaded.path} holds {len(optimizer_states)} optimizers; only the first is taken")
+    return SourceWeights(config=loaded.config, state_dict=loaded.state_dict, path=loaded.path,
+                         optimizer_state=optimizer_states[0] if (with_optimizer and optimizer_states) else None,
+                         final_lr=final_lr_from_checkpoint(checkpoint) if checkpoint else None,
+                         tokens_seen=loaded.tokens_seen, provenance=loaded.provenance,
+                         tokenizer_path=loaded.tokenizer_path)
 
 
 # ----------------------------------------------------------------------------------------------- transforms

@@ -41,6 +41,8 @@ class ModelSource:
     """Where the tokenizer lives (tokenizer.json path, folder or Hub repo id), if recorded."""
     provenance: list[dict[str, Any]] = field(default_factory=list)
     """Stages that produced the weights: dicts with stage, recipe, tokens, metrics."""
+    checkpoint: dict[str, Any] | None = field(default=None, repr=False)
+    """The whole Lightning checkpoint (optimizer and callback states) when the source is a ``.ckpt``."""
 
 
 def find_run_checkpoint(run_dir: str | Path) -> Path:
@@ -67,14 +69,13 @@ def read_checkpoint(path: str | Path) -> ModelSource:
     meta = checkpoint.get("ouro") if isinstance(checkpoint, dict) else None
     if not meta or "config" not in meta:
         raise SourceError(f"{path} is not a checkpoint written by `ouro fit` (it has no 'ouro' section)")
-    values = dict(meta["config"])
-    config = OuroConfig(**{**values, "extra": values.get("extra") or {}})
+    config = OuroConfig(**meta["config"])
     state = {k.removeprefix("net."): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
     if not state:
         raise SourceError(f"{path} holds no model weights (no 'net.*' keys in its state_dict)")
     return ModelSource(config=config, state_dict=state, path=str(path), kind="checkpoint",
                        tokens_seen=int(meta.get("tokens_seen", 0)), tokenizer_path=meta.get("tokenizer_path"),
-                       provenance=list(meta.get("provenance") or []))
+                       provenance=list(meta.get("provenance") or []), checkpoint=checkpoint)
 
 
 def read_folder(path_or_repo: str | Path, revision: str | None = None) -> ModelSource:

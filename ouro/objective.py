@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+#: Largest block of rows the chunked cross-entropy processes at once on CPU (faster there than larger blocks).
+CPU_MAX_CHUNK = 512
 
 
 # ----------------------------------------------------------------------------------------- exit distribution
@@ -50,21 +52,26 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     """Per-token cross-entropy of ``hidden @ weight.T`` computed ``chunk`` rows at a time.
 
     Saves only its inputs and the per-row log-sum-exp; backward recomputes each chunk's logits, so peak extra
-    memory is O(chunk x vocab) in both directions. Matmuls run in ``compute_dtype``, softmax in fp32.
+    memory is O(chunk x vocab) in both directions. Matmuls run in ``compute_dtype``, softmax in fp32. One fp32
+    logits buffer (plus one in ``compute_dtype`` when that is not fp32) is reused by every chunk and every
+    elementwise step works in place: on CPU, fresh chunk x vocab tensors cost more in page faults than the
+    arithmetic itself.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype):
-        w = weight.to(compute_dtype)
-        losses = torch.zeros(hidden.shape[0], device=hidden.device, dtype=torch.float32)
-        lse_all = torch.zeros_like(losses)
+        w_t = weight.to(compute_dtype).t()
+        losses = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
+        lse_all = torch.empty_like(losses)
         valid = targets != IGNORE_INDEX
         safe_targets = targets.clamp(min=0)
+        buffers = _LogitBuffers(min(chunk, hidden.shape[0]), weight.shape[0], compute_dtype, hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            stop = start + chunk
-            logits = (hidden[start:stop].to(compute_dtype) @ w.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
+            stop = min(start + chunk, hidden.shape[0])
+            logits = buffers.logits(hidden[start:stop].to(compute_dtype), w_t)
+            row_max = logits.amax(dim=-1, keepdim=True)
             picked = logits.gather(1, safe_targets[start:stop, None]).squeeze(1)
+            lse = logits.sub_(row_max).exp_().sum(-1).log_().add_(row_max.squeeze(1))
             losses[start:stop] = torch.where(valid[start:stop], lse - picked, 0.0)
             lse_all[start:stop] = lse
         ctx.save_for_backward(hidden, weight, targets, lse_all)
@@ -77,26 +84,56 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         chunk, dtype = ctx.chunk, ctx.compute_dtype
         w = weight.to(dtype)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) \
+        grad_weight = torch.empty(weight.shape, device=weight.device, dtype=torch.float32) \
             if ctx.needs_input_grad[1] else None
+        partial = torch.empty(weight.shape, device=weight.device, dtype=dtype) \
+            if grad_weight is not None and (dtype != torch.float32 or hidden.shape[0] > chunk) else None
         valid = targets != IGNORE_INDEX
         safe_targets = targets.clamp(min=0)
+        scale_all = torch.where(valid, grad_losses.float(), 0.0)
+        buffers = _LogitBuffers(min(chunk, hidden.shape[0]), weight.shape[0], dtype, hidden.device)
         for start in range(0, hidden.shape[0], chunk):
-            stop = start + chunk
+            stop = min(start + chunk, hidden.shape[0])
             h = hidden[start:stop].to(dtype)
-            logits = (h @ w.T).float()
-            grad_logits = torch.exp(logits - lse_all[start:stop, None])
+            grad_logits = buffers.logits(h, w.t())
+            grad_logits.sub_(lse_all[start:stop, None]).exp_()  # softmax
             grad_logits.scatter_add_(1, safe_targets[start:stop, None],
                                      torch.full_like(lse_all[start:stop, None], -1.0))
-            scale = torch.where(valid[start:stop], grad_losses[start:stop].float(), 0.0)
-            grad_logits = (grad_logits * scale[:, None]).to(dtype)
+            grad_logits.mul_(scale_all[start:stop, None])
+            grad_logits = buffers.to_compute_dtype(grad_logits)
             if grad_hidden is not None:
                 grad_hidden[start:stop] = (grad_logits @ w).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight += (grad_logits.T @ h).float()
+            if grad_weight is not None:  # plain mm (not addmm_) so that FlopCounterMode counts it
+                if partial is None:
+                    torch.mm(grad_logits.t(), h, out=grad_weight)
+                elif start == 0:
+                    grad_weight.copy_(torch.mm(grad_logits.t(), h, out=partial))
+                else:
+                    grad_weight.add_(torch.mm(grad_logits.t(), h, out=partial))
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None
+
+
+class _LogitBuffers:
+    """Reusable (rows, vocab) buffers: fp32 for the softmax, and ``dtype`` for the matmuls when it differs."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.fp32 = torch.empty(rows, vocab, device=device, dtype=torch.float32)
+        self.low = None if dtype == torch.float32 else torch.empty(rows, vocab, device=device, dtype=dtype)
+
+    def logits(self, h: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+        """fp32 ``h @ w_t`` (rows, vocab) in the fp32 buffer; the product itself runs in ``h``'s dtype."""
+        rows = h.shape[0]
+        if self.low is None:
+            return torch.mm(h, w_t, out=self.fp32[:rows])
+        torch.mm(h, w_t, out=self.low[:rows])
+        return self.fp32[:rows].copy_(self.low[:rows])
+
+    def to_compute_dtype(self, values: torch.Tensor) -> torch.Tensor:
+        if self.low is None:
+            return values
+        return self.low[:values.shape[0]].copy_(values)
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -104,11 +141,16 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     """Per-token cross-entropy (fp32, 0 where ``targets == -100``) of the logits ``hidden @ weight.T``.
 
     ``hidden`` (tokens, hidden), ``weight`` (vocab, hidden) (the LM head), ``targets`` (tokens,). Under autocast
-    the matmuls use the autocast dtype, as the LM head itself would.
+    the matmuls use the autocast dtype, as the LM head itself would. At most ``chunk_size`` rows of logits exist
+    at once (at most ``CPU_MAX_CHUNK`` on CPU).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     device_type = hidden.device.type
+    if device_type == "cpu":
+        # Measured on the `bench` preset: 512-row blocks run the loss 1.5x faster than one 2048-row block, as
+        # the elementwise softmax passes stay in cache. Smaller blocks only lower the memory bound.
+        chunk_size = min(chunk_size, CPU_MAX_CHUNK)
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
     else:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ouro.objective import (
+    CPU_MAX_CHUNK,
     IGNORE_INDEX,
     chunked_cross_entropy,
     exit_distribution,
@@ -112,6 +113,20 @@ def test_chunked_cross_entropy_equals_naive_with_gradients(chunk):
     expected_grads = grads((expected * upstream).sum(), [hidden, weight])
     for a, b in zip(got_grads, expected_grads):  # softmax runs in fp32 inside
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_cross_entropy_more_rows_than_one_cpu_block():
+    tokens = 2 * CPU_MAX_CHUNK + 37
+    hidden = torch.randn(tokens, 8, requires_grad=True)
+    weight = torch.randn(19, 8, requires_grad=True)
+    targets = torch.randint(0, 19, (tokens,))
+    targets[::7] = IGNORE_INDEX
+    got = chunked_cross_entropy(hidden, weight, targets, chunk_size=10 * tokens)
+    naive = F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="none")
+    torch.testing.assert_close(got, naive, rtol=1e-5, atol=1e-5)
+    upstream = torch.rand(tokens)
+    for a, b in zip(grads((got * upstream).sum(), [hidden, weight]), grads((naive * upstream).sum(), [hidden, weight])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_chunked_cross_entropy_float32_and_bf16_autocast():

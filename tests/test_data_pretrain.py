@@ -176,3 +176,28 @@ def test_missing_source_says_how_to_make_it(tmp_path):
     dm = PretrainDataModule(sources=[str(tmp_path / "nowhere")], val_source=None)
     with pytest.raises(DataError, match="ouro prepare"):
         dm.setup("fit")
+
+
+def test_resume_across_epoch_boundaries(shards, tmp_path):
+    tokens = json.loads((shards["val"] / "manifest.json").read_text())["tokens"]
+    data = dict(sources=[str(shards["val"])], val_source=None, seq_len=tokens // 7 - 1, batch_size=2, num_workers=1,
+                seed=5)
+    dm = PretrainDataModule(**data)
+    dm.setup("fit")
+    per_epoch = len(dm.train_dataloader())
+    assert 2 <= per_epoch <= 4, "the test needs several epochs within 9 steps"
+    n, k = 9, per_epoch + 1  # the checkpoint lies inside the second epoch
+    full, _ = _fit(shards, data, n, tmp_path, save_every=k)
+    resumed, _ = _fit(shards, data, n, tmp_path / "resumed", ckpt_path=str(tmp_path / f"step={k}.ckpt"))
+    assert len(full) == n and len(resumed) == n - k
+    for a, b in zip(full[k:], resumed):
+        assert torch.equal(a, b)
+    assert not torch.equal(full[0], full[per_epoch]), "each epoch reshuffles"
+
+
+def test_hub_dataset_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match="could not download Hub data set 'nobody/nothing'"):
+        prepare(["hf://nobody/nothing"], str(tmp_path / "out"), tokenizer=str(tmp_path / "t.json"))

@@ -52,6 +52,29 @@ def _mixture_class():
     return WeightedMixture
 
 
+def _loader_class():
+    from litdata import StreamingDataLoader
+
+    class ResumableLoader(StreamingDataLoader):
+        """litdata's loader, fixed for resume across epochs: after ``load_state_dict`` it replays the restored epoch
+        once, but it clears that flag only when an epoch runs to exhaustion. Lightning ends an epoch after
+        ``len(loader)`` batches without exhausting it, so the next epoch would replay the restored one again."""
+
+        _replayed = False
+
+        def load_state_dict(self, obj: dict[str, Any]) -> None:
+            super().load_state_dict(obj)
+            self._replayed = False
+
+        def __iter__(self) -> Any:
+            if self.restore and self._replayed:
+                self.restore = False
+            self._replayed = self.restore
+            return super().__iter__()
+
+    return ResumableLoader
+
+
 class PretrainDataModule(L.LightningDataModule):
     """Token streams from ``ouro prepare`` shards (or the built-in corpus), mixed by weight.
 
@@ -206,16 +229,14 @@ class PretrainDataModule(L.LightningDataModule):
         return BlockCollate(self.eos_id, sft=self.format == "sft", doc_masking=self.doc_masking)
 
     def train_dataloader(self):
-        from litdata import StreamingDataLoader
-
         datasets = [self._dataset(d, i, self.shuffle, True) for i, d in enumerate(self._train_dirs)]
         if len(datasets) == 1:
             dataset = datasets[0]
         else:
             dataset = _mixture_class()(datasets, seed=self.seed, weights=self._normalised_weights(),
                                                iterate_over_all=False)
-        return StreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                                   collate_fn=self._collate(), drop_last=True)
+        return _loader_class()(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                               collate_fn=self._collate(), drop_last=True)
 
     def val_dataloader(self):
         from litdata import StreamingDataLoader

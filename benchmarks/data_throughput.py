@@ -75,7 +75,12 @@ def main() -> None:
     parser.add_argument("--loader_workers", type=int, default=1)
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--steps", type=int, default=5, help="training steps timed (quickstart-sized model)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the training step (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from ouro.data.builtin import builtin_dir, builtin_tokenizer_path, write_corpus
 

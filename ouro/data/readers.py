@@ -77,7 +77,7 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
             files.append(path)
         else:
             raise FileNotFoundError(f"input {item!r} does not exist (for a Hub data set write hf://<org>/<name>)")
-    return list(dict.fromkeys(files))
+    return list(dict.fromkeys(f.resolve() for f in files))
 
 
 def _bad(message: str, skip_bad: bool, stats: ReadStats) -> None:

@@ -49,70 +49,109 @@ def q_exit_steps(exit_probs: torch.Tensor, threshold: float) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------- chunked cross-entropy
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Per-token cross-entropy of ``hidden @ weight.T`` computed ``chunk`` rows at a time.
+    """Per-token cross-entropy of ``hidden_states[t] @ weight.T`` for every step t, ``chunk`` rows at a time.
 
     Saves only its inputs and the per-row log-sum-exp; backward recomputes each chunk's logits, so peak extra
-    memory is O(chunk x vocab) in both directions. Matmuls run in ``compute_dtype``, softmax in fp32. One fp32
-    logits buffer (plus one in ``compute_dtype`` when that is not fp32) is reused by every chunk and every
+    memory is O(chunk x vocab) in both directions. Matmuls run in ``compute_dtype``, softmax in fp32. All steps
+    go through one call so that the LM head is cast once and its gradient accumulates in one fp32 tensor. One
+    fp32 logits buffer (plus one in ``compute_dtype`` when that is not fp32) is reused by every chunk and every
     elementwise step works in place: on CPU, fresh chunk x vocab tensors cost more in page faults than the
     arithmetic itself.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int, compute_dtype: torch.dtype):
+    def forward(ctx, weight, targets, chunk: int, compute_dtype: torch.dtype, *hidden_states):
+        tokens, vocab = targets.shape[0], weight.shape[0]
         w_t = weight.to(compute_dtype).t()
-        losses = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
+        losses = torch.empty(tokens, len(hidden_states), device=weight.device, dtype=torch.float32)
         lse_all = torch.empty_like(losses)
         valid = targets != IGNORE_INDEX
         safe_targets = targets.clamp(min=0)
-        buffers = _LogitBuffers(min(chunk, hidden.shape[0]), weight.shape[0], compute_dtype, hidden.device)
-        for start in range(0, hidden.shape[0], chunk):
-            stop = min(start + chunk, hidden.shape[0])
-            logits = buffers.logits(hidden[start:stop].to(compute_dtype), w_t)
-            row_max = logits.amax(dim=-1, keepdim=True)
-            picked = logits.gather(1, safe_targets[start:stop, None]).squeeze(1)
-            lse = logits.sub_(row_max).exp_().sum(-1).log_().add_(row_max.squeeze(1))
-            losses[start:stop] = torch.where(valid[start:stop], lse - picked, 0.0)
-            lse_all[start:stop] = lse
-        ctx.save_for_backward(hidden, weight, targets, lse_all)
+        buffers = _LogitBuffers(min(chunk, tokens), vocab, compute_dtype, weight.device)
+        for step, hidden in enumerate(hidden_states):
+            for start in range(0, tokens, chunk):
+                stop = min(start + chunk, tokens)
+                logits = buffers.logits(hidden[start:stop].to(compute_dtype), w_t)
+                row_max = logits.amax(dim=-1, keepdim=True)
+                picked = logits.gather(1, safe_targets[start:stop, None]).squeeze(1)
+                lse = logits.sub_(row_max).exp_().sum(-1).log_().add_(row_max.squeeze(1))
+                losses[start:stop, step] = torch.where(valid[start:stop], lse - picked, 0.0)
+                lse_all[start:stop, step] = lse
+        ctx.save_for_backward(weight, targets, lse_all, *hidden_states)
         ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
         return losses
 
     @staticmethod
     def backward(ctx, grad_losses):
-        hidden, weight, targets, lse_all = ctx.saved_tensors
+        weight, targets, lse_all, *hidden_states = ctx.saved_tensors
         chunk, dtype = ctx.chunk, ctx.compute_dtype
+        tokens, vocab = targets.shape[0], weight.shape[0]
         w = weight.to(dtype)
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.empty(weight.shape, device=weight.device, dtype=torch.float32) \
-            if ctx.needs_input_grad[1] else None
-        partial = torch.empty(weight.shape, device=weight.device, dtype=dtype) \
-            if grad_weight is not None and (dtype != torch.float32 or hidden.shape[0] > chunk) else None
+        grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = _GradWeight(weight, dtype)
         valid = targets != IGNORE_INDEX
         safe_targets = targets.clamp(min=0)
-        scale_all = torch.where(valid, grad_losses.float(), 0.0)
-        buffers = _LogitBuffers(min(chunk, hidden.shape[0]), weight.shape[0], dtype, hidden.device)
-        for start in range(0, hidden.shape[0], chunk):
-            stop = min(start + chunk, hidden.shape[0])
-            h = hidden[start:stop].to(dtype)
-            grad_logits = buffers.logits(h, w.t())
-            grad_logits.sub_(lse_all[start:stop, None]).exp_()  # softmax
-            grad_logits.scatter_add_(1, safe_targets[start:stop, None],
-                                     torch.full_like(lse_all[start:stop, None], -1.0))
-            grad_logits.mul_(scale_all[start:stop, None])
-            grad_logits = buffers.to_compute_dtype(grad_logits)
-            if grad_hidden is not None:
-                grad_hidden[start:stop] = (grad_logits @ w).to(hidden.dtype)
-            if grad_weight is not None:  # plain mm (not addmm_) so that FlopCounterMode counts it
-                if partial is None:
-                    torch.mm(grad_logits.t(), h, out=grad_weight)
-                elif start == 0:
-                    grad_weight.copy_(torch.mm(grad_logits.t(), h, out=partial))
+        scale_all = torch.where(valid[:, None], grad_losses.float(), 0.0)
+        minus_one = torch.full((min(chunk, tokens), 1), -1.0, device=weight.device)
+        buffers = _LogitBuffers(min(chunk, tokens), vocab, dtype, weight.device)
+        grad_hidden_states = []
+        for step, hidden in enumerate(hidden_states):
+            grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[4 + step] else None
+            for start in range(0, tokens, chunk):
+                stop = min(start + chunk, tokens)
+                h = hidden[start:stop].to(dtype)
+                grad_logits = buffers.logits(h, w.t())
+                grad_logits.sub_(lse_all[start:stop, step, None]).exp_()  # softmax
+                grad_logits.scatter_add_(1, safe_targets[start:stop, None], minus_one[:stop - start])
+                grad_logits.mul_(scale_all[start:stop, step, None])
+                grad_logits = buffers.to_compute_dtype(grad_logits)
+                if grad_hidden is not None:
+                    grad_hidden[start:stop] = (grad_logits @ w).to(hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight.accumulate(grad_logits, h)
+            grad_hidden_states.append(grad_hidden)
+        return (grad_weight.result() if grad_weight is not None else None, None, None, None,
+                *grad_hidden_states)
+
+
+class _GradWeight:
+    """fp32 accumulator of ``grad_logits.T @ h`` over chunks and steps.
+
+    In fp32 the products go straight into it (``mm``/``addmm`` with ``out=``, which FlopCounterMode counts,
+    unlike ``addmm_``). In a lower dtype each product goes through a (slice, hidden) buffer of that dtype, a
+    vocabulary slice at a time, so that no second vocab x hidden tensor exists.
+    """
+
+    SLICE = 8192
+
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype) -> None:
+        self.dtype = weight.dtype
+        self.total = torch.empty(weight.shape, device=weight.device, dtype=torch.float32)
+        self.partial = None if dtype == torch.float32 else \
+            torch.empty(min(self.SLICE, weight.shape[0]), weight.shape[1], device=weight.device, dtype=dtype)
+        self.empty = True
+
+    def accumulate(self, grad_logits: torch.Tensor, h: torch.Tensor) -> None:
+        if self.partial is None:
+            if self.empty:
+                torch.mm(grad_logits.t(), h, out=self.total)
+            else:
+                torch.addmm(self.total, grad_logits.t(), h, out=self.total)
+        else:
+            for v0 in range(0, self.total.shape[0], self.SLICE):
+                v1 = min(v0 + self.SLICE, self.total.shape[0])
+                product = torch.mm(grad_logits[:, v0:v1].t(), h, out=self.partial[:v1 - v0])
+                if self.empty:
+                    self.total[v0:v1].copy_(product)
                 else:
-                    grad_weight.add_(torch.mm(grad_logits.t(), h, out=partial))
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None
+                    self.total[v0:v1].add_(product)
+        self.empty = False
+
+    def result(self) -> torch.Tensor:
+        if self.empty:
+            self.total.zero_()
+        return self.total.to(self.dtype)
 
 
 class _LogitBuffers:
@@ -140,13 +179,24 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
                           chunk_size: int = 4096) -> torch.Tensor:
     """Per-token cross-entropy (fp32, 0 where ``targets == -100``) of the logits ``hidden @ weight.T``.
 
-    ``hidden`` (tokens, hidden), ``weight`` (vocab, hidden) (the LM head), ``targets`` (tokens,). Under autocast
-    the matmuls use the autocast dtype, as the LM head itself would. At most ``chunk_size`` rows of logits exist
-    at once (at most ``CPU_MAX_CHUNK`` on CPU).
+    ``hidden`` (tokens, hidden), ``weight`` (vocab, hidden) (the LM head), ``targets`` (tokens,); see
+    `per_step_cross_entropy`.
+    """
+    return per_step_cross_entropy([hidden], weight, targets, chunk_size)[:, 0]
+
+
+def per_step_cross_entropy(hidden_states: list[torch.Tensor], lm_head_weight: torch.Tensor, targets: torch.Tensor,
+                           chunk_size: int = 4096) -> torch.Tensor:
+    """Cross-entropy of every step: (tokens, steps), fp32, 0 where ``targets == -100``.
+
+    ``hidden_states[t]`` is (tokens, hidden), ``lm_head_weight`` (vocab, hidden), ``targets`` (tokens,). Under
+    autocast the matmuls use the autocast dtype, as the LM head itself would. At most ``chunk_size`` rows of
+    logits exist at once (at most ``CPU_MAX_CHUNK`` on CPU), whatever the number of steps.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    device_type = hidden.device.type
+    weight = lm_head_weight
+    device_type = weight.device.type
     if device_type == "cpu":
         # Measured on the `bench` preset: 512-row blocks run the loss 1.5x faster than one 2048-row block, as
         # the elementwise softmax passes stay in cache. Smaller blocks only lower the memory bound.
@@ -154,15 +204,13 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
     else:
-        dtype = torch.promote_types(hidden.dtype, weight.dtype)
+        dtype = torch.promote_types(hidden_states[0].dtype, weight.dtype)
+    for h in hidden_states:
+        if h.shape != (targets.shape[0], weight.shape[1]):
+            raise ValueError(f"hidden state of shape {tuple(h.shape)} does not match {targets.shape[0]} targets "
+                             f"and an LM head of width {weight.shape[1]}")
     with torch.autocast(device_type=device_type, enabled=False):
-        return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_size, dtype)
-
-
-def per_step_cross_entropy(hidden_states: list[torch.Tensor], lm_head_weight: torch.Tensor, targets: torch.Tensor,
-                           chunk_size: int = 4096) -> torch.Tensor:
-    """Cross-entropy of every step: (tokens, steps). ``hidden_states[t]`` is (tokens, hidden)."""
-    return torch.stack([chunked_cross_entropy(h, lm_head_weight, targets, chunk_size) for h in hidden_states], -1)
+        return _ChunkedCrossEntropy.apply(weight, targets, chunk_size, dtype, *hidden_states)
 
 
 # ------------------------------------------------------------------------------------------------- losses

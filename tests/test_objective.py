@@ -169,6 +169,29 @@ def test_chunked_cross_entropy_gradcheck():
         torch.testing.assert_close(analytic, numeric, rtol=1e-4, atol=1e-5)
 
 
+def test_bf16_weight_gradient_accumulated_in_vocabulary_slices(monkeypatch):
+    import ouro.objective
+
+    hs, weight, _, targets = problem(tokens=40, vocab=41, steps=3, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        whole = per_step_cross_entropy(hs, weight, targets, chunk_size=16)
+    (expected,) = grads(whole.sum(), [weight])
+    monkeypatch.setattr(ouro.objective._GradWeight, "SLICE", 7)  # 41 = 5 x 7 + 6
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sliced = per_step_cross_entropy(hs, weight, targets, chunk_size=16)
+    (got,) = grads(sliced.sum(), [weight])
+    assert torch.equal(sliced, whole)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    naive = naive_per_step_ce([h.bfloat16().float() for h in hs], weight.bfloat16().float(), targets)
+    (naive_grad,) = grads(naive.sum(), [weight])
+    assert (got - naive_grad).abs().max() <= 0.02 * naive_grad.abs().max()  # bf16 products, fp32 sums
+
+
+def test_hidden_state_shape_is_checked():
+    with pytest.raises(ValueError, match="does not match"):
+        per_step_cross_entropy([torch.randn(5, 3)], torch.randn(4, 3), torch.zeros(6, dtype=torch.long))
+
+
 def test_chunk_size_must_be_positive():
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_cross_entropy(torch.randn(2, 3), torch.randn(4, 3), torch.zeros(2, dtype=torch.long), 0)

@@ -136,7 +136,7 @@ def _fit(shards, data_kwargs, max_steps, root, ckpt_path=None, save_every=None):
     return recorder.batches, dm
 
 
-@pytest.mark.parametrize("mixture,workers", [(False, 0), (False, 1), (True, 1)])
+@pytest.mark.parametrize("mixture,workers", [(False, 0), (False, 1), (True, 1), (True, 2)])
 def test_resume_mid_epoch_sees_the_same_batches(shards, tmp_path, mixture, workers):
     sources = [str(shards["big"]), str(shards["small"])] if mixture else [str(shards["big"])]
     data = dict(sources=sources, weights=[0.5, 0.5] if mixture else None, val_source=None, seq_len=16,

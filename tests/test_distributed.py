@@ -325,3 +325,22 @@ def test_fsdp_strategy_defaults_and_precision() -> None:
 def test_apply_fsdp2_needs_decoder_layers() -> None:
     with pytest.raises(ValueError, match="no DecoderLayer"):
         apply_fsdp2(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_step_runs_a_flash_kernel_on_gpu() -> None:
+    """On GPU in bf16 the attention of a training step is a flash kernel (flash-attn's, or SDPA's flash)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ouro.module import OuroLM
+
+    module = OuroLM(model=OuroConfig.preset("tiny", hidden_size=256, num_attention_heads=4),
+                    activation_checkpointing=True).cuda()
+    tokens = torch.randint(0, 512, (2, 129), device="cuda")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = module.compute_loss({"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]})[0].loss
+        loss.backward()
+        torch.cuda.synchronize()
+    kernels = [event.key for event in prof.key_averages()]
+    assert any("flash" in name.lower() for name in kernels), kernels

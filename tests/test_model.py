@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ouro.config import OuroConfig
 from ouro.model import AttentionLayout, OuroForCausalLM, flops_per_token
+from ouro.model.layers import apply_rope
 
 
 def make_config(**changes) -> OuroConfig:
@@ -245,8 +246,6 @@ def test_sdpa_attention_equals_explicit_attention(kv_heads):
         rope = model.model.rope(layout.positions, x.dtype)
         got = attn(x, rope, layout)
         # Explicit computation with the module's own projections and RoPE, independent softmax and mask.
-        from ouro.model.layers import apply_rope
-
         q = apply_rope(attn.q_proj(x).view(2, 8, 4, 8), *rope).transpose(1, 2)
         k = apply_rope(attn.k_proj(x).view(2, 8, kv_heads, 8), *rope).transpose(1, 2)
         v = attn.v_proj(x).view(2, 8, kv_heads, 8).transpose(1, 2)

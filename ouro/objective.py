@@ -6,8 +6,8 @@ Stage I (pre-training, jointly with the LM), per token:  Σ_t p(t) L(t) - β H(p
 Stage II (gate only, LM frozen), with detached per-token losses:
     I(t) = max(0, L(t-1) - L(t)),  w(t) = sigmoid(k (I(t) - γ)),
     L_gate(t) = -mean_i [w log(1 - λ_t) + (1 - w) log λ_t],  L_gate = (1/T) Σ_{t=2..T} L_gate(t).
-Per-step cross-entropies come from `chunked_cross_entropy`, which never holds more than ``chunk_size`` rows of
-logits: memory grows with the chunk, not with T x tokens x vocab.
+Per-step cross-entropies come from `per_step_cross_entropy`, which never holds more than ``chunk_size`` rows of
+logits: memory grows with the chunk, not with T x tokens x vocab (benchmarks/loss_memory.py measures it).
 """
 
 from __future__ import annotations

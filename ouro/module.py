@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -10,7 +11,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from ouro.config import OuroConfig
-from ouro.model import OuroForCausalLM, flops_per_token
+from ouro.model import AttentionLayout, OuroForCausalLM, flops_per_token
 from ouro.objective import (
     IGNORE_INDEX,
     LoopLoss,
@@ -191,11 +192,9 @@ class OuroLM(L.LightningModule):
     # ------------------------------------------------------------------------------------------------ step
     def _flatten(self, batch: dict[str, torch.Tensor]):
         input_ids, labels = batch["input_ids"], batch["labels"]
-        if self.objective == "stage2":
-            with torch.no_grad():
-                out = self.net(input_ids, doc_ids=batch.get("doc_ids"))
-        else:
-            out = self.net(input_ids, doc_ids=batch.get("doc_ids"))
+        layout = AttentionLayout.build(input_ids, batch.get("doc_ids"), self.attention_backend)
+        with torch.no_grad() if self.objective == "stage2" else contextlib.nullcontext():
+            out = self.net(input_ids, layout=layout)
         targets = labels.reshape(-1)
         mask = targets != IGNORE_INDEX
         hidden = [h.reshape(-1, h.shape[-1]) for h in out.hidden_states]

@@ -125,7 +125,6 @@ def test_validation_metrics_equal_a_direct_computation(tmp_path):
     assert 1.0 <= metrics["val/depth_q0.5"] <= 3.0
 
 
-@pytest.mark.xfail(strict=True, reason="OuroLM stores attention_backend but never passes it to the model")
 def test_attention_backend_reaches_the_model():
     module = tiny_module(attention_backend="flash")
     batch = SuccessorDataset(2)[0]

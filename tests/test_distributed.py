@@ -3,8 +3,9 @@
 * DDP: ``ouro fit`` under torchrun with 2 processes gives the per-step losses and weights of a 1-process run
   with the same global batch, and a resumed run continues the same curve.
 * FSDP1 (``SHARD_GRAD_OP`` / ``FULL_SHARD``) and FSDP2 (``reshard_after_forward`` False / True) on the looped
-  model: gradients equal a 1-process reference, and the all-gathers per step follow the counts in
-  docs/scale-out.md (kept-gathered strategies gather each layer once per step, not once per pass).
+  model, with and without activation checkpointing: gradients equal a 1-process reference, and the all-gathers
+  per step follow the counts in docs/scale-out.md (kept-gathered strategies gather each layer once per step, not
+  once per pass). ``OuroFSDPStrategy`` through ``ouro fit`` gives the 1-process curve and sharded checkpoints.
 """
 
 from __future__ import annotations
@@ -249,10 +250,11 @@ def _fsdp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     reference = OuroForCausalLM(config)
     _loss(reference, reference, data).backward()  # the mean over the whole batch = the mean of the ranks' means
     results = {}
-    for mode in MODES:
-        kind, option = mode.split(":")
+    for mode in [f"{m}:{c}" for m in MODES for c in ("plain", "checkpointed")]:
+        kind, option, recompute = mode.split(":")
         torch.manual_seed(0)
         net = OuroForCausalLM(config)
+        net.set_activation_checkpointing(recompute == "checkpointed")
         if kind == "fsdp1":
             model = FSDP(_WithLoss(net), auto_wrap_policy=ModuleWrapPolicy(wrap_policy()),
                          sharding_strategy=ShardingStrategy[option], device_id=torch.device("cpu"),
@@ -290,7 +292,9 @@ def test_fsdp_gradients_and_all_gathers_per_step(tmp_path: Path) -> None:
         assert result["grad_error"] < 1e-5, (mode, result)
         assert result["all_gathers"][0] == result["all_gathers"][1], (mode, result)
     n, T = LAYERS, PASSES
-    gathers = {mode: result["all_gathers"][1] for mode, result in results.items()}
+    gathers = {mode.removesuffix(":plain"): result["all_gathers"][1] for mode, result in results.items()}
+    for mode in MODES:  # recomputing a layer call in backward happens while its parameters are gathered
+        assert gathers[f"{mode}:checkpointed"] == gathers[mode], gathers
     # Kept gathered from the first pass to the end of backward: each unit (layers + root) once per step.
     assert gathers["fsdp1:SHARD_GRAD_OP"] == n + 1
     # FULL_SHARD re-gathers every layer on every pass in forward; FSDP1 re-gathers once per layer in backward.

@@ -125,6 +125,26 @@ def test_validation_metrics_equal_a_direct_computation(tmp_path):
     assert 1.0 <= metrics["val/depth_q0.5"] <= 3.0
 
 
+def test_stage1_loss_of_a_batch_equals_a_naive_computation():
+    torch.manual_seed(0)
+    module = tiny_module(entropy_coef=0.1)
+    with torch.no_grad():
+        module.net.model.early_exit_gate.weight.normal_(0, 0.5)  # a non-trivial exit distribution
+    data = SuccessorDataset(4, mask_prefix=3)
+    batch = {"input_ids": data.input_ids, "labels": data.labels, "doc_ids": data.doc_ids}
+    result, _, _ = module.compute_loss(batch)
+
+    out = module.net(data.input_ids, doc_ids=data.doc_ids)
+    labels = data.labels.reshape(-1)
+    counted = labels != IGNORE_INDEX
+    ce = torch.stack([F.cross_entropy(module.net.logits(out, t).reshape(-1, 512), labels, ignore_index=IGNORE_INDEX,
+                                      reduction="none") for t in range(3)], -1)[counted]
+    lam = torch.sigmoid(out.gate_logits.reshape(-1, 3))[counted]
+    p = torch.stack([lam[:, 0], (1 - lam[:, 0]) * lam[:, 1], (1 - lam[:, 0]) * (1 - lam[:, 1])], -1)
+    expected = ((p * ce).sum(-1) + 0.1 * (p * p.log()).sum(-1)).mean()
+    torch.testing.assert_close(result.loss, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_attention_backend_reaches_the_model():
     module = tiny_module(attention_backend="flash")
     batch = SuccessorDataset(2)[0]

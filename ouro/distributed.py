@@ -132,13 +132,25 @@ class OuroFSDP2Strategy(ModelParallelStrategy):
             param_dtype: Dtype of the gathered parameters used in compute (``None``: the stored dtype).
             reduce_dtype: Dtype of the gradient reduce-scatter.
             save_distributed_checkpoint: Each rank writes its shard (a checkpoint folder) instead of one file.
-            **kwargs: Further ``ModelParallelStrategy`` arguments (``data_parallel_size``, ``timeout`` ...).
+            **kwargs: Further ``ModelParallelStrategy`` arguments (``timeout``). Data parallelism spans every
+                process; tensor parallelism is not supported (``tensor_parallel_size`` must be 1 or "auto").
         """
-        kwargs.setdefault("tensor_parallel_size", 1)
-        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        # jsonargparse passes the parent's defaults through **kwargs ("auto" for both sizes); "auto" would make
+        # the data-parallel mesh one node wide and leave the GPUs of a node unsharded *and unsynchronised*.
+        tensor_parallel = kwargs.pop("tensor_parallel_size", 1)
+        data_parallel = kwargs.pop("data_parallel_size", "auto")
+        if tensor_parallel not in (1, "auto") or data_parallel != "auto":
+            raise ValueError("OuroFSDP2Strategy shards over all processes: leave data_parallel_size and "
+                             "tensor_parallel_size unset (tensor parallelism is not supported)")
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
+                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
         self.reshard_after_forward = reshard_after_forward
         self.param_dtype = getattr(torch, param_dtype) if param_dtype else None
         self.reduce_dtype = getattr(torch, reduce_dtype)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes  # every process, not every node
+        super().setup_environment()
 
     def setup(self, trainer: Any) -> None:
         # The Trainer has run the module's configure_model (e.g. per-layer compile) before this point.

@@ -42,7 +42,7 @@ def test_official_presets_fields():
     (dict(tie_word_embeddings=True), "tie_word_embeddings"),
     (dict(use_sliding_window=True), "use_sliding_window"),
     (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling"),
-    (dict(layer_types=["full_attention"]), "layer_types"),
+    (dict(layer_types=["sliding_attention", "full_attention"]), "layer_types"),
     (dict(attention_dropout=1.0), "attention_dropout"),
 ])
 def test_invalid_values_name_the_field(changes, field):
@@ -65,6 +65,8 @@ def test_layer_types_follow_layer_count():
     c = OuroConfig.preset("tiny", num_hidden_layers=5)
     assert c.layer_types == ["full_attention"] * 5
     assert c.replace(num_hidden_layers=3).layer_types == ["full_attention"] * 3
+    # A list of the wrong length (e.g. from an older config.json) follows the layer count.
+    assert OuroConfig.preset("tiny", layer_types=["full_attention"]).layer_types == ["full_attention"] * 2
 
 
 def test_config_json_round_trip(tmp_path):

@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    from ouro.objective import CPU_MAX_CHUNK
+
     results = []
     for dtype in args.dtypes:
         command = [sys.executable, __file__, "--worker", dtype, "--preset", args.preset, "--batch", str(args.batch),
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
 
     r0 = results[0]
     print(f"train step of OuroLM (Stage I), preset {r0['preset']}, batch {r0['batch']} x seq {r0['seq']}, "
-          f"{r0['threads']} threads, loss_chunk_size {r0['loss_chunk_size']}; FLOPs count every pass")
+          f"{r0['threads']} threads, loss_chunk_size {r0['loss_chunk_size']} (on CPU at most {CPU_MAX_CHUNK} rows "
+          "at once); FLOPs count every pass")
     header = ("dtype", "step s", "tokens/s", "GFLOP/step", "counted", "GFLOP/s", "matmul GFLOP/s", "of matmul",
               "peak RSS MiB", "growth MiB")
     print(" | ".join(header))

@@ -164,7 +164,7 @@ class OuroConfig:
         if model_type != "ouro":
             raise ConfigError(f"config.json has model_type {model_type!r}, expected 'ouro'")
         known = {f.name for f in fields(cls)} - {"extra"}
-        derived = {"model_type", "architectures", "auto_map", "head_dim"}
+        derived = {"model_type", "architectures", "auto_map", "head_dim", "torch_dtype"}  # written by save
         head_dim = data.get("head_dim")
         values = {k: data.pop(k) for k in list(data) if k in known}
         extra = {k: v for k, v in data.items() if k not in derived}

@@ -89,7 +89,8 @@ def test_unknown_keys_survive_round_trip(tmp_path):
     data["transformers_version"] = "4.55.0"
     data["some_future_field"] = [1, 2]
     c = OuroConfig.from_dict(data)
-    assert c.extra == {"transformers_version": "4.55.0", "some_future_field": [1, 2], "torch_dtype": "bfloat16"}
+    assert c.extra == {"transformers_version": "4.55.0", "some_future_field": [1, 2]}  # torch_dtype is derived
+    assert OuroConfig.load(c.save(tmp_path)) == c
     c.save(tmp_path)
     again = json.loads((tmp_path / "config.json").read_text())
     assert again["some_future_field"] == [1, 2] and again["transformers_version"] == "4.55.0"

@@ -76,7 +76,8 @@ class OuroFSDPStrategy(FSDPStrategy):
             limit_all_gathers: Rate-limit prefetching all-gathers (bounds memory with many layers).
             **kwargs: Further ``FSDPStrategy`` / ``FullyShardedDataParallel`` arguments.
         """
-        kwargs.setdefault("auto_wrap_policy", wrap_policy())
+        if kwargs.get("auto_wrap_policy") is None:  # LightningCLI passes the parent's default (None) explicitly
+            kwargs["auto_wrap_policy"] = wrap_policy()
         super().__init__(sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
                          limit_all_gathers=limit_all_gathers, **kwargs)
         self.fp32_reduce = fp32_reduce

@@ -1,6 +1,6 @@
 """Multi-process training on CPU with gloo.
 
-* DDP: ``ouro fit`` under torchrun with 2 processes gives the per-step losses and weights of a 1-process run
+* DDP: ``ouro fit`` (`ouro.cli.main`) under torchrun with 2 processes gives the per-step losses and weights of a 1-process run
   with the same global batch, and a resumed run continues the same curve.
 * FSDP1 (``SHARD_GRAD_OP`` / ``FULL_SHARD``) and FSDP2 (``reshard_after_forward`` False / True) on the looped
   model, with and without activation checkpointing: gradients equal a 1-process reference, and the all-gathers
@@ -93,22 +93,26 @@ class FixedTokens(L.LightningDataModule):
 
 
 class LossRecorder(L.Callback):
-    """Writes every step's loss and tokens_seen (and the final weights on rank 0) into ``out_dir``."""
+    """Writes every step's loss and tokens_seen (and, without sharding, the final weights) into ``out_dir``."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.rows: list[dict] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
         decayed = sum(p.numel() for group in trainer.optimizers[0].param_groups if group["weight_decay"] > 0
                       for p in group["params"])
+        units = sum(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in trainer.strategy.model.modules())
         self.rows.append(dict(step=trainer.global_step, loss=float(outputs["loss"]),
-                              tokens_seen=int(pl_module.tokens_seen), decayed_numel=decayed))
+                              tokens_seen=int(pl_module.tokens_seen), decayed_numel=decayed, fsdp_units=units))
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.rows))
-        if trainer.global_rank == 0:
+        # Sharded strategies' state_dict() is a collective with sharded values: compare replicated weights only.
+        if trainer.global_rank == 0 and type(trainer.strategy).__name__ in ("DDPStrategy", "SingleDeviceStrategy"):
             torch.save({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()},
                        self.out_dir / "weights.pt")
 
@@ -140,10 +144,11 @@ def _recipe(tmp: Path, name: str, world: int, ckpt_dir: Path, strategy: str | di
 
 
 def _torchrun(args: list[str], nproc: int) -> None:
+    """``torchrun -m test_distributed ARGS``: `ouro.cli.main` (the `ouro` command), see the ``__main__`` block."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={_free_port()}", "-m", "ouro.cli", *args]
+               f"--master_port={_free_port()}", "-m", "test_distributed", *args]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
@@ -206,7 +211,9 @@ def test_lightning_fsdp_strategies_on_cpu(tmp_path: Path, single_run, strategy: 
     assert tokens == single_run[1]
     sharded = tmp_path / "ckpt" / f"epoch=0-step={RESUME_AT}.ckpt"
     assert sharded.is_dir() and sorted(p.name for p in sharded.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    decayed = json.loads((tmp_path / "fsdp" / "rank0.json").read_text())[0]["decayed_numel"]
+    first = json.loads((tmp_path / "fsdp" / "rank0.json").read_text())[0]
+    assert first["fsdp_units"] == OuroConfig.preset("tiny").num_hidden_layers + 1  # every DecoderLayer + the root
+    decayed = first["decayed_numel"]
     if decayed == 0:
         pytest.xfail("OuroLM.parameter_groups picks weight-decay params by param.dim() >= 2, but FSDP1 "
                      "(use_orig_params) flattens sharded params to 1-D: no weight decay under FSDP1")
@@ -313,7 +320,7 @@ def test_fsdp_strategy_defaults_and_precision() -> None:
 
     from ouro.model.looped import DecoderLayer
 
-    strategy = OuroFSDPStrategy(precision_plugin=None)
+    strategy = OuroFSDPStrategy(auto_wrap_policy=None, precision_plugin=None)  # None: as LightningCLI passes it
     assert strategy.sharding_strategy == ShardingStrategy.SHARD_GRAD_OP
     policy = strategy.kwargs["auto_wrap_policy"]  # Lightning turns the set into a ModuleWrapPolicy
     layer = DecoderLayer(OuroConfig.preset("tiny"), 0)
@@ -351,3 +358,13 @@ def test_training_step_runs_a_flash_kernel_on_gpu() -> None:
         torch.cuda.synchronize()
     kernels = [event.key for event in prof.key_averages()]
     assert any("flash" in name.lower() for name in kernels), kernels
+
+
+if __name__ == "__main__":
+    # What torchrun runs: the `ouro` command, then a process-group teardown. Without it a gloo process sometimes
+    # aborts at interpreter exit ("terminate called without an active exception") after training has finished.
+    from ouro.cli import main
+
+    main(sys.argv[1:])
+    if dist.is_initialized():
+        dist.destroy_process_group()

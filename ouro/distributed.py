@@ -67,7 +67,7 @@ class OuroFSDPStrategy(FSDPStrategy):
         Args:
             sharding_strategy: ``SHARD_GRAD_OP`` keeps each layer gathered from its first pass to the end of
                 backward (1 all-gather per layer per step; parameter memory of one full copy); ``FULL_SHARD``
-                frees after every layer call and re-gathers (2 x T + ... per layer per step, least memory).
+                frees after every layer call and re-gathers (T + 1 all-gathers per layer per step, least memory).
                 ``HYBRID_SHARD``: ``FULL_SHARD`` inside a node, replicated across nodes.
             state_dict_type: ``sharded``: each rank writes its shard (a checkpoint folder; needed at 1B+ scale);
                 ``full``: one file assembled on rank 0.

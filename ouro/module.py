@@ -294,11 +294,15 @@ class OuroLM(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weight decay on matrices only: norms (1-D weights) and the gate bias get none."""
+        """Weight decay on matrices only: norm weights and biases (the gate's) get none.
+
+        Chosen by name, not by ``dim()``: FSDP flattens sharded parameters to 1-D.
+        """
         decay, no_decay = [], []
-        for param in self.net.parameters():
+        for name, param in self.net.named_parameters():
             if param.requires_grad:
-                (decay if param.dim() >= 2 else no_decay).append(param)
+                skip = name.endswith(".bias") or "norm" in name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
+                (no_decay if skip else decay).append(param)
         groups = [dict(params=decay, weight_decay=self.optim.weight_decay),
                   dict(params=no_decay, weight_decay=0.0)]
         return [g for g in groups if g["params"]]

@@ -64,6 +64,17 @@ class OuroCLI(LightningCLI):
 
 
 def run_trainer_cli(args: list[str]) -> OuroCLI:
+    try:
+        return _build_cli(args)
+    finally:
+        # Tear the process group down so multi-process runs exit cleanly (gloo may abort at interpreter exit).
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _build_cli(args: list[str]) -> OuroCLI:
     return OuroCLI(
         OuroLM,
         LightningDataModule,

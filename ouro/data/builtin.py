@@ -16,6 +16,7 @@ EOS, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 #: Vocabulary of the built-in tokenizer (special tokens included): small so a tiny model trains in minutes.
 BUILTIN_VOCAB_SIZE = 4096
 _SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+_CORPUS_VERSION = 2  # bump when the selection below changes: the cache folder is named after it
 _VAL_EVERY = 50  # about 2% of the documents, chosen by a hash of their name, form the validation split
 _TRAIN_FILES = 4  # the training split is written as several files so prepare can use several workers
 
@@ -27,11 +28,16 @@ def cache_dir() -> Path:
 
 def builtin_dir() -> Path:
     """Folder of the built-in corpus of the running interpreter (one per Python minor version)."""
-    return cache_dir() / "builtin" / f"py{sys.version_info.major}.{sys.version_info.minor}"
+    version = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    return cache_dir() / "builtin" / f"v{_CORPUS_VERSION}-{version}"
 
 
 def corpus_documents() -> list[tuple[str, str]]:
-    """``(name, text)`` of every standard-library source file (tests excluded) and documentation topic."""
+    """``(name, text)`` of every standard-library source file and documentation topic.
+
+    Left out: tests, installed packages, and generated data tables (``_sysconfigdata*``, the charmap codecs'
+    ``decoding_table``), which are not language and would dominate a small validation split.
+    """
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     docs = []
     for path in sorted(stdlib.rglob("*.py")):
@@ -40,6 +46,8 @@ def corpus_documents() -> list[tuple[str, str]]:
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
+            continue
+        if path.name.startswith("_sysconfigdata") or "decoding_table = (" in text:
             continue
         if text.strip():
             docs.append((f"stdlib/{path.relative_to(stdlib)}", text))
@@ -78,6 +86,9 @@ def write_corpus(directory: Path) -> dict[str, list[Path]]:
             target = splits["train"][train_index % _TRAIN_FILES]
             train_index += 1
         lines[target].append(json.dumps({"text": text, "name": name}))
+    # Validation documents in a fixed pseudo-random order, so the first batches are not one alphabetical corner.
+    val = splits["val"][0]
+    lines[val].sort(key=lambda row: hashlib.sha1(row.encode()).hexdigest())
     for path, rows in lines.items():
         _atomic_write(path, "\n".join(rows) + "\n")
     done.write_text("ok\n")

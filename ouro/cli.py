@@ -39,6 +39,20 @@ def _underscore_option(arg: str) -> str:
     return "--" + name.replace("-", "_") + sep + value
 
 
+def _bare_flags_to_true(args: list[str], function: Callable) -> list[str]:
+    """``--dry_run`` alone means ``--dry_run true`` for the function's boolean parameters."""
+    import inspect
+
+    flags = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation in (bool, "bool")}
+    result = []
+    for i, arg in enumerate(args):
+        result.append(arg)
+        following = args[i + 1] if i + 1 < len(args) else None
+        if arg in flags and (following is None or following.startswith("--")):
+            result.append("true")
+    return result
+
+
 def _print_help() -> None:
     print("usage: ouro {fit,validate,test,predict," + ",".join(_tool_commands()) + "} ...\n")
     print("Train looped language models (Ouro / LoopLM) end to end.\n\nTrainer commands (LightningCLI):")
@@ -80,8 +94,9 @@ def _dispatch(args: list[str]) -> None:
         from jsonargparse import auto_cli
 
         # Accept --repo-id as well as --repo_id: jsonargparse spells options with underscores.
-        options = [_underscore_option(a) for a in args[1:]]
-        auto_cli(_load(tools[command][0]), args=options, as_positional=True)
+        function = _load(tools[command][0])
+        options = _bare_flags_to_true([_underscore_option(a) for a in args[1:]], function)
+        auto_cli(function, args=options, as_positional=True)
         return
     if command not in TRAINER_COMMANDS:
         print(f"ouro: unknown command {command!r}; run `ouro --help` for the list", file=sys.stderr)

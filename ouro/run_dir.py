@@ -44,7 +44,7 @@ class FinalCheckpoint(Callback):
             return
         if any(getattr(callback, "completed", False) for callback in trainer.callbacks):
             return  # TokenBudget already saved the final state
-        trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", weights_only=False)
 
 
 class RunConfigCallback(SaveConfigCallback):

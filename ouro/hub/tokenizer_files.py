@@ -7,29 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ouro.data.tokenizer import resolve_tokenizer_file
 from ouro.generation.chat import CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START
 
-
-def resolve_tokenizer_file(source: str | Path) -> Path:
-    """A ``tokenizer.json`` path from a file, a folder holding one, or a Hub repo id (downloaded)."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / "tokenizer.json").is_file():
-            return path / "tokenizer.json"
-        raise FileNotFoundError(f"{path} has no tokenizer.json; pass --tokenizer with a tokenizer.json file, a "
-                                "folder that holds one or a Hub repo id")
-    text = str(source)
-    if text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise FileNotFoundError(f"tokenizer {text} does not exist and is not a Hub repo id ORG/NAME")
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(text, "tokenizer.json"))
-    except Exception as error:
-        raise RuntimeError(f"could not download tokenizer.json of {text} ({type(error).__name__}); check the repo "
-                           "id and your network, or pass a local tokenizer.json with --tokenizer") from None
+__all__ = ["resolve_tokenizer_file", "special_token_ids", "write_tokenizer_files"]
 
 
 def special_token_ids(tokenizer_file: str | Path) -> dict[str, int | None]:

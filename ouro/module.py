@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -161,6 +162,7 @@ class OuroLM(L.LightningModule):
         self.previous_stage_final_lr = loaded.final_lr
         self.provenance = loaded.provenance
         self.tokenizer_path = self.tokenizer_path or loaded.tokenizer_path
+        self._init_tokenizer = loaded.tokenizer_path
         if loaded.config.num_hidden_layers != self.config.num_hidden_layers:
             # Kept (outside the module tree) until the first validation reports old vs upcycled loss.
             reference = OuroForCausalLM(loaded.config)
@@ -180,9 +182,26 @@ class OuroLM(L.LightningModule):
             self.trainer.optimizers[0].load_state_dict(self._pending_optimizer_state)
             self._pending_optimizer_state = None
         datamodule = getattr(self.trainer, "datamodule", None)
+        self._check_tokenizer_matches_data(datamodule)
         self.tokenizer_path = getattr(datamodule, "tokenizer_path", None) or self.tokenizer_path
         if self.tokenizer_path is not None:
             self.tokenizer_path = str(self.tokenizer_path)
+
+    def _check_tokenizer_matches_data(self, datamodule: Any) -> None:
+        """Refuse data tokenized with another tokenizer than the one ``init_from`` was trained with."""
+        source = getattr(self, "_init_tokenizer", None)
+        manifests = getattr(datamodule, "manifests", None) or {}
+        if not source or not manifests or not Path(str(source)).exists():
+            return
+        from ouro.data.tokenizer import load_tokenizer, tokenizer_hash
+
+        expected = tokenizer_hash(load_tokenizer(source))
+        for directory, manifest in manifests.items():
+            if manifest.tokenizer_hash != expected:
+                raise ValueError(f"data {directory} was tokenized with {manifest.tokenizer!r} (hash "
+                                 f"{manifest.tokenizer_hash[:12]}) but init_from {self.init_from} was trained with "
+                                 f"{source} (hash {expected[:12]}); prepare the data with that tokenizer "
+                                 f"(`ouro prepare ... --tokenizer {source}`)")
 
     def configure_model(self) -> None:
         if self.compile_layers:

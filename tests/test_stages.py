@@ -143,3 +143,22 @@ def test_init_from_exported_folder_and_upcycle_reports_source_loss(tmp_path, cap
                        module.net.model.layers[0].self_attn.q_proj.weight)
     trainer, _ = _fit_tiny(tmp_path, module, 2, "upcycled")
     assert "val/upcycle_source_ce_last" in trainer.callback_metrics
+
+
+def test_data_from_another_tokenizer_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, models
+
+    from ouro.data.tokenizer import load_tokenizer, tokenizer_hash
+
+    ours = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "a": 1}, unk_token="<|endoftext|>"))
+    theirs = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "b": 1}, unk_token="<|endoftext|>"))
+    ours.save(str(tmp_path / "ours.json"))
+    module = OuroLM(OuroConfig.preset("tiny"), init_from="runs/previous")
+    module._init_tokenizer = str(tmp_path / "ours.json")
+    same = SimpleNamespace(tokenizer="ours", tokenizer_hash=tokenizer_hash(load_tokenizer(tmp_path / "ours.json")))
+    module._check_tokenizer_matches_data(SimpleNamespace(manifests={"data/a": same}))
+    other = SimpleNamespace(tokenizer="theirs", tokenizer_hash=tokenizer_hash(theirs))
+    with pytest.raises(ValueError, match=r"data/b was tokenized with 'theirs'.*ouro prepare"):
+        module._check_tokenizer_matches_data(SimpleNamespace(manifests={"data/a": same, "data/b": other}))

@@ -78,7 +78,7 @@ def model_card(config: OuroConfig, repo_name: str, provenance: list[dict[str, An
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo_name}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_name}", trust_remote_code=True)',
         f'model = AutoModelForCausalLM.from_pretrained("{repo_name}", trust_remote_code=True)',
         'messages = [{"role": "user", "content": "Hello!"}]',
         "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt',",

@@ -46,6 +46,7 @@ def write_tokenizer_files(tokenizer_file: str | Path, directory: str | Path, max
         "pad_token": pad,
         "unk_token": None,
         "model_max_length": max_length,
+        "padding_side": "left",  # batched generation with a decoder-only model
         "clean_up_tokenization_spaces": False,
         "add_bos_token": False,
         "add_eos_token": False,

@@ -245,19 +245,18 @@ class OuroLM(L.LightningModule):
         tokens = batch["input_ids"].numel() * self.trainer.world_size
         self.tokens_seen += tokens
         self.flops_per_batch = flops_per_token(self.config, batch["input_ids"].shape[1]) * batch["input_ids"].numel()
-        self._log_loss("train", result, batch["input_ids"].shape[0])
+        self._log_train_loss(result, batch["input_ids"].shape[0])
         self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, sync_dist=False)
         return result.loss
 
-    def _log_loss(self, split: str, result: LoopLoss, batch_size: int) -> None:
-        on_step = split == "train"
-        log = dict(on_step=on_step, on_epoch=not on_step, batch_size=batch_size, sync_dist=not on_step)
-        self.log(f"{split}/loss", result.loss.detach(), prog_bar=True, **log)
+    def _log_train_loss(self, result: LoopLoss, batch_size: int) -> None:
+        log = dict(on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log("train/loss", result.loss.detach(), prog_bar=True, **log)
         for t in range(result.ce_per_step.shape[0]):
-            self.log(f"{split}/ce_step{t + 1}", result.ce_per_step[t], **log)
-            self.log(f"{split}/exit_prob_step{t + 1}", result.exit_probs[t], **log)
-        self.log(f"{split}/expected_step", result.expected_step, prog_bar=on_step, **log)
-        self.log(f"{split}/exit_entropy", result.entropy, **log)
+            self.log(f"train/ce_step{t + 1}", result.ce_per_step[t], **log)
+            self.log(f"train/exit_prob_step{t + 1}", result.exit_probs[t], **log)
+        self.log("train/expected_step", result.expected_step, prog_bar=True, **log)
+        self.log("train/exit_entropy", result.entropy, **log)
 
     # ------------------------------------------------------------------------------------------ validation
     def _val_update(self, name: str, value: torch.Tensor, weight: int) -> None:

@@ -214,6 +214,14 @@ def test_lightning_fsdp_strategies_on_cpu(tmp_path: Path, single_run, strategy: 
     assert tokens == single_run[1]
     sharded = tmp_path / "ckpt" / f"epoch=0-step={RESUME_AT}.ckpt"
     assert sharded.is_dir() and sorted(p.name for p in sharded.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    # The next stage (init_from) and `ouro export` read a sharded checkpoint folder as one full model.
+    from ouro.hub.load import read_source
+
+    loaded = read_source(sharded)
+    reference = OuroForCausalLM(loaded.config).state_dict()
+    assert sorted(loaded.state_dict) == sorted(reference)
+    assert all(loaded.state_dict[k].shape == v.shape for k, v in reference.items())
+    assert loaded.tokens_seen == single_run[1][RESUME_AT - 1]
     firsts = [json.loads((tmp_path / "fsdp" / f"rank{r}.json").read_text())[0] for r in range(2)]
     assert firsts[0]["fsdp_units"] == OuroConfig.preset("tiny").num_hidden_layers + 1  # each DecoderLayer + root
     decayed = sum(first["decayed_numel"] for first in firsts)

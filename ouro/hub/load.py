@@ -48,8 +48,8 @@ class ModelSource:
 def find_run_checkpoint(run_dir: str | Path) -> Path:
     """``checkpoints/last.ckpt`` of a run directory, else its newest ``checkpoints/*.ckpt``."""
     folder = Path(run_dir) / "checkpoints"
-    last = folder / "last.ckpt"
-    if last.is_file():
+    last = folder / "last.ckpt"  # a file, or a folder for sharded (FSDP) checkpoints
+    if last.exists():
         return last
     candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     if not candidates:
@@ -62,7 +62,7 @@ def read_checkpoint(path: str | Path) -> ModelSource:
     """A Lightning checkpoint of ``OuroLM`` (keys ``net.*``, config under ``checkpoint["ouro"]["config"]``)."""
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = _load_sharded(path) if path.is_dir() else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise SourceError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is it a "
                           "checkpoint written by `ouro fit`?") from None
@@ -76,6 +76,19 @@ def read_checkpoint(path: str | Path) -> ModelSource:
     return ModelSource(config=config, state_dict=state, path=str(path), kind="checkpoint",
                        tokens_seen=int(meta.get("tokens_seen", 0)), tokenizer_path=meta.get("tokenizer_path"),
                        provenance=list(meta.get("provenance") or []), checkpoint=checkpoint)
+
+
+def _load_sharded(folder: Path) -> dict[str, Any]:
+    """A sharded (FSDP, torch.distributed.checkpoint) Lightning checkpoint folder as one full checkpoint dict."""
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+
+    checkpoint = _load_distributed_checkpoint(folder)
+    if "model" in checkpoint:  # FSDP1 names the weights "model"; ModelParallelStrategy (FSDP2) "state_dict"
+        return _format_checkpoint(checkpoint)
+    optimizers = sorted(k for k in checkpoint if k.startswith("optimizer_"))
+    checkpoint["optimizer_states"] = [checkpoint.pop(k) for k in optimizers]
+    return checkpoint
 
 
 def read_folder(path_or_repo: str | Path, revision: str | None = None) -> ModelSource:
@@ -104,6 +117,8 @@ def read_source(source: str | Path, revision: str | None = None) -> ModelSource:
     if path.is_dir():
         if (path / "config.json").is_file():
             return read_folder(path)
+        if path.suffix == ".ckpt":  # a sharded checkpoint folder
+            return read_checkpoint(path)
         return read_checkpoint(find_run_checkpoint(path))
     text = str(source)
     if text.startswith((".", "/", "~")) or text.count("/") != 1 or text.endswith(".ckpt"):

@@ -5,9 +5,12 @@ Kept out of the ``ouro`` package: benchmarks measure the package, they are not p
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -83,3 +86,12 @@ def machine() -> str:
         parts.insert(0, f"GPU {torch.cuda.get_device_name()}")
     parts.append(f"torch {torch.__version__}")
     return ", ".join(parts)
+
+
+def run_worker(command: list[str], label: str) -> dict:
+    """Run a benchmark worker in a fresh process (its own memory high-water mark) and parse the JSON line it
+    prints last; exit with the worker's stderr if it failed."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"the {label} worker failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _measure import run_worker  # benchmarks/ is on sys.path when a script runs
 
 VARIANTS = ("chunked", "naive")
 
@@ -99,10 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, __file__, "--worker", variant, "--seq", str(args.seq), "--vocab",
                    str(args.vocab), "--steps", str(args.steps), "--hidden", str(args.hidden), "--chunk",
                    str(args.chunk), "--dtype", args.dtype, "--threads", str(args.threads)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"the {variant} worker failed:\n{done.stderr}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(run_worker(command, variant))
     chunked, naive = results
     print(f"per-step cross-entropy forward+backward, seq {args.seq}, vocab {args.vocab}, T {args.steps}, "
           f"hidden {args.hidden}, {args.dtype}")

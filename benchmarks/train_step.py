@@ -17,10 +17,11 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _measure import run_worker  # benchmarks/ is on sys.path when a script runs
 
 DTYPES = ("fp32", "bf16")
 
@@ -172,10 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                    "--threads", str(args.threads)]
         if args.chunk:
             command += ["--chunk", str(args.chunk)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"the {dtype} worker failed:\n{done.stderr}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(run_worker(command, dtype))
 
     r0 = results[0]
     print(f"train step of OuroLM (Stage I), preset {r0['preset']}, batch {r0['batch']} x seq {r0['seq']}, "

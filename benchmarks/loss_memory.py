@@ -1,7 +1,8 @@
 """Peak extra memory of the per-step cross-entropy (forward + backward): chunked vs naive full logits.
 
-The chunked variant is `ouro.objective.per_step_cross_entropy` (what `OuroLM` trains with); the naive one
-materialises every step's (tokens, vocab) logits and calls `F.cross_entropy`. Each variant runs in a fresh
+Two chunked variants: `ouro.cross_entropy.per_step_cross_entropy` (``chunked``: logits recomputed in backward;
+what validation and Stage II use) and `cross_entropy_with_known_gradient` (``one_pass``: gradients computed in
+forward; what `OuroLM`'s Stage I training uses). The naive one materialises every step's (tokens, vocab) logits and calls `F.cross_entropy`. Each variant runs in a fresh
 subprocess: its inputs are allocated first, the kernel's peak-RSS counter is reset (``/proc/self/clear_refs``),
 then forward + backward run and the new peak minus the resident memory before them is the loss's extra memory.
 The gradients of the LM head and of the hidden states are part of both figures (``grads`` column).
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from _measure import run_worker  # benchmarks/ is on sys.path when a script runs
 
-VARIANTS = ("chunked", "naive")
+VARIANTS = ("chunked", "one_pass", "naive")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +57,12 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from ouro.objective import CPU_MAX_CHUNK, IGNORE_INDEX, per_step_cross_entropy
+    from ouro.cross_entropy import (
+        CPU_MAX_CHUNK,
+        IGNORE_INDEX,
+        cross_entropy_with_known_gradient,
+        per_step_cross_entropy,
+    )
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -69,23 +75,29 @@ def worker(args: argparse.Namespace) -> dict:
         return torch.stack([F.cross_entropy(h @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="none")
                             for h in hidden], -1)
 
-    def chunked() -> torch.Tensor:
-        return per_step_cross_entropy(hidden, weight, targets, args.chunk)
+    def weighted(ce: torch.Tensor) -> torch.Tensor:
+        return (ce.float() * step_weights).sum() / args.seq
 
-    loss_fn = chunked if args.worker == "chunked" else naive
+    def chunked() -> torch.Tensor:
+        return weighted(per_step_cross_entropy(hidden, weight, targets, args.chunk))
+
+    def one_pass() -> torch.Tensor:
+        ce, carrier = cross_entropy_with_known_gradient(hidden, weight, targets, step_weights / args.seq, args.chunk)
+        return weighted(ce) + carrier
+
+    loss_fn = {"chunked": chunked, "one_pass": one_pass, "naive": lambda: weighted(naive())}[args.worker]
     before = _status_mib("VmRSS")
     reset_peak_rss()
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
-        ce = loss_fn()
-        loss = (ce.float() * step_weights).sum() / args.seq
+        loss = loss_fn()
     loss.backward()
     elapsed = time.perf_counter() - start
     peak = _status_mib("VmHWM")
     grads = sum(t.grad.numel() * t.grad.element_size() for t in [*hidden, weight]) / 2**20
     block = min(args.chunk, CPU_MAX_CHUNK)
     return {"variant": args.worker, "dtype": args.dtype, "seq": args.seq, "vocab": args.vocab,
-            "steps": args.steps, "hidden": args.hidden, "rows_per_block": block if args.worker == "chunked" else None,
+            "steps": args.steps, "hidden": args.hidden, "rows_per_block": block if args.worker != "naive" else None,
             "loss": float(loss), "seconds": elapsed, "rss_before_mib": before, "peak_extra_mib": peak - before,
             "grads_mib": grads}
 
@@ -101,19 +113,22 @@ def main(argv: list[str] | None = None) -> None:
                    str(args.vocab), "--steps", str(args.steps), "--hidden", str(args.hidden), "--chunk",
                    str(args.chunk), "--dtype", args.dtype, "--threads", str(args.threads)]
         results.append(run_worker(command, variant))
-    chunked, naive = results
+    naive = results[-1]
     print(f"per-step cross-entropy forward+backward, seq {args.seq}, vocab {args.vocab}, T {args.steps}, "
           f"hidden {args.hidden}, {args.dtype}")
     print("variant | rows/block | peak extra MiB | of which grads MiB | seconds | loss")
     for r in results:
         print(f"{r['variant']} | {r['rows_per_block'] or args.seq} | {r['peak_extra_mib']:.0f} | {r['grads_mib']:.0f} | "
               f"{r['seconds']:.1f} | {r['loss']:.5f}")
-    ratio = chunked["peak_extra_mib"] / naive["peak_extra_mib"]
-    beyond = (chunked["peak_extra_mib"] - chunked["grads_mib"]) / (naive["peak_extra_mib"] - naive["grads_mib"])
-    print(f"chunked / naive: {ratio:.3f} of the peak extra memory ({beyond:.3f} not counting the gradients)")
+    ratios = {}
+    for r in results[:-1]:
+        ratio = r["peak_extra_mib"] / naive["peak_extra_mib"]
+        beyond = (r["peak_extra_mib"] - r["grads_mib"]) / (naive["peak_extra_mib"] - naive["grads_mib"])
+        ratios[r["variant"]] = {"ratio": ratio, "ratio_without_grads": beyond}
+        print(f"{r['variant']} / naive: {ratio:.3f} of the peak extra memory ({beyond:.3f} not counting the "
+              "gradients)")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "ratio": ratio, "ratio_without_grads": beyond},
-                                        indent=2) + "\n")
+        args.json.write_text(json.dumps({"results": results, "ratios": ratios}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['achieved_flops'] / 1e9:.1f}", f"{r['matmul_flops_mix'] / 1e9:.1f}",
             f"{100 * r['fraction_of_matmul']:.0f}%", f"{r['peak_rss_mib']:.0f}", f"{r['peak_rss_growth_mib']:.0f}"]))
     print("GFLOP/step: flops_per_token x tokens (causal attention counted as half the square); counted: "
-          "FlopCounterMode under the MATH backend (full-square attention, loss recompute in backward).\n"
+          "FlopCounterMode under the MATH backend (full-square attention).\n"
           "matmul GFLOP/s: the step's own GEMM shapes timed alone in this process and dtype, alternating with "
           "the steps; 'of matmul' is the median over those pairs.")
     if args.json:

@@ -164,8 +164,8 @@ def main() -> None:
               f"{rate / roofline:>10.1%}")
     print(f"ouro / litgpt achieved FLOP/s: {per_flop['ouro'] / per_flop['litgpt']:.2f} "
           "(>= 1: ouro at least as fast per FLOP)")
-    print("'counted' = torch FlopCounter FLOPs of one step / formula FLOPs (ouro's chunked cross-entropy "
-          "recomputes the LM head in backward: > 1 by design; checkpointing adds a forward)")
+    print("'counted' = torch FlopCounter FLOPs of one step / formula FLOPs (> 1: the counter sees the full "
+          "attention square, the formula half of it; checkpointing adds a forward)")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -19,7 +19,7 @@ from ouro.objective import (
     exit_distribution,
     per_step_cross_entropy,
     q_exit_cross_entropy,
-    stage1_loss,
+    stage1_loss_from_hidden,
     stage2_gate_loss,
 )
 
@@ -236,8 +236,8 @@ class OuroLM(L.LightningModule):
                 ce = per_step_cross_entropy(hidden, self.net.lm_head.weight, targets, self.loss_chunk_size)
             result = stage2_gate_loss(ce, gate_logits, mask, self.gate_k, self.gate_gamma)
         else:
-            ce = per_step_cross_entropy(hidden, self.net.lm_head.weight, targets, self.loss_chunk_size)
-            result = stage1_loss(ce, gate_logits, mask, self.entropy_coef)
+            result, ce = stage1_loss_from_hidden(hidden, self.net.lm_head.weight, targets, gate_logits, mask,
+                                                 self.entropy_coef, self.loss_chunk_size)
         return result, ce, gate_logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -6,8 +6,9 @@ Stage I (pre-training, jointly with the LM), per token:  Σ_t p(t) L(t) - β H(p
 Stage II (gate only, LM frozen), with detached per-token losses:
     I(t) = max(0, L(t-1) - L(t)),  w(t) = sigmoid(k (I(t) - γ)),
     L_gate(t) = -mean_i [w log(1 - λ_t) + (1 - w) log λ_t],  L_gate = (1/T) Σ_{t=2..T} L_gate(t).
-Per-step cross-entropies come from `per_step_cross_entropy`, which never holds more than ``chunk_size`` rows of
-logits: memory grows with the chunk, not with T x tokens x vocab (benchmarks/loss_memory.py measures it).
+Per-step cross-entropies come from `ouro.cross_entropy`, which never holds more than ``chunk_size`` rows of
+logits: memory grows with the chunk, not with T x tokens x vocab (benchmarks/loss_memory.py measures it). In
+training, `stage1_loss_from_hidden` computes the LM head's gradients in the same pass as its losses.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-#: Largest block of rows the chunked cross-entropy processes at once on CPU (faster there than larger blocks).
-CPU_MAX_CHUNK = 512
+from ouro.cross_entropy import (  # noqa: F401 (re-exported: the objective's cross-entropy lives there)
+    CPU_MAX_CHUNK,
+    IGNORE_INDEX,
+    chunked_cross_entropy,
+    cross_entropy_with_known_gradient,
+    per_step_cross_entropy,
+)
 
 
 # ----------------------------------------------------------------------------------------- exit distribution
@@ -45,172 +50,6 @@ def q_exit_steps(exit_probs: torch.Tensor, threshold: float) -> torch.Tensor:
     reached = exit_probs.cumsum(-1) >= threshold
     reached[..., -1] = True
     return reached.float().argmax(-1)
-
-
-# ----------------------------------------------------------------------------------- chunked cross-entropy
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Per-token cross-entropy of ``hidden_states[t] @ weight.T`` for every step t, ``chunk`` rows at a time.
-
-    Saves only its inputs and the per-row log-sum-exp; backward recomputes each chunk's logits, so peak extra
-    memory is O(chunk x vocab) in both directions. Matmuls run in ``compute_dtype``, softmax in fp32. All steps
-    go through one call so that the LM head is cast once and its gradient accumulates in one fp32 tensor. One
-    fp32 logits buffer (plus one in ``compute_dtype`` when that is not fp32) is reused by every chunk and every
-    elementwise step works in place: on CPU, fresh chunk x vocab tensors cost more in page faults than the
-    arithmetic itself.
-    """
-
-    @staticmethod
-    def forward(ctx, weight, targets, chunk: int, compute_dtype: torch.dtype, *hidden_states):
-        tokens, vocab = targets.shape[0], weight.shape[0]
-        w_t = weight.to(compute_dtype).t()
-        losses = torch.empty(tokens, len(hidden_states), device=weight.device, dtype=torch.float32)
-        lse_all = torch.empty_like(losses)
-        valid = targets != IGNORE_INDEX
-        safe_targets = targets.clamp(min=0)
-        buffers = _LogitBuffers(min(chunk, tokens), vocab, compute_dtype, weight.device)
-        for step, hidden in enumerate(hidden_states):
-            for start in range(0, tokens, chunk):
-                stop = min(start + chunk, tokens)
-                logits = buffers.logits(hidden[start:stop].to(compute_dtype), w_t)
-                row_max = logits.amax(dim=-1, keepdim=True)
-                picked = logits.gather(1, safe_targets[start:stop, None]).squeeze(1)
-                lse = logits.sub_(row_max).exp_().sum(-1).log_().add_(row_max.squeeze(1))
-                losses[start:stop, step] = torch.where(valid[start:stop], lse - picked, 0.0)
-                lse_all[start:stop, step] = lse
-        ctx.save_for_backward(weight, targets, lse_all, *hidden_states)
-        ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
-        return losses
-
-    @staticmethod
-    def backward(ctx, grad_losses):
-        weight, targets, lse_all, *hidden_states = ctx.saved_tensors
-        chunk, dtype = ctx.chunk, ctx.compute_dtype
-        tokens, vocab = targets.shape[0], weight.shape[0]
-        w = weight.to(dtype)
-        grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_weight = _GradWeight(weight, dtype)
-        valid = targets != IGNORE_INDEX
-        safe_targets = targets.clamp(min=0)
-        scale_all = torch.where(valid[:, None], grad_losses.float(), 0.0)
-        minus_one = torch.full((min(chunk, tokens), 1), -1.0, device=weight.device)
-        buffers = _LogitBuffers(min(chunk, tokens), vocab, dtype, weight.device)
-        grad_hidden_states = []
-        for step, hidden in enumerate(hidden_states):
-            grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[4 + step] else None
-            for start in range(0, tokens, chunk):
-                stop = min(start + chunk, tokens)
-                h = hidden[start:stop].to(dtype)
-                grad_logits = buffers.logits(h, w.t())
-                grad_logits.sub_(lse_all[start:stop, step, None]).exp_()  # softmax
-                grad_logits.scatter_add_(1, safe_targets[start:stop, None], minus_one[:stop - start])
-                grad_logits.mul_(scale_all[start:stop, step, None])
-                grad_logits = buffers.to_compute_dtype(grad_logits)
-                if grad_hidden is not None:
-                    grad_hidden[start:stop] = (grad_logits @ w).to(hidden.dtype)
-                if grad_weight is not None:
-                    grad_weight.accumulate(grad_logits, h)
-            grad_hidden_states.append(grad_hidden)
-        return (grad_weight.result() if grad_weight is not None else None, None, None, None,
-                *grad_hidden_states)
-
-
-class _GradWeight:
-    """fp32 accumulator of ``grad_logits.T @ h`` over chunks and steps.
-
-    In fp32 the products go straight into it (``mm``/``addmm`` with ``out=``, which FlopCounterMode counts,
-    unlike ``addmm_``). In a lower dtype each product goes through a (slice, hidden) buffer of that dtype, a
-    vocabulary slice at a time, so that no second vocab x hidden tensor exists.
-    """
-
-    SLICE = 8192
-
-    def __init__(self, weight: torch.Tensor, dtype: torch.dtype) -> None:
-        self.dtype = weight.dtype
-        self.total = torch.empty(weight.shape, device=weight.device, dtype=torch.float32)
-        self.partial = None if dtype == torch.float32 else \
-            torch.empty(min(self.SLICE, weight.shape[0]), weight.shape[1], device=weight.device, dtype=dtype)
-        self.empty = True
-
-    def accumulate(self, grad_logits: torch.Tensor, h: torch.Tensor) -> None:
-        if self.partial is None:
-            if self.empty:
-                torch.mm(grad_logits.t(), h, out=self.total)
-            else:
-                torch.addmm(self.total, grad_logits.t(), h, out=self.total)
-        else:
-            for v0 in range(0, self.total.shape[0], self.SLICE):
-                v1 = min(v0 + self.SLICE, self.total.shape[0])
-                product = torch.mm(grad_logits[:, v0:v1].t(), h, out=self.partial[:v1 - v0])
-                if self.empty:
-                    self.total[v0:v1].copy_(product)
-                else:
-                    self.total[v0:v1].add_(product)
-        self.empty = False
-
-    def result(self) -> torch.Tensor:
-        if self.empty:
-            self.total.zero_()
-        return self.total.to(self.dtype)
-
-
-class _LogitBuffers:
-    """Reusable (rows, vocab) buffers: fp32 for the softmax, and ``dtype`` for the matmuls when it differs."""
-
-    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.fp32 = torch.empty(rows, vocab, device=device, dtype=torch.float32)
-        self.low = None if dtype == torch.float32 else torch.empty(rows, vocab, device=device, dtype=dtype)
-
-    def logits(self, h: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-        """fp32 ``h @ w_t`` (rows, vocab) in the fp32 buffer; the product itself runs in ``h``'s dtype."""
-        rows = h.shape[0]
-        if self.low is None:
-            return torch.mm(h, w_t, out=self.fp32[:rows])
-        torch.mm(h, w_t, out=self.low[:rows])
-        return self.fp32[:rows].copy_(self.low[:rows])
-
-    def to_compute_dtype(self, values: torch.Tensor) -> torch.Tensor:
-        if self.low is None:
-            return values
-        return self.low[:values.shape[0]].copy_(values)
-
-
-def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          chunk_size: int = 4096) -> torch.Tensor:
-    """Per-token cross-entropy (fp32, 0 where ``targets == -100``) of the logits ``hidden @ weight.T``.
-
-    ``hidden`` (tokens, hidden), ``weight`` (vocab, hidden) (the LM head), ``targets`` (tokens,); see
-    `per_step_cross_entropy`.
-    """
-    return per_step_cross_entropy([hidden], weight, targets, chunk_size)[:, 0]
-
-
-def per_step_cross_entropy(hidden_states: list[torch.Tensor], lm_head_weight: torch.Tensor, targets: torch.Tensor,
-                           chunk_size: int = 4096) -> torch.Tensor:
-    """Cross-entropy of every step: (tokens, steps), fp32, 0 where ``targets == -100``.
-
-    ``hidden_states[t]`` is (tokens, hidden), ``lm_head_weight`` (vocab, hidden), ``targets`` (tokens,). Under
-    autocast the matmuls use the autocast dtype, as the LM head itself would. At most ``chunk_size`` rows of
-    logits exist at once (at most ``CPU_MAX_CHUNK`` on CPU), whatever the number of steps.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    weight = lm_head_weight
-    device_type = weight.device.type
-    if device_type == "cpu":
-        # Measured on the `bench` preset: 512-row blocks run the loss 1.5x faster than one 2048-row block, as
-        # the elementwise softmax passes stay in cache. Smaller blocks only lower the memory bound.
-        chunk_size = min(chunk_size, CPU_MAX_CHUNK)
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dtype = torch.promote_types(hidden_states[0].dtype, weight.dtype)
-    for h in hidden_states:
-        if h.shape != (targets.shape[0], weight.shape[1]):
-            raise ValueError(f"hidden state of shape {tuple(h.shape)} does not match {targets.shape[0]} targets "
-                             f"and an LM head of width {weight.shape[1]}")
-    with torch.autocast(device_type=device_type, enabled=False):
-        return _ChunkedCrossEntropy.apply(weight, targets, chunk_size, dtype, *hidden_states)
 
 
 # ------------------------------------------------------------------------------------------------- losses
@@ -253,6 +92,27 @@ def stage1_loss(ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Tensor,
     entropy = -(p * log_p).sum(-1)
     per_token = (p * ce).sum(-1) - beta * entropy
     return LoopLoss(loss=_masked_mean(per_token, mask), **_stats(ce.detach(), log_p.detach(), mask))
+
+
+def stage1_loss_from_hidden(hidden_states: list[torch.Tensor], lm_head_weight: torch.Tensor, targets: torch.Tensor,
+                            gate_logits: torch.Tensor, mask: torch.Tensor, beta: float, chunk_size: int = 4096
+                            ) -> tuple[LoopLoss, torch.Tensor]:
+    """`stage1_loss` of the LM head's per-step cross-entropy, and that cross-entropy (tokens, steps).
+
+    With gradients enabled, dL/dCE_t(i) = p(t | i) m_i / N is known before the cross-entropy (the gates come
+    first), so `cross_entropy_with_known_gradient` computes the LM head's gradients in the forward pass and
+    its logits are computed once rather than again in backward. Without gradients this is plain
+    `per_step_cross_entropy` + `stage1_loss`. The two give the same loss and the same gradients.
+    """
+    if not torch.is_grad_enabled():
+        ce = per_step_cross_entropy(hidden_states, lm_head_weight, targets, chunk_size)
+        return stage1_loss(ce, gate_logits, mask, beta), ce
+    weights = mask.float() / mask.sum().clamp(min=1)
+    loss_grad = exit_distribution(gate_logits.detach()) * weights[:, None]
+    ce, carrier = cross_entropy_with_known_gradient(hidden_states, lm_head_weight, targets, loss_grad, chunk_size)
+    result = stage1_loss(ce, gate_logits, mask, beta)
+    result.loss = result.loss + carrier
+    return result, ce
 
 
 def stage2_gate_loss(ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Tensor, k: float = 50.0,

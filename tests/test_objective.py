@@ -10,12 +10,14 @@ from ouro.objective import (
     CPU_MAX_CHUNK,
     IGNORE_INDEX,
     chunked_cross_entropy,
+    cross_entropy_with_known_gradient,
     exit_distribution,
     exit_log_distribution,
     per_step_cross_entropy,
     q_exit_cross_entropy,
     q_exit_steps,
     stage1_loss,
+    stage1_loss_from_hidden,
     stage2_gate_loss,
 )
 
@@ -170,13 +172,13 @@ def test_chunked_cross_entropy_gradcheck():
 
 
 def test_bf16_weight_gradient_accumulated_in_vocabulary_slices(monkeypatch):
-    import ouro.objective
+    import ouro.cross_entropy
 
     hs, weight, _, targets = problem(tokens=40, vocab=41, steps=3, dtype=torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         whole = per_step_cross_entropy(hs, weight, targets, chunk_size=16)
     (expected,) = grads(whole.sum(), [weight])
-    monkeypatch.setattr(ouro.objective._GradWeight, "SLICE", 7)  # 41 = 5 x 7 + 6
+    monkeypatch.setattr(ouro.cross_entropy._GradWeight, "SLICE", 7)  # 41 = 5 x 7 + 6
     with torch.autocast("cpu", dtype=torch.bfloat16):
         sliced = per_step_cross_entropy(hs, weight, targets, chunk_size=16)
     (got,) = grads(sliced.sum(), [weight])
@@ -232,6 +234,72 @@ def test_stage1_loss_and_gradients_equal_naive(beta):
     expected_step = (p * torch.arange(1, 5, dtype=p.dtype)).sum(-1)[mask].mean().detach()
     assert float(result.expected_step) == pytest.approx(float(expected_step), rel=1e-6)
     assert float(result.entropy) == pytest.approx(float(entropy[mask].mean().detach()), rel=1e-6)
+
+
+@pytest.mark.parametrize("chunk,beta", [(1, 0.05), (7, 0.0), (7, 0.1), (1000, 0.05)])
+def test_stage1_loss_from_hidden_computes_the_same_loss_and_gradients_in_one_pass(chunk, beta):
+    hs, weight, gates, targets = problem()
+    mask = targets != IGNORE_INDEX
+    result, ce = stage1_loss_from_hidden(hs, weight, targets, gates, mask, beta, chunk_size=chunk)
+    expected, naive_ce, _, entropy, _ = naive_stage1(hs, weight, gates, targets, beta)
+    assert not ce.requires_grad
+    torch.testing.assert_close(ce.double(), naive_ce.detach(), rtol=1e-6, atol=1e-6)
+    assert float(result.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+    inputs = [*hs, weight, gates]
+    scale = 0.25  # as under gradient accumulation: the carrier's incoming gradient scales every gradient
+    for name, a, b in zip(["h0", "h1", "h2", "h3", "weight", "gates"], grads(scale * result.loss, inputs),
+                          grads(scale * expected, inputs)):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-7, msg=name)
+    assert float(result.entropy) == pytest.approx(float(entropy[mask].mean().detach()), rel=1e-6)
+
+
+def test_stage1_loss_from_hidden_with_a_mask_that_excludes_tokens_and_a_frozen_lm_head():
+    hs, weight, gates, targets = problem(ignored=())
+    weight.requires_grad_(False)
+    mask = torch.arange(targets.shape[0]) % 3 != 0
+    result, _ = stage1_loss_from_hidden(hs, weight, targets, gates, mask, 0.05, chunk_size=5)
+    naive_ce = naive_per_step_ce(hs, weight, targets)
+    reference = stage1_loss(naive_ce, gates, mask, 0.05).loss
+    inputs = [*hs, gates]
+    for a, b in zip(grads(result.loss, inputs), grads(reference, inputs)):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-7)
+
+
+def test_stage1_loss_from_hidden_under_bf16_autocast_and_without_gradients():
+    hs, weight, gates, targets = problem(tokens=40, vocab=41, dtype=torch.float32)
+    mask = targets != IGNORE_INDEX
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, _ = stage1_loss_from_hidden(hs, weight, targets, gates, mask, 0.05, chunk_size=16)
+        plain = stage1_loss(per_step_cross_entropy(hs, weight, targets, chunk_size=16), gates, mask, 0.05)
+    assert torch.equal(fused.loss.detach(), plain.loss.detach())
+    inputs = [*hs, weight, gates]
+    for a, b in zip(grads(fused.loss, inputs), grads(plain.loss, inputs)):
+        assert a.dtype == b.dtype
+        assert (a - b).abs().max() <= 0.01 * b.abs().max()  # the two round the bf16 products differently
+    with torch.no_grad():
+        evaluated, ce = stage1_loss_from_hidden(hs, weight, targets, gates, mask, 0.05, chunk_size=16)
+    assert torch.equal(evaluated.loss, stage1_loss(ce, gates, mask, 0.05).loss)
+    torch.testing.assert_close(ce, naive_per_step_ce(hs, weight, targets).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_cross_entropy_with_known_gradient_gives_the_gradient_of_the_weighted_sum():
+    hs, weight, _, targets = problem(steps=2)
+    loss_grad = torch.rand(targets.shape[0], 2, dtype=torch.float64)
+    ce, carrier = cross_entropy_with_known_gradient(hs, weight, targets, loss_grad, chunk_size=4)
+    assert float(carrier) == 0.0
+    expected = (loss_grad * naive_per_step_ce(hs, weight, targets)).sum()
+    for a, b in zip(grads(carrier, [*hs, weight]), grads(expected, [*hs, weight])):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="tokens x steps"):
+        cross_entropy_with_known_gradient(hs, weight, targets, loss_grad[:, :1])
+
+
+def test_cross_entropy_with_known_gradient_refuses_a_second_backward():
+    hs, weight, _, targets = problem(steps=1)
+    _, carrier = cross_entropy_with_known_gradient(hs, weight, targets, torch.ones(targets.shape[0], 1))
+    carrier.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once"):
+        carrier.backward()
 
 
 def test_stage1_entropy_term_pushes_towards_uniform():

@@ -286,7 +286,7 @@ def test_cross_entropy_with_known_gradient_gives_the_gradient_of_the_weighted_su
     hs, weight, _, targets = problem(steps=2)
     loss_grad = torch.rand(targets.shape[0], 2, dtype=torch.float64)
     ce, carrier = cross_entropy_with_known_gradient(hs, weight, targets, loss_grad, chunk_size=4)
-    assert float(carrier) == 0.0
+    assert float(carrier.detach()) == 0.0
     expected = (loss_grad * naive_per_step_ce(hs, weight, targets)).sum()
     for a, b in zip(grads(carrier, [*hs, weight]), grads(expected, [*hs, weight])):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-7)
@@ -349,3 +349,22 @@ def test_stage2_targets_and_gradient_equal_hand_computation():
 def test_stage2_needs_two_steps():
     with pytest.raises(ValueError, match="2 recurrent steps"):
         stage2_gate_loss(torch.rand(4, 1), torch.randn(4, 1), torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_stage1_loss_from_hidden_on_gpu_in_bf16_matches_a_float64_reference():
+    hs, weight, gates, targets = problem(tokens=300, hidden=64, vocab=1000, dtype=torch.float32, ignored=(3, 99))
+    mask = targets != IGNORE_INDEX
+    on_gpu = [t.detach().cuda().requires_grad_() for t in (*hs, weight, gates)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        result, _ = stage1_loss_from_hidden(on_gpu[:4], on_gpu[4], targets.cuda(), on_gpu[5], mask.cuda(), 0.05,
+                                            chunk_size=128)
+    # Reference: the bf16-rounded inputs in float64 on CPU.
+    reference_inputs = [t.detach().bfloat16().double().requires_grad_() for t in (*hs, weight)]
+    reference_gates = gates.detach().double().requires_grad_()
+    expected, *_ = naive_stage1(reference_inputs[:4], reference_inputs[4], reference_gates, targets, 0.05)
+    assert float(result.loss.detach()) == pytest.approx(float(expected.detach()), rel=2e-3)
+    got = grads(result.loss, on_gpu)
+    want = grads(expected, [*reference_inputs, reference_gates])
+    for a, b in zip(got, want):  # bf16 products: compare in norm (elementwise, small entries are noise)
+        assert (a.cpu().double() - b).norm() <= 0.02 * b.norm()

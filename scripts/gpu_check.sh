@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every check that needs a CUDA GPU, as one prepared run (about 6 minutes on one H100/H200 with warm caches):
+#   1. the GPU tests: a flash kernel runs in a training step; the one-pass Stage I loss in bf16 on GPU;
+#   2. benchmarks/gpu_mfu.py: MFU of an ouro-1.4b step at 4K (flash, bf16, activation checkpointing, compiled);
+#   3. the same step eager (no torch.compile), to see what compilation buys.
+# Needs python3 with torch (CUDA), lightning, torchmetrics, tokenizers, huggingface_hub, pyyaml and pytest; it
+# runs from the checkout (PYTHONPATH) without installing it. Each part has its own time limit; the outputs go to
+# $OUT (default gpu_check/). Exit status 0 only when every part passed.
+#
+#   bash scripts/gpu_check.sh                 # from the repository root
+#   OUT=/tmp/results PYTHON=.venv/bin/python bash scripts/gpu_check.sh
+set -u
+OUT=${OUT:-gpu_check}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+failed=0
+
+part() {  # part NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name ($limit s): $*"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc"
+  [ "$rc" -eq 0 ] || failed=1
+}
+
+if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  echo "gpu_check.sh: $PY sees no CUDA GPU; run it on a GPU machine (PYTHON=... names another interpreter)" >&2
+  exit 2
+fi
+part machine 60 "$PY" -c "import torch, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'lightning', lightning.__version__, torch.cuda.get_device_name())"
+part gpu_tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_distributed.py tests/test_objective.py -k gpu
+part mfu 300 "$PY" benchmarks/gpu_mfu.py
+part mfu_eager 180 "$PY" benchmarks/gpu_mfu.py --no-compile --steps 4 --warmup 2
+exit $failed

@@ -6,7 +6,7 @@
 
 MFU = model FLOPs (`ouro.model.flops_per_token`: every pass, LM head per pass, x3 for training, recomputation
 not counted) per second / 989 TFLOP/s (H100/H200 dense bf16). The step is OuroLM's own loss (Stage I objective,
-chunked cross-entropy) + backward + fused AdamW, under bf16 autocast over fp32 weights (as ``bf16-mixed``).
+one-pass chunked cross-entropy) + backward + fused AdamW, under bf16 autocast over fp32 weights (as ``bf16-mixed``).
 The script fails unless a flash-attention kernel runs in the step (kernel names from ``torch.profiler``):
 flash-attn's when installed, otherwise PyTorch SDPA restricted to its FLASH_ATTENTION backend.
 """

@@ -12,6 +12,8 @@ Two entry points, both holding at most ``chunk_size`` rows of logits at once (wh
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 IGNORE_INDEX = -100
@@ -42,12 +44,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for step, hidden in enumerate(hidden_states):
             for start in range(0, tokens, chunk):
                 stop = min(start + chunk, tokens)
-                logits = buffers.logits(hidden[start:stop].to(compute_dtype), w_t)
-                row_max = logits.amax(dim=-1, keepdim=True)
-                picked = logits.gather(1, safe_targets[start:stop, None]).squeeze(1)
-                lse = logits.sub_(row_max).exp_().sum(-1).log_().add_(row_max.squeeze(1))
-                losses[start:stop, step] = torch.where(valid[start:stop], lse - picked, 0.0)
-                lse_all[start:stop, step] = lse
+                block = _block_cross_entropy(buffers, hidden[start:stop].to(compute_dtype), w_t,
+                                             safe_targets[start:stop], valid[start:stop])
+                losses[start:stop, step], lse_all[start:stop, step] = block.losses, block.lse
         ctx.save_for_backward(weight, targets, lse_all, *hidden_states)
         ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
         return losses
@@ -76,11 +75,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 grad_logits.sub_(lse_all[start:stop, step, None]).exp_()  # softmax
                 grad_logits.scatter_add_(1, safe_targets[start:stop, None], minus_one[:stop - start])
                 grad_logits.mul_(scale_all[start:stop, step, None])
-                grad_logits = buffers.to_compute_dtype(grad_logits)
-                if grad_hidden is not None:
-                    grad_hidden[start:stop] = (grad_logits @ w).to(hidden.dtype)
-                if grad_weight is not None:
-                    grad_weight.accumulate(grad_logits, h)
+                _backpropagate_block(buffers.to_compute_dtype(grad_logits), w, h, grad_hidden, start, grad_weight)
             grad_hidden_states.append(grad_hidden)
         return (grad_weight.result() if grad_weight is not None else None, None, None, None,
                 *grad_hidden_states)
@@ -112,23 +107,14 @@ class _CrossEntropyWithKnownGradient(torch.autograd.Function):
             for start in range(0, tokens, chunk):
                 stop = min(start + chunk, tokens)
                 h = hidden[start:stop].to(compute_dtype)
-                logits = buffers.logits(h, w.t())
-                row_max = logits.amax(dim=-1, keepdim=True)
-                picked = logits.gather(1, safe_targets[start:stop, None]).squeeze(1)
-                exp = logits.sub_(row_max).exp_()
-                sum_exp = exp.sum(-1)
-                lse = sum_exp.log().add_(row_max.squeeze(1))
-                losses[start:stop, step] = torch.where(valid[start:stop], lse - picked, 0.0)
+                block = _block_cross_entropy(buffers, h, w.t(), safe_targets[start:stop], valid[start:stop])
+                losses[start:stop, step] = block.losses
                 if grad_hidden is None and grad_weight is None:
                     continue
                 row_scale = scale_all[start:stop, step]
-                grad_logits = exp.mul_((row_scale / sum_exp)[:, None])  # softmax x dL/dCE
+                grad_logits = block.exp.mul_((row_scale / block.sum_exp)[:, None])  # softmax x dL/dCE
                 grad_logits.scatter_add_(1, safe_targets[start:stop, None], -row_scale[:, None])
-                grad_logits = buffers.to_compute_dtype(grad_logits)
-                if grad_hidden is not None:
-                    grad_hidden[start:stop] = (grad_logits @ w).to(hidden.dtype)
-                if grad_weight is not None:
-                    grad_weight.accumulate(grad_logits, h)
+                _backpropagate_block(buffers.to_compute_dtype(grad_logits), w, h, grad_hidden, start, grad_weight)
             grad_hidden_states.append(grad_hidden)
         ctx.grads = (grad_weight.result() if grad_weight is not None else None, grad_hidden_states)
         ctx.mark_non_differentiable(losses)
@@ -205,6 +191,34 @@ class _LogitBuffers:
         if self.low is None:
             return values
         return self.low[:values.shape[0]].copy_(values)
+
+
+class _Block(NamedTuple):
+    losses: torch.Tensor   # (rows,) fp32, 0 where ignored
+    lse: torch.Tensor      # (rows,) log-sum-exp of the logits
+    exp: torch.Tensor      # (rows, vocab) exp(logits - row max), in the fp32 buffer (overwritten by the next block)
+    sum_exp: torch.Tensor  # (rows,) row sums of ``exp``
+
+
+def _block_cross_entropy(buffers: _LogitBuffers, h: torch.Tensor, w_t: torch.Tensor, targets: torch.Tensor,
+                         valid: torch.Tensor) -> _Block:
+    """Cross-entropy of one block of rows, computed in place in the fp32 logits buffer."""
+    logits = buffers.logits(h, w_t)
+    row_max = logits.amax(dim=-1, keepdim=True)
+    picked = logits.gather(1, targets[:, None]).squeeze(1)
+    exp = logits.sub_(row_max).exp_()
+    sum_exp = exp.sum(-1)
+    lse = sum_exp.log().add_(row_max.squeeze(1))
+    return _Block(torch.where(valid, lse - picked, 0.0), lse, exp, sum_exp)
+
+
+def _backpropagate_block(grad_logits: torch.Tensor, w: torch.Tensor, h: torch.Tensor,
+                         grad_hidden: torch.Tensor | None, start: int, grad_weight: _GradWeight | None) -> None:
+    """Writes one block's ``grad_logits @ w`` into ``grad_hidden[start:]`` and adds ``grad_logits.T @ h``."""
+    if grad_hidden is not None:
+        grad_hidden[start:start + grad_logits.shape[0]] = (grad_logits @ w).to(grad_hidden.dtype)
+    if grad_weight is not None:
+        grad_weight.accumulate(grad_logits, h)
 
 
 def _block_and_dtype(hidden_states: list[torch.Tensor], weight: torch.Tensor, targets: torch.Tensor,

@@ -49,7 +49,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation happens here)")
     parser.add_argument("--no-compile", action="store_true", help="eager layers instead of torch.compile")
-    parser.add_argument("--no-checkpointing", action="store_true", help="keep all T x layers activations")
+    parser.add_argument("--no-checkpointing", action="store_true",
+                        help="keep all T x layers activations (ouro-1.4b at 4K: tens of GB per sequence; use "
+                             "--batch 1)")
     parser.add_argument("--peak", type=float, default=H100_BF16_PEAK, help="peak FLOP/s for MFU")
     parser.add_argument("--dry-run", action="store_true", help="CPU, `tiny` preset, fp32: checks the script only")
     args = parser.parse_args()
@@ -77,18 +79,20 @@ def main() -> None:
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=generator, device=device)
     batch = {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}
 
-    if device.type == "cuda" and not flash_attn_available():
-        # Without flash-attn, SDPA must use its flash backend: fail rather than fall back to another kernel.
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+    def attention():
+        """Without flash-attn, SDPA must use its flash backend (its CPU one in --dry-run): fail rather than fall
+        back to another kernel."""
+        if not flash_attn_available():
+            from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        attention = sdpa_kernel([SDPBackend.FLASH_ATTENTION])
-    else:
-        attention = nullcontext()
+            return sdpa_kernel([SDPBackend.FLASH_ATTENTION])  # a fresh context each time: it is single-use
+        return nullcontext()
 
     def step() -> None:
-        with attention, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = module.compute_loss(batch)[0].loss
-        loss.backward()
+        with attention():  # backward too: activation checkpointing recomputes attention there
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = module.compute_loss(batch)[0].loss
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, as one prepared run (about 6 minutes on one H100/H200 with warm caches):
+# Every check that needs a CUDA GPU, as one prepared run: 3-5 minutes on one H100/H200, 570 s at the most (each
+# part's time limit below), so that it fits one 10-minute call of a lent machine:
 #   1. the GPU tests: a flash kernel runs in a training step; the one-pass Stage I loss in bf16 on GPU;
 #   2. benchmarks/gpu_mfu.py: MFU of an ouro-1.4b step at 4K (flash, bf16, activation checkpointing, compiled);
 #   3. the same step eager (no torch.compile), to see what compilation buys.
@@ -20,7 +21,7 @@ part() {  # part NAME SECONDS COMMAND...
   local name=$1 limit=$2
   shift 2
   echo "== $name ($limit s): $*"
-  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+  timeout -k 15 "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
   local rc=${PIPESTATUS[0]}
   echo "== $name: exit $rc"
   [ "$rc" -eq 0 ] || failed=1
@@ -30,9 +31,9 @@ if ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
   echo "gpu_check.sh: $PY sees no CUDA GPU; run it on a GPU machine (PYTHON=... names another interpreter)" >&2
   exit 2
 fi
-part machine 60 "$PY" -c "import torch, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+part machine 30 "$PY" -c "import torch, lightning; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'lightning', lightning.__version__, torch.cuda.get_device_name())"
-part gpu_tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_distributed.py tests/test_objective.py -k gpu
-part mfu 300 "$PY" benchmarks/gpu_mfu.py
-part mfu_eager 180 "$PY" benchmarks/gpu_mfu.py --no-compile --steps 4 --warmup 2
+part gpu_tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_distributed.py tests/test_objective.py -k gpu
+part mfu 240 "$PY" benchmarks/gpu_mfu.py --steps 6
+part mfu_eager 150 "$PY" benchmarks/gpu_mfu.py --no-compile --steps 3 --warmup 1
 exit $failed

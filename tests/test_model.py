@@ -266,6 +266,74 @@ def test_auto_backend_falls_back_to_sdpa_and_flash_fails_clearly_on_cpu():
         AttentionLayout.build(ids, backend="xformers")
 
 
+
+def test_varlen_boundaries_are_the_document_starts_of_the_flattened_batch():
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 2, 2, 2, 3, 3]])
+    cu_seqlens, max_seqlen = AttentionLayout.build(torch.zeros(2, 8, dtype=torch.long), doc_ids).varlen()
+    assert cu_seqlens.dtype == torch.int32
+    assert cu_seqlens.tolist() == [0, 3, 8, 9, 11, 14, 16]  # row 2 starts at 8: documents never span rows
+    assert max_seqlen == 5
+
+
+class FakeFlashAttn:
+    """flash-attn's two entry points written with per-document causal SDPA, to run the flash path on CPU."""
+
+    calls: list[str]
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def flash_attn_func(self, q, k, v, dropout_p=0.0, causal=False):
+        self.calls.append("dense")
+        return self._attention(q, k, v, causal)
+
+    @staticmethod
+    def _attention(q, k, v, causal):  # (batch, seq, heads, dim) in and out
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             is_causal=causal, enable_gqa=k.shape[2] != q.shape[2])
+        return out.transpose(1, 2)
+
+    def flash_attn_varlen_func(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                               dropout_p=0.0, causal=False):
+        self.calls.append("varlen")
+        assert cu_seqlens_q.dtype == torch.int32 and torch.equal(cu_seqlens_q, cu_seqlens_k)
+        bounds = cu_seqlens_q.tolist()
+        assert max_seqlen_q == max_seqlen_k == max(b - a for a, b in zip(bounds, bounds[1:]))
+        pieces = [self._attention(q[None, a:b], k[None, a:b], v[None, a:b], causal)[0]
+                  for a, b in zip(bounds, bounds[1:])]
+        return torch.cat(pieces)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_flash_code_path_with_packed_documents_equals_sdpa(monkeypatch, checkpointing):
+    """The flash path's reshapes and cu_seqlens, run on CPU through a stand-in for flash-attn's kernels."""
+    import sys
+    import types
+
+    from ouro.model.attention import Attention
+
+    fake = FakeFlashAttn()
+    module = types.ModuleType("flash_attn")
+    module.flash_attn_func, module.flash_attn_varlen_func = fake.flash_attn_func, fake.flash_attn_varlen_func
+    monkeypatch.setitem(sys.modules, "flash_attn", module)
+    monkeypatch.setattr(Attention, "_use_flash", staticmethod(lambda q, layout: layout.backend == "flash"))
+    model = make_model(num_key_value_heads=2)
+    model.set_activation_checkpointing(checkpointing)
+    ids = torch.randint(0, 97, (2, 8))
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 2, 2, 2, 3, 3]])
+    results = {}
+    for backend in ("flash", "sdpa"):
+        model.zero_grad()
+        out = model(ids, layout=AttentionLayout.build(ids, doc_ids, backend=backend))
+        (out.hidden_states[-1].square().mean() + out.gate_logits.mean()).backward()
+        results[backend] = out.hidden_states[-1].detach(), [p.grad.clone() for p in model.model.parameters()]
+    assert set(fake.calls) == {"varlen"}  # forward (and recomputation) of every layer call went through it
+    torch.testing.assert_close(results["flash"][0], results["sdpa"][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results["flash"][1], results["sdpa"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    model(ids, layout=AttentionLayout.build(ids, backend="flash"))
+    assert fake.calls[-1] == "dense"
+
 class ListCache:
     """The KV-cache contract: one growing (k, v) slot per (step, layer)."""
 

@@ -53,6 +53,8 @@ class AttentionLayout:
     doc_ids: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     backend: str = "auto"
+    #: Whether flash-attn can be imported, read here once so that compiled layers never trace the check.
+    flash_installed: bool = field(default_factory=lambda: flash_attn_available())
     _varlen: tuple[torch.Tensor, int] | None = field(default=None, repr=False)
 
     @classmethod
@@ -69,7 +71,12 @@ class AttentionLayout:
             raise ValueError(f"doc_ids has shape {tuple(doc_ids.shape)}, expected {tuple(input_ids.shape)}")
         starts = _document_starts(doc_ids)
         start_index = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
-        return cls(positions=index - start_index, doc_ids=doc_ids, backend=backend)
+        layout = cls(positions=index - start_index, doc_ids=doc_ids, backend=backend)
+        if backend != "sdpa" and input_ids.is_cuda and layout.flash_installed:
+            # Computed here, outside the (compiled, checkpointed) layers: its data-dependent shape would split a
+            # compiled layer in two, and a layer recomputed in backward would then save other tensors.
+            layout.varlen()
+        return layout
 
     def sdpa_mask(self) -> torch.Tensor | None:
         """Boolean (batch, 1, seq, seq) causal same-document mask, or None for plain causal attention."""
@@ -135,7 +142,7 @@ class Attention(nn.Module):
         if layout.backend == "sdpa":
             return False
         ok = (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and layout.mask is None
-              and flash_attn_available())
+              and layout.flash_installed)
         if layout.backend == "flash" and not ok:
             raise RuntimeError("attention backend 'flash' needs flash-attn installed (pip install 'ouro[flash]'), "
                                "a CUDA device and bf16/fp16 activations; use backend 'auto' or 'sdpa' instead")

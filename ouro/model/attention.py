@@ -161,7 +161,12 @@ def _sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
             mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
                                               enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
+    if gqa:
+        # SDPA's memory-efficient kernel (the one that takes a mask) has no GQA support; with enable_gqa and a mask
+        # it would fall back to the math kernel, which materialises batch x heads x seq x seq scores.
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 def _flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout,

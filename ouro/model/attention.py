@@ -54,7 +54,7 @@ class AttentionLayout:
     mask: torch.Tensor | None = None
     backend: str = "auto"
     #: Whether flash-attn can be imported, read here once so that compiled layers never trace the check.
-    flash_installed: bool = field(default_factory=lambda: flash_attn_available())
+    flash_installed: bool = field(default_factory=flash_attn_available)
     _varlen: tuple[torch.Tensor, int] | None = field(default=None, repr=False)
 
     @classmethod

@@ -305,12 +305,14 @@ class FakeFlashAttn:
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_flash_code_path_with_packed_documents_equals_sdpa(monkeypatch, checkpointing):
+def test_flash_code_path_with_packed_documents_equals_sdpa(monkeypatch, request, checkpointing):
     """The flash path's reshapes and cu_seqlens, run on CPU through a stand-in for flash-attn's kernels."""
     import sys
     import types
 
-    from ouro.model.attention import Attention
+    from ouro.model.attention import Attention, flash_attn_available
+
+    request.addfinalizer(flash_attn_available.cache_clear)  # it may have cached the stand-in's presence
 
     fake = FakeFlashAttn()
     module = types.ModuleType("flash_attn")

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    from ouro.objective import CPU_MAX_CHUNK
+    from ouro.cross_entropy import CPU_MAX_CHUNK
 
     results = []
     for dtype in args.dtypes:

@@ -12,12 +12,11 @@ import torch
 from torchmetrics import MeanMetric
 
 from ouro.config import OuroConfig
+from ouro.cross_entropy import IGNORE_INDEX, per_step_cross_entropy
 from ouro.model import AttentionLayout, OuroForCausalLM, flops_per_token
 from ouro.objective import (
-    IGNORE_INDEX,
     LoopLoss,
     exit_distribution,
-    per_step_cross_entropy,
     q_exit_cross_entropy,
     stage1_loss_from_hidden,
     stage2_gate_loss,

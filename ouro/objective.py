@@ -18,13 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ouro.cross_entropy import (  # noqa: F401 (re-exported: the objective's cross-entropy lives there)
-    CPU_MAX_CHUNK,
-    IGNORE_INDEX,
-    chunked_cross_entropy,
-    cross_entropy_with_known_gradient,
-    per_step_cross_entropy,
-)
+from ouro.cross_entropy import cross_entropy_with_known_gradient, per_step_cross_entropy
 
 
 # ----------------------------------------------------------------------------------------- exit distribution

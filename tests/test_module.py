@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ouro.config import OuroConfig
+from ouro.cross_entropy import IGNORE_INDEX
 from ouro.module import OptimizerConfig, OuroLM
-from ouro.objective import IGNORE_INDEX
 
 SEQ = 32
 ALPHABET = 48  # tokens in use (of the tiny preset's 512)

@@ -6,14 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ouro.objective import (
+from ouro.cross_entropy import (
     CPU_MAX_CHUNK,
     IGNORE_INDEX,
     chunked_cross_entropy,
     cross_entropy_with_known_gradient,
+    per_step_cross_entropy,
+)
+from ouro.objective import (
     exit_distribution,
     exit_log_distribution,
-    per_step_cross_entropy,
     q_exit_cross_entropy,
     q_exit_steps,
     stage1_loss,

@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,eval]'
 else
 	$(PY) -m pip install --quiet '$(TORCH_CPU)'
-	$(PY) -m pip install --quiet '$(TORCH_CPU)' -e '.[dev]'
+	$(PY) -m pip install --quiet '$(TORCH_CPU)' -e '.[dev,eval]'
 endif
 	# litdata pulls a torchvision built for another torch, which breaks `import lightning`
 	# (operator torchvision::nms does not exist); litdata needs it only for images.

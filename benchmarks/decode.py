@@ -37,21 +37,34 @@ def build_model(args: argparse.Namespace) -> OuroForCausalLM:
     return model.to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
 
 
-def run_once(model: OuroForCausalLM, prompts: list[list[int]], args: argparse.Namespace, sharing: str, q: float):
-    result = generate(model, prompts, max_new_tokens=args.new_tokens, exit_threshold=q, kv_sharing=sharing,
-                      eos_token_id=[])
-    return result.decode_tokens_per_second, result.decode_passes / max(result.decode_tokens, 1), result.cache_bytes
+def run_once(
+    model: OuroForCausalLM, prompts: list[list[int]], args: argparse.Namespace, sharing: str, q: float
+):
+    result = generate(
+        model, prompts, max_new_tokens=args.new_tokens, exit_threshold=q, kv_sharing=sharing, eos_token_id=[]
+    )
+    return (
+        result.decode_tokens_per_second,
+        result.decode_passes / max(result.decode_tokens, 1),
+        result.cache_bytes,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="bench", help="model size when --model is not given")
     parser.add_argument("--model", default=None, help="exported folder, run dir, .ckpt or Hub repo id")
-    parser.add_argument("--gate_bias", type=float, default=0.0, help="bias of the random exit gate (preset only)")
+    parser.add_argument(
+        "--gate_bias", type=float, default=0.0, help="bias of the random exit gate (preset only)"
+    )
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--prompt_len", type=int, default=64)
     parser.add_argument("--new_tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the median rate is reported")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per setting; the median rate is reported"
+    )
     parser.add_argument("--thresholds", type=float, nargs="+", default=[1.0, 0.9, 0.7])
     parser.add_argument("--sharing", nargs="+", default=["full", "last"], choices=["full", "last", "mean"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -65,12 +78,16 @@ def main() -> None:
     model = build_model(args)
     config = model.config
     generator = torch.Generator().manual_seed(args.seed)
-    prompts = torch.randint(3, config.vocab_size, (args.batch_size, args.prompt_len), generator=generator).tolist()
+    prompts = torch.randint(
+        3, config.vocab_size, (args.batch_size, args.prompt_len), generator=generator
+    ).tolist()
     generate(model, prompts, max_new_tokens=4)  # warm-up
 
-    print(f"model: {args.model or args.preset} ({config.num_hidden_layers} layers x {config.total_ut_steps} passes, "
-          f"hidden {config.hidden_size}), device {args.device}, {args.dtype}, batch {args.batch_size}, "
-          f"prompt {args.prompt_len}, new tokens {args.new_tokens}, threads {torch.get_num_threads()}")
+    print(
+        f"model: {args.model or args.preset} ({config.num_hidden_layers} layers x {config.total_ut_steps} passes, "
+        f"hidden {config.hidden_size}), device {args.device}, {args.dtype}, batch {args.batch_size}, "
+        f"prompt {args.prompt_len}, new tokens {args.new_tokens}, threads {torch.get_num_threads()}"
+    )
     print(f"{'sharing':>8} {'q':>5} {'avg depth':>9} {'decode tok/s':>13} {'speedup':>8} {'cache MiB':>10}")
     settings = [(sharing, q) for sharing in args.sharing for q in args.thresholds]
     runs: dict[tuple[str, float], list[tuple[float, float, int]]] = {s: [] for s in settings}
@@ -89,7 +106,9 @@ def main() -> None:
     shallow = [r for r in rows if r[2] <= 2.5 and r[1] < 1.0]
     for sharing, q, depth, speedup in shallow:
         verdict = "meets" if speedup >= 1.4 else "misses"
-        print(f"aim (>= 1.4x at avg depth <= 2.5): {sharing} q={q}: depth {depth:.2f}, {speedup:.2f}x -> {verdict}")
+        print(
+            f"aim (>= 1.4x at avg depth <= 2.5): {sharing} q={q}: depth {depth:.2f}, {speedup:.2f}x -> {verdict}"
+        )
 
 
 if __name__ == "__main__":

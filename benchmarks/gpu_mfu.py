@@ -42,18 +42,24 @@ def flash_kernels(step, device: torch.device) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="ouro-1.4b")
     parser.add_argument("--seq", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=4, help="sequences per step")
     parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation happens here)")
     parser.add_argument("--no-compile", action="store_true", help="eager layers instead of torch.compile")
-    parser.add_argument("--no-checkpointing", action="store_true",
-                        help="keep all T x layers activations (ouro-1.4b at 4K: tens of GB per sequence; use "
-                             "--batch 1)")
+    parser.add_argument(
+        "--no-checkpointing",
+        action="store_true",
+        help="keep all T x layers activations (ouro-1.4b at 4K: tens of GB per sequence; use --batch 1)",
+    )
     parser.add_argument("--peak", type=float, default=H100_BF16_PEAK, help="peak FLOP/s for MFU")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, `tiny` preset, fp32: checks the script only")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="CPU, `tiny` preset, fp32: checks the script only"
+    )
     args = parser.parse_args()
 
     from ouro.module import OuroLM
@@ -70,13 +76,18 @@ def main() -> None:
     config = OuroConfig.preset(args.preset)
     torch.manual_seed(0)
     with torch.device(device):
-        module = OuroLM(model=config, activation_checkpointing=not args.no_checkpointing,
-                        compile=not args.no_compile and not args.dry_run)
+        module = OuroLM(
+            model=config,
+            activation_checkpointing=not args.no_checkpointing,
+            compile=not args.no_compile and not args.dry_run,
+        )
     module.configure_model()
     module.train()
     optimizer = module.configure_optimizers()
     generator = torch.Generator(device=device).manual_seed(1)
-    tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=generator, device=device)
+    tokens = torch.randint(
+        0, config.vocab_size, (args.batch, args.seq + 1), generator=generator, device=device
+    )
     batch = {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}
 
     def attention():
@@ -102,16 +113,22 @@ def main() -> None:
     flops = flops_per_token(config, args.seq) * tokens_per_step
     print(machine())
     print(f"command: {' '.join(sys.argv)}")
-    print(f"{args.preset}: {config.num_hidden_layers} layers x {config.total_ut_steps} passes, batch {args.batch} "
-          f"x {args.seq} tokens, {dtype}, checkpointing={not args.no_checkpointing}, "
-          f"compile={not args.no_compile and not args.dry_run}, flash-attn installed={flash_attn_available()}")
-    print(f"step {seconds:.3f} s (min {min(times):.3f}), {tokens_per_step / seconds:,.0f} tokens/s, "
-          f"{flops / seconds / 1e12:.1f} TFLOP/s model FLOPs")
+    print(
+        f"{args.preset}: {config.num_hidden_layers} layers x {config.total_ut_steps} passes, batch {args.batch} "
+        f"x {args.seq} tokens, {dtype}, checkpointing={not args.no_checkpointing}, "
+        f"compile={not args.no_compile and not args.dry_run}, flash-attn installed={flash_attn_available()}"
+    )
+    print(
+        f"step {seconds:.3f} s (min {min(times):.3f}), {tokens_per_step / seconds:,.0f} tokens/s, "
+        f"{flops / seconds / 1e12:.1f} TFLOP/s model FLOPs"
+    )
     if device.type == "cuda":
         roofline = matmul_rate(device, dtype, 8192)
-        print(f"MFU {flops / seconds / args.peak:.1%} of {args.peak / 1e12:.0f} TFLOP/s; "
-              f"{flops / seconds / roofline:.1%} of the measured bf16 matmul rate ({roofline / 1e12:.0f} TFLOP/s); "
-              f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+        print(
+            f"MFU {flops / seconds / args.peak:.1%} of {args.peak / 1e12:.0f} TFLOP/s; "
+            f"{flops / seconds / roofline:.1%} of the measured bf16 matmul rate ({roofline / 1e12:.0f} TFLOP/s); "
+            f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
+        )
         kernels = flash_kernels(step, device)
         assert kernels, "no flash-attention kernel ran in the training step"
         print(f"flash kernels: {', '.join(k[:60] for k in kernels[:4])}")

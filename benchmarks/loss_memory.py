@@ -30,9 +30,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=49152, help="vocabulary size")
     parser.add_argument("--steps", type=int, default=4, help="recurrent steps T (one loss per step)")
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size")
-    parser.add_argument("--chunk", type=int, default=4096, help="chunk_size of the chunked variant (OuroLM's default)")
-    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
-                        help="bf16: under CPU autocast, as training runs; fp32: plain fp32")
+    parser.add_argument(
+        "--chunk", type=int, default=4096, help="chunk_size of the chunked variant (OuroLM's default)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="bf16: under CPU autocast, as training runs; fp32: plain fp32",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--worker", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
@@ -72,8 +78,13 @@ def worker(args: argparse.Namespace) -> dict:
     step_weights = torch.softmax(torch.randn(args.seq, args.steps), -1)  # like p(t): every step gets gradient
 
     def naive() -> torch.Tensor:
-        return torch.stack([F.cross_entropy(h @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="none")
-                            for h in hidden], -1)
+        return torch.stack(
+            [
+                F.cross_entropy(h @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="none")
+                for h in hidden
+            ],
+            -1,
+        )
 
     def weighted(ce: torch.Tensor) -> torch.Tensor:
         return (ce.float() * step_weights).sum() / args.seq
@@ -82,7 +93,9 @@ def worker(args: argparse.Namespace) -> dict:
         return weighted(per_step_cross_entropy(hidden, weight, targets, args.chunk))
 
     def one_pass() -> torch.Tensor:
-        ce, carrier = cross_entropy_with_known_gradient(hidden, weight, targets, step_weights / args.seq, args.chunk)
+        ce, carrier = cross_entropy_with_known_gradient(
+            hidden, weight, targets, step_weights / args.seq, args.chunk
+        )
         return weighted(ce) + carrier
 
     loss_fn = {"chunked": chunked, "one_pass": one_pass, "naive": lambda: weighted(naive())}[args.worker]
@@ -96,10 +109,20 @@ def worker(args: argparse.Namespace) -> dict:
     peak = _status_mib("VmHWM")
     grads = sum(t.grad.numel() * t.grad.element_size() for t in [*hidden, weight]) / 2**20
     block = min(args.chunk, CPU_MAX_CHUNK)
-    return {"variant": args.worker, "dtype": args.dtype, "seq": args.seq, "vocab": args.vocab,
-            "steps": args.steps, "hidden": args.hidden, "rows_per_block": block if args.worker != "naive" else None,
-            "loss": float(loss), "seconds": elapsed, "rss_before_mib": before, "peak_extra_mib": peak - before,
-            "grads_mib": grads}
+    return {
+        "variant": args.worker,
+        "dtype": args.dtype,
+        "seq": args.seq,
+        "vocab": args.vocab,
+        "steps": args.steps,
+        "hidden": args.hidden,
+        "rows_per_block": block if args.worker != "naive" else None,
+        "loss": float(loss),
+        "seconds": elapsed,
+        "rss_before_mib": before,
+        "peak_extra_mib": peak - before,
+        "grads_mib": grads,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,24 +132,47 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = []
     for variant in VARIANTS:
-        command = [sys.executable, __file__, "--worker", variant, "--seq", str(args.seq), "--vocab",
-                   str(args.vocab), "--steps", str(args.steps), "--hidden", str(args.hidden), "--chunk",
-                   str(args.chunk), "--dtype", args.dtype, "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            variant,
+            "--seq",
+            str(args.seq),
+            "--vocab",
+            str(args.vocab),
+            "--steps",
+            str(args.steps),
+            "--hidden",
+            str(args.hidden),
+            "--chunk",
+            str(args.chunk),
+            "--dtype",
+            args.dtype,
+            "--threads",
+            str(args.threads),
+        ]
         results.append(run_worker(command, variant))
     naive = results[-1]
-    print(f"per-step cross-entropy forward+backward, seq {args.seq}, vocab {args.vocab}, T {args.steps}, "
-          f"hidden {args.hidden}, {args.dtype}")
+    print(
+        f"per-step cross-entropy forward+backward, seq {args.seq}, vocab {args.vocab}, T {args.steps}, "
+        f"hidden {args.hidden}, {args.dtype}"
+    )
     print("variant | rows/block | peak extra MiB | of which grads MiB | seconds | loss")
     for r in results:
-        print(f"{r['variant']} | {r['rows_per_block'] or args.seq} | {r['peak_extra_mib']:.0f} | {r['grads_mib']:.0f} | "
-              f"{r['seconds']:.1f} | {r['loss']:.5f}")
+        print(
+            f"{r['variant']} | {r['rows_per_block'] or args.seq} | {r['peak_extra_mib']:.0f} | {r['grads_mib']:.0f} | "
+            f"{r['seconds']:.1f} | {r['loss']:.5f}"
+        )
     ratios = {}
     for r in results[:-1]:
         ratio = r["peak_extra_mib"] / naive["peak_extra_mib"]
         beyond = (r["peak_extra_mib"] - r["grads_mib"]) / (naive["peak_extra_mib"] - naive["grads_mib"])
         ratios[r["variant"]] = {"ratio": ratio, "ratio_without_grads": beyond}
-        print(f"{r['variant']} / naive: {ratio:.3f} of the peak extra memory ({beyond:.3f} not counting the "
-              "gradients)")
+        print(
+            f"{r['variant']} / naive: {ratio:.3f} of the peak extra memory ({beyond:.3f} not counting the "
+            "gradients)"
+        )
     if args.json:
         args.json.write_text(json.dumps({"results": results, "ratios": ratios}, indent=2) + "\n")
 

@@ -1,7 +1,7 @@
 """Achieved matmul FLOP/s on this machine: the roofline the training benchmarks report fractions of.
 
-    python benchmarks/matmul_roofline.py                      # CPU fp32, or CUDA bf16 when a GPU is present
-    python benchmarks/matmul_roofline.py --sizes 1024 4096 --dtype bfloat16
+python benchmarks/matmul_roofline.py                      # CPU fp32, or CUDA bf16 when a GPU is present
+python benchmarks/matmul_roofline.py --sizes 1024 4096 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -17,11 +17,18 @@ from _measure import H100_BF16_PEAK, machine, matmul_rate  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2048],
-                        help="square matrix sizes to time")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[256, 1024, 2048], help="square matrix sizes to time"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="default: bfloat16 on CUDA, float32 on CPU",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -34,9 +34,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per dtype")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES), help="what to measure")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared machine more threads wait on each other)")
-    parser.add_argument("--chunk", type=int, default=None, help="loss_chunk_size of OuroLM (default: OuroLM's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared machine more threads wait on each other)",
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=None, help="loss_chunk_size of OuroLM (default: OuroLM's)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--worker", choices=DTYPES, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -57,7 +63,13 @@ def gemm_shapes(config, tokens: int) -> list[tuple[int, int, int, int]]:
     h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
     kv = config.num_key_value_heads * config.head_dim
     calls = config.total_ut_steps * config.num_hidden_layers
-    linear = [(h, h, 2 * calls), (h, kv, 2 * calls), (h, i, 2 * calls), (i, h, calls), (h, v, config.total_ut_steps)]
+    linear = [
+        (h, h, 2 * calls),
+        (h, kv, 2 * calls),
+        (h, i, 2 * calls),
+        (i, h, calls),
+        (h, v, config.total_ut_steps),
+    ]
     shapes = []
     for k, n, count in linear:
         shapes += [(tokens, k, n, count), (tokens, n, k, count), (n, tokens, k, count)]
@@ -71,8 +83,10 @@ class MatmulRoofline:
         import torch
 
         self.shapes = shapes
-        self.operands = [(torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype),
-                          torch.empty(m, n, dtype=dtype)) for m, k, n, _ in shapes]
+        self.operands = [
+            (torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype), torch.empty(m, n, dtype=dtype))
+            for m, k, n, _ in shapes
+        ]
         self.best = 0.0
 
     def measure(self) -> float:
@@ -149,13 +163,23 @@ def worker(args: argparse.Namespace) -> dict:
     optimizer.zero_grad(set_to_none=True)
     step_time = statistics.median(times)
     return {
-        "dtype": args.worker, "preset": args.preset, "batch": args.batch, "seq": args.seq,
-        "threads": torch.get_num_threads(), "loss_chunk_size": module.loss_chunk_size,
-        "step_s_median": step_time, "step_s_min": min(times), "tokens_per_s": tokens / step_time,
-        "flops_per_step_analytic": analytic, "flops_per_step_counted": counter.get_total_flops(),
-        "achieved_flops": analytic / step_time, "matmul_flops_mix": statistics.median(mixes),
-        "matmul_flops_best_shape": roofline.best, "fraction_of_matmul": statistics.median(fractions),
-        "peak_rss_mib": peak, "peak_rss_growth_mib": peak - baseline,
+        "dtype": args.worker,
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq": args.seq,
+        "threads": torch.get_num_threads(),
+        "loss_chunk_size": module.loss_chunk_size,
+        "step_s_median": step_time,
+        "step_s_min": min(times),
+        "tokens_per_s": tokens / step_time,
+        "flops_per_step_analytic": analytic,
+        "flops_per_step_counted": counter.get_total_flops(),
+        "achieved_flops": analytic / step_time,
+        "matmul_flops_mix": statistics.median(mixes),
+        "matmul_flops_best_shape": roofline.best,
+        "fraction_of_matmul": statistics.median(fractions),
+        "peak_rss_mib": peak,
+        "peak_rss_growth_mib": peak - baseline,
     }
 
 
@@ -168,30 +192,70 @@ def main(argv: list[str] | None = None) -> None:
 
     results = []
     for dtype in args.dtypes:
-        command = [sys.executable, __file__, "--worker", dtype, "--preset", args.preset, "--batch", str(args.batch),
-                   "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            dtype,
+            "--preset",
+            args.preset,
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--threads",
+            str(args.threads),
+        ]
         if args.chunk:
             command += ["--chunk", str(args.chunk)]
         results.append(run_worker(command, dtype))
 
     r0 = results[0]
-    print(f"train step of OuroLM (Stage I), preset {r0['preset']}, batch {r0['batch']} x seq {r0['seq']}, "
-          f"{r0['threads']} threads, loss_chunk_size {r0['loss_chunk_size']} (on CPU at most {CPU_MAX_CHUNK} rows "
-          "at once); FLOPs count every pass")
-    header = ("dtype", "step s", "tokens/s", "GFLOP/step", "counted", "GFLOP/s", "matmul GFLOP/s", "of matmul",
-              "peak RSS MiB", "growth MiB")
+    print(
+        f"train step of OuroLM (Stage I), preset {r0['preset']}, batch {r0['batch']} x seq {r0['seq']}, "
+        f"{r0['threads']} threads, loss_chunk_size {r0['loss_chunk_size']} (on CPU at most {CPU_MAX_CHUNK} rows "
+        "at once); FLOPs count every pass"
+    )
+    header = (
+        "dtype",
+        "step s",
+        "tokens/s",
+        "GFLOP/step",
+        "counted",
+        "GFLOP/s",
+        "matmul GFLOP/s",
+        "of matmul",
+        "peak RSS MiB",
+        "growth MiB",
+    )
     print(" | ".join(header))
     for r in results:
-        print(" | ".join([
-            r["dtype"], f"{r['step_s_median']:.3f}", f"{r['tokens_per_s']:,.0f}",
-            f"{r['flops_per_step_analytic'] / 1e9:.1f}", f"{r['flops_per_step_counted'] / 1e9:.1f}",
-            f"{r['achieved_flops'] / 1e9:.1f}", f"{r['matmul_flops_mix'] / 1e9:.1f}",
-            f"{100 * r['fraction_of_matmul']:.0f}%", f"{r['peak_rss_mib']:.0f}", f"{r['peak_rss_growth_mib']:.0f}"]))
-    print("GFLOP/step: flops_per_token x tokens (causal attention counted as half the square); counted: "
-          "FlopCounterMode under the MATH backend (full-square attention).\n"
-          "matmul GFLOP/s: the step's own GEMM shapes timed alone in this process and dtype, alternating with "
-          "the steps; 'of matmul' is the median over those pairs.")
+        print(
+            " | ".join(
+                [
+                    r["dtype"],
+                    f"{r['step_s_median']:.3f}",
+                    f"{r['tokens_per_s']:,.0f}",
+                    f"{r['flops_per_step_analytic'] / 1e9:.1f}",
+                    f"{r['flops_per_step_counted'] / 1e9:.1f}",
+                    f"{r['achieved_flops'] / 1e9:.1f}",
+                    f"{r['matmul_flops_mix'] / 1e9:.1f}",
+                    f"{100 * r['fraction_of_matmul']:.0f}%",
+                    f"{r['peak_rss_mib']:.0f}",
+                    f"{r['peak_rss_growth_mib']:.0f}",
+                ]
+            )
+        )
+    print(
+        "GFLOP/step: flops_per_token x tokens (causal attention counted as half the square); counted: "
+        "FlopCounterMode under the MATH backend (full-square attention).\n"
+        "matmul GFLOP/s: the step's own GEMM shapes timed alone in this process and dtype, alternating with "
+        "the steps; 'of matmul' is the median over those pairs."
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

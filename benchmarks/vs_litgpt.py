@@ -45,8 +45,9 @@ def import_litgpt(install: bool):
         import litgpt  # noqa: F401
     except ImportError:
         if not install:
-            raise SystemExit(f"litgpt is not importable; run without --no-install, or: {_install_command()}"
-                             ) from None
+            raise SystemExit(
+                f"litgpt is not importable; run without --no-install, or: {_install_command()}"
+            ) from None
         print(f"installing litgpt=={LITGPT_VERSION} into {LITGPT_DIR} (no dependencies)", flush=True)
         subprocess.run(_install_command(), check=True)
         importlib.invalidate_caches()  # build/litgpt did not exist when the first import looked
@@ -59,35 +60,72 @@ def import_litgpt(install: bool):
 
 
 def _install_command() -> list[str]:
-    return [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(LITGPT_DIR),
-            f"litgpt=={LITGPT_VERSION}", "psutil"]
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--target",
+        str(LITGPT_DIR),
+        f"litgpt=={LITGPT_VERSION}",
+        "psutil",
+    ]
 
 
 def litgpt_config(Config, config: OuroConfig, seq_len: int):  # noqa: N803 (the class)
     """litgpt's Llama-style config with the same width and L x T layers."""
     return Config(
-        name="ouro-equal-flops", block_size=seq_len, vocab_size=config.vocab_size,
-        padded_vocab_size=config.vocab_size, n_layer=config.num_hidden_layers * config.total_ut_steps,
-        n_head=config.num_attention_heads, n_query_groups=config.num_key_value_heads, n_embd=config.hidden_size,
-        head_size=config.head_dim, rotary_percentage=1.0, parallel_residual=False, bias=False,
-        norm_class_name="RMSNorm", norm_eps=config.rms_norm_eps, mlp_class_name="LLaMAMLP",
-        intermediate_size=config.intermediate_size, rope_base=int(config.rope_theta))
+        name="ouro-equal-flops",
+        block_size=seq_len,
+        vocab_size=config.vocab_size,
+        padded_vocab_size=config.vocab_size,
+        n_layer=config.num_hidden_layers * config.total_ut_steps,
+        n_head=config.num_attention_heads,
+        n_query_groups=config.num_key_value_heads,
+        n_embd=config.hidden_size,
+        head_size=config.head_dim,
+        rotary_percentage=1.0,
+        parallel_residual=False,
+        bias=False,
+        norm_class_name="RMSNorm",
+        norm_eps=config.rms_norm_eps,
+        mlp_class_name="LLaMAMLP",
+        intermediate_size=config.intermediate_size,
+        rope_base=int(config.rope_theta),
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="bench", help="OuroConfig preset (bench: 256 wide, 4 layers x 4 passes)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset", default="bench", help="OuroConfig preset (bench: 256 wide, 4 layers x 4 passes)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating ouro/litgpt rounds (median is kept)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating ouro/litgpt rounds (median is kept)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="compute dtype (bfloat16 = autocast over fp32 weights, like bf16-mixed)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile ouro's layers and litgpt's blocks")
-    parser.add_argument("--checkpointing", action="store_true",
-                        help="activation checkpointing per layer call in ouro (litgpt: none; changes the FLOPs)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="compute dtype (bfloat16 = autocast over fp32 weights, like bf16-mixed)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile ouro's layers and litgpt's blocks"
+    )
+    parser.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="activation checkpointing per layer call in ouro (litgpt: none; changes the FLOPs)",
+    )
     parser.add_argument("--profile", action="store_true", help="print the top operators of one ouro step")
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing litgpt")
     args = parser.parse_args()
@@ -102,16 +140,23 @@ def main() -> None:
     ouro.configure_model()
     ouro_opt = ouro.configure_optimizers()
     gpt = GPT(litgpt_config(Config, config, args.seq)).to(device)
-    gpt_opt = torch.optim.AdamW(gpt.parameters(), lr=ouro.optim.lr, betas=ouro.optim.betas,
-                                weight_decay=ouro.optim.weight_decay, fused=device.type == "cuda" or None)
+    gpt_opt = torch.optim.AdamW(
+        gpt.parameters(),
+        lr=ouro.optim.lr,
+        betas=ouro.optim.betas,
+        weight_decay=ouro.optim.weight_decay,
+        fused=device.type == "cuda" or None,
+    )
     if args.compile:
         for block in gpt.transformer.h:
             block.compile()
 
     generator = torch.Generator().manual_seed(1)
     count = args.warmup + args.steps * args.rounds + 1
-    batches = [torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=generator).to(device)
-               for _ in range(count)]
+    batches = [
+        torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), generator=generator).to(device)
+        for _ in range(count)
+    ]
 
     def ouro_step(tokens: torch.Tensor) -> None:
         with autocast(device, dtype):
@@ -132,40 +177,58 @@ def main() -> None:
         position = iter(batches)
         time_calls(lambda s=step, p=position: s(next(p)), device, warmup=args.warmup, iters=0)
         results[name] = dict(step=step, times=[], flops_counted=count_flops(lambda s=step: s(batches[-1])))
-    positions = {name: iter(batches[args.warmup:]) for name in results}
+    positions = {name: iter(batches[args.warmup :]) for name in results}
     roofline = 0.0
     for _ in range(args.rounds):  # alternate so that load changes on a shared machine hit all three alike
         for name, result in results.items():
-            result["times"] += time_calls(lambda s=result["step"], p=positions[name]: s(next(p)), device,
-                                          warmup=0, iters=args.steps)
+            result["times"] += time_calls(
+                lambda s=result["step"], p=positions[name]: s(next(p)), device, warmup=0, iters=args.steps
+            )
         roofline = max(roofline, *(matmul_rate(device, dtype, size) for size in (1024, 2048)))
 
     tokens = args.batch * args.seq
-    formula = {"ouro": flops_per_token(config, args.seq) * tokens,
-               "litgpt": flops_per_token(config.replace(num_hidden_layers=config.num_hidden_layers *
-                                                        config.total_ut_steps, total_ut_steps=1), args.seq) * tokens}
+    formula = {
+        "ouro": flops_per_token(config, args.seq) * tokens,
+        "litgpt": flops_per_token(
+            config.replace(
+                num_hidden_layers=config.num_hidden_layers * config.total_ut_steps, total_ut_steps=1
+            ),
+            args.seq,
+        )
+        * tokens,
+    }
     print(machine())
     print(f"command: {' '.join(sys.argv)}")
-    print(f"config {args.preset}: hidden {config.hidden_size}, {config.num_hidden_layers} layers x "
-          f"{config.total_ut_steps} passes, vocab {config.vocab_size}; litgpt {GPT.__module__}.GPT "
-          f"{config.num_hidden_layers * config.total_ut_steps} layers; batch {args.batch} x seq {args.seq}, "
-          f"{args.dtype}, compile={args.compile}, checkpointing={args.checkpointing}")
+    print(
+        f"config {args.preset}: hidden {config.hidden_size}, {config.num_hidden_layers} layers x "
+        f"{config.total_ut_steps} passes, vocab {config.vocab_size}; litgpt {GPT.__module__}.GPT "
+        f"{config.num_hidden_layers * config.total_ut_steps} layers; batch {args.batch} x seq {args.seq}, "
+        f"{args.dtype}, compile={args.compile}, checkpointing={args.checkpointing}"
+    )
     print(f"matmul roofline (best of the rounds, same process): {roofline / 1e9:.1f} GFLOP/s")
     print("times: best step (least disturbed by other load) and median; rates and fractions from the best")
-    print(f"{'model':<8}{'best s':>8}{'median s':>10}{'tokens/s':>10}{'GFLOP/step':>12}{'counted':>9}"
-          f"{'GFLOP/s':>9}{'roofline':>10}")
+    print(
+        f"{'model':<8}{'best s':>8}{'median s':>10}{'tokens/s':>10}{'GFLOP/step':>12}{'counted':>9}"
+        f"{'GFLOP/s':>9}{'roofline':>10}"
+    )
     per_flop = {}
     for name, result in results.items():
         best = min(result["times"])
         rate = formula[name] / best
         per_flop[name] = rate
-        print(f"{name:<8}{best:>8.3f}{median(result['times']):>10.3f}{tokens / best:>10.0f}"
-              f"{formula[name] / 1e9:>12.2f}{result['flops_counted'] / formula[name]:>8.2f}x{rate / 1e9:>9.1f}"
-              f"{rate / roofline:>10.1%}")
-    print(f"ouro / litgpt achieved FLOP/s: {per_flop['ouro'] / per_flop['litgpt']:.2f} "
-          "(>= 1: ouro at least as fast per FLOP)")
-    print("'counted' = torch FlopCounter FLOPs of one step / formula FLOPs (> 1: the counter sees the full "
-          "attention square, the formula half of it; checkpointing adds a forward)")
+        print(
+            f"{name:<8}{best:>8.3f}{median(result['times']):>10.3f}{tokens / best:>10.0f}"
+            f"{formula[name] / 1e9:>12.2f}{result['flops_counted'] / formula[name]:>8.2f}x{rate / 1e9:>9.1f}"
+            f"{rate / roofline:>10.1%}"
+        )
+    print(
+        f"ouro / litgpt achieved FLOP/s: {per_flop['ouro'] / per_flop['litgpt']:.2f} "
+        "(>= 1: ouro at least as fast per FLOP)"
+    )
+    print(
+        "'counted' = torch FlopCounter FLOPs of one step / formula FLOPs (> 1: the counter sees the full "
+        "attention square, the formula half of it; checkpointing adds a forward)"
+    )
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -16,11 +16,17 @@ TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 def _tool_commands() -> dict[str, tuple[str, str]]:
     """name -> (module:function, one-line help). Imported lazily so ``ouro --help`` stays fast."""
     return {
-        "prepare": ("ouro.data.prepare:prepare", "Tokenize text / JSONL / parquet / Hub data into litdata shards."),
+        "prepare": (
+            "ouro.data.prepare:prepare",
+            "Tokenize text / JSONL / parquet / Hub data into litdata shards.",
+        ),
         "export": ("ouro.hub.export:export", "Export a run or checkpoint in the official Ouro Hub layout."),
         "push": ("ouro.hub.push:push", "Upload an exported folder to the Hugging Face Hub."),
         "generate": ("ouro.generation.cli:generate", "Generate text with early exit and KV sharing."),
-        "pipeline": ("ouro.pipeline:pipeline", "Run the stages of a pipeline file in order, resuming where it stopped."),
+        "pipeline": (
+            "ouro.pipeline:pipeline",
+            "Run the stages of a pipeline file in order, resuming where it stopped.",
+        ),
         "plot": ("ouro.plot:plot", "Write PNG charts (per-step loss, exit distribution, LR) of a run."),
     }
 
@@ -43,7 +49,11 @@ def _bare_flags_to_true(args: list[str], function: Callable) -> list[str]:
     """``--dry_run`` alone means ``--dry_run true`` for the function's boolean parameters."""
     import inspect
 
-    flags = {f"--{name}" for name, p in inspect.signature(function).parameters.items() if p.annotation in (bool, "bool")}
+    flags = {
+        f"--{name}"
+        for name, p in inspect.signature(function).parameters.items()
+        if p.annotation in (bool, "bool")
+    }
     result = []
     for i, arg in enumerate(args):
         result.append(arg)
@@ -57,7 +67,9 @@ def _print_help() -> None:
     print("usage: ouro {fit,validate,test,predict," + ",".join(_tool_commands()) + "} ...\n")
     print("Train looped language models (Ouro / LoopLM) end to end.\n\nTrainer commands (LightningCLI):")
     for name in TRAINER_COMMANDS:
-        print(f"  {name:<10} {name.capitalize()} a model from a recipe: ouro {name} --config recipes/<stage>.yaml")
+        print(
+            f"  {name:<10} {name.capitalize()} a model from a recipe: ouro {name} --config recipes/<stage>.yaml"
+        )
     print("\nTools:")
     for name, (_, text) in _tool_commands().items():
         print(f"  {name:<10} {text}")

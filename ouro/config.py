@@ -90,19 +90,32 @@ class OuroConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid field."""
-        positive = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                    "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
+        positive = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.total_ut_steps < 1:
-            raise ConfigError(f"total_ut_steps must be >= 1 (the number of passes of the stack), got {self.total_ut_steps}")
+            raise ConfigError(
+                f"total_ut_steps must be >= 1 (the number of passes of the stack), got {self.total_ut_steps}"
+            )
         if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})")
+            raise ConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"num_key_value_heads ({self.num_key_value_heads}) must divide num_attention_heads "
-                              f"({self.num_attention_heads})")
+            raise ConfigError(
+                f"num_key_value_heads ({self.num_key_value_heads}) must divide num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
         if self.head_dim % 2:
             raise ConfigError(f"hidden_size / num_attention_heads = {self.head_dim} must be even for RoPE")
         if self.rope_theta <= 0:
@@ -115,13 +128,18 @@ class OuroConfig:
             raise ConfigError(f"hidden_act must be 'silu' (SwiGLU), got {self.hidden_act!r}")
         if self.tie_word_embeddings:
             raise ConfigError("tie_word_embeddings must be false: Ouro has an untied lm_head")
-        if self.rope_scaling not in (None, {}) and self.rope_scaling.get("rope_type", self.rope_scaling.get("type")) != "default":
+        if (
+            self.rope_scaling not in (None, {})
+            and self.rope_scaling.get("rope_type", self.rope_scaling.get("type")) != "default"
+        ):
             raise ConfigError(f"rope_scaling {self.rope_scaling!r} is not supported; set it to null")
         if self.use_sliding_window:
             raise ConfigError("use_sliding_window must be false: Ouro uses full attention in every layer")
         if any(t != "full_attention" for t in self.layer_types):
             raise ConfigError("layer_types must all be 'full_attention' (Ouro has no sliding-window layers)")
-        if len(self.layer_types) != self.num_hidden_layers:  # follows the layer count (only one value is valid)
+        if (
+            len(self.layer_types) != self.num_hidden_layers
+        ):  # follows the layer count (only one value is valid)
             self.layer_types = ["full_attention"] * self.num_hidden_layers
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ConfigError(f"attention_dropout must lie in [0, 1), got {self.attention_dropout}")
@@ -170,8 +188,10 @@ class OuroConfig:
         extra = {k: v for k, v in data.items() if k not in derived}
         config = cls(**values, extra=extra)
         if head_dim is not None and head_dim != config.head_dim:
-            raise ConfigError(f"config.json head_dim {head_dim} differs from hidden_size / num_attention_heads "
-                              f"= {config.head_dim}; such checkpoints are not supported")
+            raise ConfigError(
+                f"config.json head_dim {head_dim} differs from hidden_size / num_attention_heads "
+                f"= {config.head_dim}; such checkpoints are not supported"
+            )
         return config
 
     def save(self, directory: str | Path) -> Path:
@@ -192,19 +212,52 @@ class OuroConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-_OFFICIAL = dict(vocab_size=49152, hidden_size=2048, intermediate_size=5632, num_attention_heads=16,
-                 num_key_value_heads=16, rope_theta=1000000.0, max_position_embeddings=65536, total_ut_steps=4)
+_OFFICIAL = dict(
+    vocab_size=49152,
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    rope_theta=1000000.0,
+    max_position_embeddings=65536,
+    total_ut_steps=4,
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "ouro-1.4b": dict(_OFFICIAL, num_hidden_layers=24, max_window_layers=24),
     "ouro-2.6b": dict(_OFFICIAL, num_hidden_layers=48, max_window_layers=48),
     # CPU sizes for tests, toy runs and benchmarks.
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4, rope_theta=10000.0, max_position_embeddings=2048, max_window_layers=2),
-    "small": dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=4, rope_theta=10000.0, max_position_embeddings=4096,
-                  max_window_layers=4),
-    "bench": dict(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=4, rope_theta=10000.0, max_position_embeddings=4096,
-                  max_window_layers=4),
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        rope_theta=10000.0,
+        max_position_embeddings=2048,
+        max_window_layers=2,
+    ),
+    "small": dict(
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        rope_theta=10000.0,
+        max_position_embeddings=4096,
+        max_window_layers=4,
+    ),
+    "bench": dict(
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        rope_theta=10000.0,
+        max_position_embeddings=4096,
+        max_window_layers=4,
+    ),
 }

@@ -44,8 +44,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for step, hidden in enumerate(hidden_states):
             for start in range(0, tokens, chunk):
                 stop = min(start + chunk, tokens)
-                block = _block_cross_entropy(buffers, hidden[start:stop].to(compute_dtype), w_t,
-                                             safe_targets[start:stop], valid[start:stop])
+                block = _block_cross_entropy(
+                    buffers,
+                    hidden[start:stop].to(compute_dtype),
+                    w_t,
+                    safe_targets[start:stop],
+                    valid[start:stop],
+                )
                 losses[start:stop, step], lse_all[start:stop, step] = block.losses, block.lse
         ctx.save_for_backward(weight, targets, lse_all, *hidden_states)
         ctx.chunk, ctx.compute_dtype = chunk, compute_dtype
@@ -73,12 +78,19 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 h = hidden[start:stop].to(dtype)
                 grad_logits = buffers.logits(h, w.t())
                 grad_logits.sub_(lse_all[start:stop, step, None]).exp_()  # softmax
-                grad_logits.scatter_add_(1, safe_targets[start:stop, None], minus_one[:stop - start])
+                grad_logits.scatter_add_(1, safe_targets[start:stop, None], minus_one[: stop - start])
                 grad_logits.mul_(scale_all[start:stop, step, None])
-                _backpropagate_block(buffers.to_compute_dtype(grad_logits), w, h, grad_hidden, start, grad_weight)
+                _backpropagate_block(
+                    buffers.to_compute_dtype(grad_logits), w, h, grad_hidden, start, grad_weight
+                )
             grad_hidden_states.append(grad_hidden)
-        return (grad_weight.result() if grad_weight is not None else None, None, None, None,
-                *grad_hidden_states)
+        return (
+            grad_weight.result() if grad_weight is not None else None,
+            None,
+            None,
+            None,
+            *grad_hidden_states,
+        )
 
 
 class _CrossEntropyWithKnownGradient(torch.autograd.Function):
@@ -114,7 +126,9 @@ class _CrossEntropyWithKnownGradient(torch.autograd.Function):
                 row_scale = scale_all[start:stop, step]
                 grad_logits = block.exp.mul_((row_scale / block.sum_exp)[:, None])  # softmax x dL/dCE
                 grad_logits.scatter_add_(1, safe_targets[start:stop, None], -row_scale[:, None])
-                _backpropagate_block(buffers.to_compute_dtype(grad_logits), w, h, grad_hidden, start, grad_weight)
+                _backpropagate_block(
+                    buffers.to_compute_dtype(grad_logits), w, h, grad_hidden, start, grad_weight
+                )
             grad_hidden_states.append(grad_hidden)
         ctx.grads = (grad_weight.result() if grad_weight is not None else None, grad_hidden_states)
         ctx.mark_non_differentiable(losses)
@@ -123,8 +137,10 @@ class _CrossEntropyWithKnownGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_losses, grad_carrier):
         if ctx.grads is None:
-            raise RuntimeError("cross_entropy_with_known_gradient hands out its gradients once; "
-                               "backward through it twice (retain_graph) is not supported")
+            raise RuntimeError(
+                "cross_entropy_with_known_gradient hands out its gradients once; "
+                "backward through it twice (retain_graph) is not supported"
+            )
         grad_weight, grad_hidden_states = ctx.grads
         ctx.grads = None
         scale = grad_carrier.float()
@@ -146,8 +162,13 @@ class _GradWeight:
     def __init__(self, weight: torch.Tensor, dtype: torch.dtype) -> None:
         self.dtype = weight.dtype
         self.total = torch.empty(weight.shape, device=weight.device, dtype=torch.float32)
-        self.partial = None if dtype == torch.float32 else \
-            torch.empty(min(self.SLICE, weight.shape[0]), weight.shape[1], device=weight.device, dtype=dtype)
+        self.partial = (
+            None
+            if dtype == torch.float32
+            else torch.empty(
+                min(self.SLICE, weight.shape[0]), weight.shape[1], device=weight.device, dtype=dtype
+            )
+        )
         self.empty = True
 
     def accumulate(self, grad_logits: torch.Tensor, h: torch.Tensor) -> None:
@@ -159,7 +180,7 @@ class _GradWeight:
         else:
             for v0 in range(0, self.total.shape[0], self.SLICE):
                 v1 = min(v0 + self.SLICE, self.total.shape[0])
-                product = torch.mm(grad_logits[:, v0:v1].t(), h, out=self.partial[:v1 - v0])
+                product = torch.mm(grad_logits[:, v0:v1].t(), h, out=self.partial[: v1 - v0])
                 if self.empty:
                     self.total[v0:v1].copy_(product)
                 else:
@@ -190,18 +211,21 @@ class _LogitBuffers:
     def to_compute_dtype(self, values: torch.Tensor) -> torch.Tensor:
         if self.low is None:
             return values
-        return self.low[:values.shape[0]].copy_(values)
+        return self.low[: values.shape[0]].copy_(values)
 
 
 class _Block(NamedTuple):
-    losses: torch.Tensor   # (rows,) fp32, 0 where ignored
-    lse: torch.Tensor      # (rows,) log-sum-exp of the logits
-    exp: torch.Tensor      # (rows, vocab) exp(logits - row max), in the fp32 buffer (overwritten by the next block)
+    losses: torch.Tensor  # (rows,) fp32, 0 where ignored
+    lse: torch.Tensor  # (rows,) log-sum-exp of the logits
+    exp: (
+        torch.Tensor
+    )  # (rows, vocab) exp(logits - row max), in the fp32 buffer (overwritten by the next block)
     sum_exp: torch.Tensor  # (rows,) row sums of ``exp``
 
 
-def _block_cross_entropy(buffers: _LogitBuffers, h: torch.Tensor, w_t: torch.Tensor, targets: torch.Tensor,
-                         valid: torch.Tensor) -> _Block:
+def _block_cross_entropy(
+    buffers: _LogitBuffers, h: torch.Tensor, w_t: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+) -> _Block:
     """Cross-entropy of one block of rows, computed in place in the fp32 logits buffer."""
     logits = buffers.logits(h, w_t)
     row_max = logits.amax(dim=-1, keepdim=True)
@@ -212,24 +236,33 @@ def _block_cross_entropy(buffers: _LogitBuffers, h: torch.Tensor, w_t: torch.Ten
     return _Block(torch.where(valid, lse - picked, 0.0), lse, exp, sum_exp)
 
 
-def _backpropagate_block(grad_logits: torch.Tensor, w: torch.Tensor, h: torch.Tensor,
-                         grad_hidden: torch.Tensor | None, start: int, grad_weight: _GradWeight | None) -> None:
+def _backpropagate_block(
+    grad_logits: torch.Tensor,
+    w: torch.Tensor,
+    h: torch.Tensor,
+    grad_hidden: torch.Tensor | None,
+    start: int,
+    grad_weight: _GradWeight | None,
+) -> None:
     """Writes one block's ``grad_logits @ w`` into ``grad_hidden[start:]`` and adds ``grad_logits.T @ h``."""
     if grad_hidden is not None:
-        grad_hidden[start:start + grad_logits.shape[0]] = (grad_logits @ w).to(grad_hidden.dtype)
+        grad_hidden[start : start + grad_logits.shape[0]] = (grad_logits @ w).to(grad_hidden.dtype)
     if grad_weight is not None:
         grad_weight.accumulate(grad_logits, h)
 
 
-def _block_and_dtype(hidden_states: list[torch.Tensor], weight: torch.Tensor, targets: torch.Tensor,
-                     chunk_size: int) -> tuple[int, torch.dtype]:
+def _block_and_dtype(
+    hidden_states: list[torch.Tensor], weight: torch.Tensor, targets: torch.Tensor, chunk_size: int
+) -> tuple[int, torch.dtype]:
     """Checks the shapes; returns the block size to use and the matmul dtype (the autocast dtype if active)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     for h in hidden_states:
         if h.shape != (targets.shape[0], weight.shape[1]):
-            raise ValueError(f"hidden state of shape {tuple(h.shape)} does not match {targets.shape[0]} targets "
-                             f"and an LM head of width {weight.shape[1]}")
+            raise ValueError(
+                f"hidden state of shape {tuple(h.shape)} does not match {targets.shape[0]} targets "
+                f"and an LM head of width {weight.shape[1]}"
+            )
     device_type = weight.device.type
     if device_type == "cpu":
         # Measured on the `bench` preset: 512-row blocks run the loss 1.5x faster than one 2048-row block, as
@@ -240,8 +273,9 @@ def _block_and_dtype(hidden_states: list[torch.Tensor], weight: torch.Tensor, ta
     return chunk_size, torch.promote_types(hidden_states[0].dtype, weight.dtype)
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          chunk_size: int = 4096) -> torch.Tensor:
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 4096
+) -> torch.Tensor:
     """Per-token cross-entropy (fp32, 0 where ``targets == -100``) of the logits ``hidden @ weight.T``.
 
     ``hidden`` (tokens, hidden), ``weight`` (vocab, hidden) (the LM head), ``targets`` (tokens,); see
@@ -250,8 +284,12 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     return per_step_cross_entropy([hidden], weight, targets, chunk_size)[:, 0]
 
 
-def per_step_cross_entropy(hidden_states: list[torch.Tensor], lm_head_weight: torch.Tensor, targets: torch.Tensor,
-                           chunk_size: int = 4096) -> torch.Tensor:
+def per_step_cross_entropy(
+    hidden_states: list[torch.Tensor],
+    lm_head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
     """Cross-entropy of every step: (tokens, steps), fp32, 0 where ``targets == -100``.
 
     ``hidden_states[t]`` is (tokens, hidden), ``lm_head_weight`` (vocab, hidden), ``targets`` (tokens,). Under
@@ -263,9 +301,13 @@ def per_step_cross_entropy(hidden_states: list[torch.Tensor], lm_head_weight: to
         return _ChunkedCrossEntropy.apply(lm_head_weight, targets, chunk_size, dtype, *hidden_states)
 
 
-def cross_entropy_with_known_gradient(hidden_states: list[torch.Tensor], lm_head_weight: torch.Tensor,
-                                      targets: torch.Tensor, loss_grad: torch.Tensor, chunk_size: int = 4096
-                                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_entropy_with_known_gradient(
+    hidden_states: list[torch.Tensor],
+    lm_head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    loss_grad: torch.Tensor,
+    chunk_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-step cross-entropy for a loss whose gradient with respect to it, ``loss_grad``, is known beforehand.
 
     Returns ``(ce, carrier)``: ``ce`` (tokens, steps) as `per_step_cross_entropy` computes it but without
@@ -276,8 +318,11 @@ def cross_entropy_with_known_gradient(hidden_states: list[torch.Tensor], lm_head
     """
     chunk_size, dtype = _block_and_dtype(hidden_states, lm_head_weight, targets, chunk_size)
     if loss_grad.shape != (targets.shape[0], len(hidden_states)):
-        raise ValueError(f"loss_grad of shape {tuple(loss_grad.shape)} should be ({targets.shape[0]}, "
-                         f"{len(hidden_states)}): tokens x steps")
+        raise ValueError(
+            f"loss_grad of shape {tuple(loss_grad.shape)} should be ({targets.shape[0]}, "
+            f"{len(hidden_states)}): tokens x steps"
+        )
     with torch.autocast(device_type=lm_head_weight.device.type, enabled=False):
-        return _CrossEntropyWithKnownGradient.apply(lm_head_weight, targets, loss_grad.detach(), chunk_size, dtype,
-                                                    *hidden_states)
+        return _CrossEntropyWithKnownGradient.apply(
+            lm_head_weight, targets, loss_grad.detach(), chunk_size, dtype, *hidden_states
+        )

@@ -36,8 +36,14 @@ from torch import nn
 from ouro.model.looped import DecoderLayer
 
 #: Collectives that FSDP1 / FSDP2 / DDP call through ``torch.distributed`` (gloo uses the list-based ones).
-COLLECTIVES = ("all_gather", "all_gather_single", "all_gather_into_tensor", "reduce_scatter_single",
-               "reduce_scatter_tensor", "all_reduce")
+COLLECTIVES = (
+    "all_gather",
+    "all_gather_single",
+    "all_gather_into_tensor",
+    "reduce_scatter_single",
+    "reduce_scatter_tensor",
+    "all_reduce",
+)
 
 
 def wrap_policy() -> set[type[nn.Module]]:
@@ -56,8 +62,9 @@ class OuroFSDPStrategy(FSDPStrategy):
 
     def __init__(
         self,
-        sharding_strategy: Literal["SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2",
-                                   "NO_SHARD"] = "SHARD_GRAD_OP",
+        sharding_strategy: Literal[
+            "SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2", "NO_SHARD"
+        ] = "SHARD_GRAD_OP",
         state_dict_type: Literal["sharded", "full"] = "sharded",
         fp32_reduce: bool = True,
         limit_all_gathers: bool = True,
@@ -76,10 +83,16 @@ class OuroFSDPStrategy(FSDPStrategy):
             limit_all_gathers: Rate-limit prefetching all-gathers (bounds memory with many layers).
             **kwargs: Further ``FSDPStrategy`` / ``FullyShardedDataParallel`` arguments.
         """
-        if kwargs.get("auto_wrap_policy") is None:  # LightningCLI passes the parent's default (None) explicitly
+        if (
+            kwargs.get("auto_wrap_policy") is None
+        ):  # LightningCLI passes the parent's default (None) explicitly
             kwargs["auto_wrap_policy"] = wrap_policy()
-        super().__init__(sharding_strategy=sharding_strategy, state_dict_type=state_dict_type,
-                         limit_all_gathers=limit_all_gathers, **kwargs)
+        super().__init__(
+            sharding_strategy=sharding_strategy,
+            state_dict_type=state_dict_type,
+            limit_all_gathers=limit_all_gathers,
+            **kwargs,
+        )
         self.fp32_reduce = fp32_reduce
 
     @property
@@ -88,8 +101,9 @@ class OuroFSDPStrategy(FSDPStrategy):
         if config is not None and self.fp32_reduce and config.reduce_dtype in (torch.bfloat16, torch.float16):
             from torch.distributed.fsdp import MixedPrecision
 
-            config = MixedPrecision(param_dtype=config.param_dtype, reduce_dtype=torch.float32,
-                                    buffer_dtype=torch.float32)
+            config = MixedPrecision(
+                param_dtype=config.param_dtype, reduce_dtype=torch.float32, buffer_dtype=torch.float32
+            )
         return config
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
@@ -100,8 +114,13 @@ class OuroFSDPStrategy(FSDPStrategy):
             if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
                 kwargs = dict(self.kwargs)
                 model = FullyShardedDataParallel(
-                    module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
-                    sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **kwargs)
+                    module=model,
+                    cpu_offload=self.cpu_offload,
+                    mixed_precision=self.mixed_precision_config,
+                    sharding_strategy=self.sharding_strategy,
+                    device_id=torch.device("cpu"),
+                    **kwargs,
+                )
                 self.kwargs.pop("auto_wrap_policy", None)
                 try:
                     return super()._setup_model(model)
@@ -141,10 +160,16 @@ class OuroFSDP2Strategy(ModelParallelStrategy):
         tensor_parallel = kwargs.pop("tensor_parallel_size", 1)
         data_parallel = kwargs.pop("data_parallel_size", "auto")
         if tensor_parallel not in (1, "auto") or data_parallel != "auto":
-            raise ValueError("OuroFSDP2Strategy shards over all processes: leave data_parallel_size and "
-                             "tensor_parallel_size unset (tensor parallelism is not supported)")
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+            raise ValueError(
+                "OuroFSDP2Strategy shards over all processes: leave data_parallel_size and "
+                "tensor_parallel_size unset (tensor parallelism is not supported)"
+            )
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
         self.reshard_after_forward = reshard_after_forward
         self.param_dtype = getattr(torch, param_dtype) if param_dtype else None
         self.reduce_dtype = getattr(torch, reduce_dtype)
@@ -155,13 +180,23 @@ class OuroFSDP2Strategy(ModelParallelStrategy):
 
     def setup(self, trainer: Any) -> None:
         # The Trainer has run the module's configure_model (e.g. per-layer compile) before this point.
-        apply_fsdp2(self.lightning_module.net, self.device_mesh["data_parallel"], self.reshard_after_forward,
-                    self.param_dtype, self.reduce_dtype)
+        apply_fsdp2(
+            self.lightning_module.net,
+            self.device_mesh["data_parallel"],
+            self.reshard_after_forward,
+            self.param_dtype,
+            self.reduce_dtype,
+        )
         super().setup(trainer)
 
 
-def apply_fsdp2(module: nn.Module, mesh: Any = None, reshard_after_forward: bool = False,
-                param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype = torch.float32) -> nn.Module:
+def apply_fsdp2(
+    module: nn.Module,
+    mesh: Any = None,
+    reshard_after_forward: bool = False,
+    param_dtype: torch.dtype | None = None,
+    reduce_dtype: torch.dtype = torch.float32,
+) -> nn.Module:
     """``fully_shard`` every `DecoderLayer` in ``module``, then ``module`` itself (its root unit holds the
     embedding, final norm, exit gate and LM head). Returns ``module``, sharded in place.
 
@@ -173,7 +208,9 @@ def apply_fsdp2(module: nn.Module, mesh: Any = None, reshard_after_forward: bool
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     layers = [m for m in module.modules() if isinstance(m, DecoderLayer)]
     if not layers:
-        raise ValueError(f"{type(module).__name__} has no DecoderLayer to shard; pass the OuroLM or the network")
+        raise ValueError(
+            f"{type(module).__name__} has no DecoderLayer to shard; pass the OuroLM or the network"
+        )
     for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
     fully_shard(module, mesh=mesh, reshard_after_forward=False, mp_policy=policy)
@@ -194,6 +231,7 @@ def count_collectives() -> Iterator[Counter]:
         def call(*args: Any, **kwargs: Any) -> Any:
             counts[name] += 1
             return function(*args, **kwargs)
+
         return call
 
     for name, function in originals.items():
@@ -210,5 +248,11 @@ def all_gathers(counts: Counter) -> int:
     return sum(counts[name] for name in ("all_gather", "all_gather_single", "all_gather_into_tensor"))
 
 
-__all__ = ["OuroFSDPStrategy", "OuroFSDP2Strategy", "all_gathers", "apply_fsdp2", "count_collectives",
-           "wrap_policy"]
+__all__ = [
+    "OuroFSDPStrategy",
+    "OuroFSDP2Strategy",
+    "all_gathers",
+    "apply_fsdp2",
+    "count_collectives",
+    "wrap_policy",
+]

@@ -91,17 +91,30 @@ class OuroLM(L.LightningModule):
         self.optim = optimizer if optimizer is not None else OptimizerConfig()
         self.loss_chunk_size = loss_chunk_size
         self.attention_backend = attention_backend
-        self.q_exit_thresholds = list(q_exit_thresholds if q_exit_thresholds is not None else (0.5, 0.7, 0.9, 1.0))
+        self.q_exit_thresholds = list(
+            q_exit_thresholds if q_exit_thresholds is not None else (0.5, 0.7, 0.9, 1.0)
+        )
         self.compile_layers = compile
         self.init_from, self.init_optimizer_state, self.upcycle = init_from, init_optimizer_state, upcycle
         self._check_args()
-        self.save_hyperparameters(dict(model=asdict(self.config), objective=objective, entropy_coef=entropy_coef,
-                                       gate_k=gate_k, gate_gamma=gate_gamma, optimizer=asdict(self.optim),
-                                       loss_chunk_size=loss_chunk_size, attention_backend=attention_backend,
-                                       activation_checkpointing=activation_checkpointing,
-                                       q_exit_thresholds=self.q_exit_thresholds, compile=compile,
-                                       init_from=init_from, init_optimizer_state=init_optimizer_state,
-                                       upcycle=upcycle))
+        self.save_hyperparameters(
+            dict(
+                model=asdict(self.config),
+                objective=objective,
+                entropy_coef=entropy_coef,
+                gate_k=gate_k,
+                gate_gamma=gate_gamma,
+                optimizer=asdict(self.optim),
+                loss_chunk_size=loss_chunk_size,
+                attention_backend=attention_backend,
+                activation_checkpointing=activation_checkpointing,
+                q_exit_thresholds=self.q_exit_thresholds,
+                compile=compile,
+                init_from=init_from,
+                init_optimizer_state=init_optimizer_state,
+                upcycle=upcycle,
+            )
+        )
         self.net = OuroForCausalLM(self.config)
         self.net.set_activation_checkpointing(activation_checkpointing)
         if objective == "stage2":
@@ -156,8 +169,10 @@ class OuroLM(L.LightningModule):
         if self.objective == "stage2":
             self.freeze_language_model()
         changes = describe_transition(loaded.config, self.config)
-        rank_zero_info(f"ouro: initialised from {loaded.path} ({loaded.tokens_seen:,} tokens)"
-                       + (f"; changes: {', '.join(changes)}" if changes else ""))
+        rank_zero_info(
+            f"ouro: initialised from {loaded.path} ({loaded.tokens_seen:,} tokens)"
+            + (f"; changes: {', '.join(changes)}" if changes else "")
+        )
         self.previous_stage_final_lr = loaded.final_lr
         self.provenance = loaded.provenance
         self.tokenizer_path = self.tokenizer_path or loaded.tokenizer_path
@@ -169,11 +184,15 @@ class OuroLM(L.LightningModule):
             self.__dict__["_upcycle_reference"] = reference.eval().requires_grad_(False)
         if self.init_optimizer_state:
             if loaded.optimizer_state is None:
-                raise ValueError(f"init_optimizer_state is true but {loaded.path} holds no optimizer state; "
-                                 "set model.init_optimizer_state: false")
+                raise ValueError(
+                    f"init_optimizer_state is true but {loaded.path} holds no optimizer state; "
+                    "set model.init_optimizer_state: false"
+                )
             if loaded.config.num_hidden_layers != self.config.num_hidden_layers or self.objective == "stage2":
-                raise ValueError("init_optimizer_state needs the same layer count and objective as init_from "
-                                 "(the AdamW moments follow the parameters); set model.init_optimizer_state: false")
+                raise ValueError(
+                    "init_optimizer_state needs the same layer count and objective as init_from "
+                    "(the AdamW moments follow the parameters); set model.init_optimizer_state: false"
+                )
             self._pending_optimizer_state = loaded.optimizer_state
 
     def on_fit_start(self) -> None:
@@ -197,10 +216,12 @@ class OuroLM(L.LightningModule):
         expected = tokenizer_hash(load_tokenizer(source))
         for directory, manifest in manifests.items():
             if manifest.tokenizer_hash != expected:
-                raise ValueError(f"data {directory} was tokenized with {manifest.tokenizer!r} (hash "
-                                 f"{manifest.tokenizer_hash[:12]}) but init_from {self.init_from} was trained with "
-                                 f"{source} (hash {expected[:12]}); prepare the data with that tokenizer "
-                                 f"(`ouro prepare ... --tokenizer {source}`)")
+                raise ValueError(
+                    f"data {directory} was tokenized with {manifest.tokenizer!r} (hash "
+                    f"{manifest.tokenizer_hash[:12]}) but init_from {self.init_from} was trained with "
+                    f"{source} (hash {expected[:12]}); prepare the data with that tokenizer "
+                    f"(`ouro prepare ... --tokenizer {source}`)"
+                )
 
     def configure_model(self) -> None:
         if self.compile_layers:
@@ -235,15 +256,24 @@ class OuroLM(L.LightningModule):
                 ce = per_step_cross_entropy(hidden, self.net.lm_head.weight, targets, self.loss_chunk_size)
             result = stage2_gate_loss(ce, gate_logits, mask, self.gate_k, self.gate_gamma)
         else:
-            result, ce = stage1_loss_from_hidden(hidden, self.net.lm_head.weight, targets, gate_logits, mask,
-                                                 self.entropy_coef, self.loss_chunk_size)
+            result, ce = stage1_loss_from_hidden(
+                hidden,
+                self.net.lm_head.weight,
+                targets,
+                gate_logits,
+                mask,
+                self.entropy_coef,
+                self.loss_chunk_size,
+            )
         return result, ce, gate_logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         result, _, _ = self.compute_loss(batch)
         tokens = batch["input_ids"].numel() * self.trainer.world_size
         self.tokens_seen += tokens
-        self.flops_per_batch = flops_per_token(self.config, batch["input_ids"].shape[1]) * batch["input_ids"].numel()
+        self.flops_per_batch = (
+            flops_per_token(self.config, batch["input_ids"].shape[1]) * batch["input_ids"].numel()
+        )
         self._log_train_loss(result, batch["input_ids"].shape[0])
         self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, sync_dist=False)
         return result.loss
@@ -304,8 +334,10 @@ class OuroLM(L.LightningModule):
             from lightning.pytorch.utilities import rank_zero_info
 
             last = max(int(n.removeprefix("ce_step")) for n in values if n.startswith("ce_step"))
-            rank_zero_info(f"ouro: after upcycling, last-step validation CE {float(values[f'ce_step{last}']):.4f} "
-                           f"(model before upcycling: {float(values['upcycle_source_ce_last']):.4f})")
+            rank_zero_info(
+                f"ouro: after upcycling, last-step validation CE {float(values[f'ce_step{last}']):.4f} "
+                f"(model before upcycling: {float(values['upcycle_source_ce_last']):.4f})"
+            )
             if not self.trainer.sanity_checking:
                 self.__dict__["_upcycle_reference"] = None
 
@@ -320,32 +352,51 @@ class OuroLM(L.LightningModule):
             if param.requires_grad:
                 skip = name.endswith(".bias") or "norm" in name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
                 (no_decay if skip else decay).append(param)
-        groups = [dict(params=decay, weight_decay=self.optim.weight_decay),
-                  dict(params=no_decay, weight_decay=0.0)]
+        groups = [
+            dict(params=decay, weight_decay=self.optim.weight_decay),
+            dict(params=no_decay, weight_decay=0.0),
+        ]
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         fused = all(p.is_cuda for g in self.parameter_groups() for p in g["params"])
-        return torch.optim.AdamW(self.parameter_groups(), lr=self.optim.lr, betas=tuple(self.optim.betas),
-                                 eps=self.optim.eps, fused=fused or None)
+        return torch.optim.AdamW(
+            self.parameter_groups(),
+            lr=self.optim.lr,
+            betas=tuple(self.optim.betas),
+            eps=self.optim.eps,
+            fused=fused or None,
+        )
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def stage_record(self) -> dict[str, Any]:
         """This stage's provenance entry: name, recipe, tokens and the latest validation metrics."""
         metrics = {}
         if self._trainer is not None:
-            metrics = {k: round(float(v), 6) for k, v in self.trainer.callback_metrics.items()
-                       if k.startswith("val/") and v.numel() == 1}
-        return {"stage": self.stage_name, "recipe": self.recipe, "tokens": int(self.tokens_seen),
-                "objective": self.objective, "total_ut_steps": self.config.total_ut_steps,
-                "num_hidden_layers": self.config.num_hidden_layers, "rope_theta": self.config.rope_theta,
-                "metrics": metrics}
+            metrics = {
+                k: round(float(v), 6)
+                for k, v in self.trainer.callback_metrics.items()
+                if k.startswith("val/") and v.numel() == 1
+            }
+        return {
+            "stage": self.stage_name,
+            "recipe": self.recipe,
+            "tokens": int(self.tokens_seen),
+            "objective": self.objective,
+            "total_ut_steps": self.config.total_ut_steps,
+            "num_hidden_layers": self.config.num_hidden_layers,
+            "rope_theta": self.config.rope_theta,
+            "metrics": metrics,
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ouro"] = {"tokens_seen": int(self.tokens_seen), "config": asdict(self.config),
-                              "provenance": [*self.provenance, self.stage_record()],
-                              "previous_provenance": list(self.provenance),
-                              "tokenizer_path": self.tokenizer_path}
+        checkpoint["ouro"] = {
+            "tokens_seen": int(self.tokens_seen),
+            "config": asdict(self.config),
+            "provenance": [*self.provenance, self.stage_record()],
+            "previous_provenance": list(self.provenance),
+            "tokenizer_path": self.tokenizer_path,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("ouro", {})

@@ -24,8 +24,8 @@ from ouro.cross_entropy import cross_entropy_with_known_gradient, per_step_cross
 # ----------------------------------------------------------------------------------------- exit distribution
 def exit_log_distribution(gate_logits: torch.Tensor) -> torch.Tensor:
     """log p(t) over the last dimension (steps), computed stably from gate logits with log-sigmoids."""
-    log_exit = F.logsigmoid(gate_logits.float())         # log λ_t
-    log_stay = F.logsigmoid(-gate_logits.float())        # log (1 - λ_t)
+    log_exit = F.logsigmoid(gate_logits.float())  # log λ_t
+    log_stay = F.logsigmoid(-gate_logits.float())  # log (1 - λ_t)
     survive = torch.cumsum(log_stay, dim=-1) - log_stay  # Σ_{j<t} log(1 - λ_j)
     log_p = survive + log_exit
     return torch.cat([log_p[..., :-1], survive[..., -1:]], dim=-1)  # the last step takes what is left
@@ -52,10 +52,10 @@ class LoopLoss:
     """A loss with the statistics worth logging; all statistics are detached means over counted tokens."""
 
     loss: torch.Tensor
-    ce_per_step: torch.Tensor      # (steps,) mean cross-entropy of each step
-    exit_probs: torch.Tensor       # (steps,) mean p(t)
-    expected_step: torch.Tensor    # mean Σ_t t p(t), 1-based
-    entropy: torch.Tensor          # mean H(p)
+    ce_per_step: torch.Tensor  # (steps,) mean cross-entropy of each step
+    exit_probs: torch.Tensor  # (steps,) mean p(t)
+    expected_step: torch.Tensor  # mean Σ_t t p(t), 1-based
+    entropy: torch.Tensor  # mean H(p)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -70,9 +70,12 @@ def _stats(ce: torch.Tensor, log_p: torch.Tensor, mask: torch.Tensor) -> dict[st
     p = log_p.exp()
     steps = torch.arange(1, p.shape[-1] + 1, device=p.device, dtype=p.dtype)
     entropy = -(p * log_p).sum(-1)
-    return dict(ce_per_step=_masked_mean(ce, mask).detach(), exit_probs=_masked_mean(p, mask).detach(),
-                expected_step=_masked_mean((p * steps).sum(-1), mask).detach(),
-                entropy=_masked_mean(entropy, mask).detach())
+    return dict(
+        ce_per_step=_masked_mean(ce, mask).detach(),
+        exit_probs=_masked_mean(p, mask).detach(),
+        expected_step=_masked_mean((p * steps).sum(-1), mask).detach(),
+        entropy=_masked_mean(entropy, mask).detach(),
+    )
 
 
 def stage1_loss(ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Tensor, beta: float) -> LoopLoss:
@@ -88,9 +91,15 @@ def stage1_loss(ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Tensor,
     return LoopLoss(loss=_masked_mean(per_token, mask), **_stats(ce.detach(), log_p.detach(), mask))
 
 
-def stage1_loss_from_hidden(hidden_states: list[torch.Tensor], lm_head_weight: torch.Tensor, targets: torch.Tensor,
-                            gate_logits: torch.Tensor, mask: torch.Tensor, beta: float, chunk_size: int = 4096
-                            ) -> tuple[LoopLoss, torch.Tensor]:
+def stage1_loss_from_hidden(
+    hidden_states: list[torch.Tensor],
+    lm_head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    gate_logits: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    chunk_size: int = 4096,
+) -> tuple[LoopLoss, torch.Tensor]:
     """`stage1_loss` of the LM head's per-step cross-entropy, and that cross-entropy (tokens, steps).
 
     With gradients enabled, dL/dCE_t(i) = p(t | i) m_i / N is known before the cross-entropy (the gates come
@@ -103,14 +112,17 @@ def stage1_loss_from_hidden(hidden_states: list[torch.Tensor], lm_head_weight: t
         return stage1_loss(ce, gate_logits, mask, beta), ce
     weights = mask.float() / mask.sum().clamp(min=1)
     loss_grad = exit_distribution(gate_logits.detach()) * weights[:, None]
-    ce, carrier = cross_entropy_with_known_gradient(hidden_states, lm_head_weight, targets, loss_grad, chunk_size)
+    ce, carrier = cross_entropy_with_known_gradient(
+        hidden_states, lm_head_weight, targets, loss_grad, chunk_size
+    )
     result = stage1_loss(ce, gate_logits, mask, beta)
     result.loss = result.loss + carrier
     return result, ce
 
 
-def stage2_gate_loss(ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Tensor, k: float = 50.0,
-                     gamma: float = 0.005) -> LoopLoss:
+def stage2_gate_loss(
+    ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Tensor, k: float = 50.0, gamma: float = 0.005
+) -> LoopLoss:
     """Focused adaptive gate loss of Stage II; ``ce`` is detached here (only the gate learns).
 
     For t = 2..T: I(t) = max(0, L(t-1) - L(t)), w(t) = sigmoid(k (I(t) - γ)) and the binary cross-entropy
@@ -120,7 +132,7 @@ def stage2_gate_loss(ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Te
     steps = ce.shape[-1]
     if steps < 2:
         raise ValueError("Stage II gate training needs at least 2 recurrent steps")
-    improvement = (ce[:, :-1] - ce[:, 1:]).clamp(min=0)      # I(t), t = 2..T
+    improvement = (ce[:, :-1] - ce[:, 1:]).clamp(min=0)  # I(t), t = 2..T
     target_continue = torch.sigmoid(k * (improvement - gamma))  # w(t)
     z = gate_logits[:, 1:].float()
     bce = -(target_continue * F.logsigmoid(-z) + (1 - target_continue) * F.logsigmoid(z))
@@ -128,8 +140,9 @@ def stage2_gate_loss(ce: torch.Tensor, gate_logits: torch.Tensor, mask: torch.Te
     return LoopLoss(loss=loss, **_stats(ce, exit_log_distribution(gate_logits.detach()), mask))
 
 
-def q_exit_cross_entropy(ce: torch.Tensor, exit_probs: torch.Tensor, mask: torch.Tensor, threshold: float
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def q_exit_cross_entropy(
+    ce: torch.Tensor, exit_probs: torch.Tensor, mask: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy and mean 1-based depth when every token exits by Q-exit at ``threshold``."""
     steps = q_exit_steps(exit_probs, threshold)
     chosen = ce.gather(-1, steps[:, None]).squeeze(-1)

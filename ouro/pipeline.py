@@ -87,7 +87,9 @@ def load_pipeline(path: str | Path) -> list[Stage]:
             raise PipelineError(f"{where} needs a 'recipe' (a recipe path or a list of them)")
         unknown = set(entry) - {"name", "recipe", "init_from", "args"}
         if unknown:
-            raise PipelineError(f"{where}: unknown keys {sorted(unknown)}; allowed: name, recipe, init_from, args")
+            raise PipelineError(
+                f"{where}: unknown keys {sorted(unknown)}; allowed: name, recipe, init_from, args"
+            )
         recipes = entry["recipe"] if isinstance(entry["recipe"], list) else [entry["recipe"]]
         for recipe in recipes:
             if not Path(recipe).is_file():
@@ -95,20 +97,28 @@ def load_pipeline(path: str | Path) -> list[Stage]:
         recipe_dir = _recipe_value(recipes, "trainer.default_root_dir")
         name = entry.get("name") or (Path(recipe_dir).name if recipe_dir else Path(recipes[-1]).stem)
         if name in by_name:
-            raise PipelineError(f"{where}: stage name {name!r} is used twice; give one of them another 'name'")
+            raise PipelineError(
+                f"{where}: stage name {name!r} is used twice; give one of them another 'name'"
+            )
         if run_root:
             run_dir = f"{run_root}/{name}"
         elif recipe_dir:
             run_dir = recipe_dir
         else:
-            raise PipelineError(f"{where}: set trainer.default_root_dir in the recipe or run_root in the pipeline")
+            raise PipelineError(
+                f"{where}: set trainer.default_root_dir in the recipe or run_root in the pipeline"
+            )
         init_from = entry.get("init_from")
         if init_from in by_name:
             init_from = by_name[init_from].run_dir
         elif init_from is not None and not Path(init_from).exists() and "/" not in init_from:
-            raise PipelineError(f"{where}: init_from {init_from!r} names no earlier stage ({sorted(by_name)})")
+            raise PipelineError(
+                f"{where}: init_from {init_from!r} names no earlier stage ({sorted(by_name)})"
+            )
         args = [str(a) for a in entry.get("args", [])]
-        stage = Stage(name=name, recipes=[str(r) for r in recipes], run_dir=run_dir, init_from=init_from, args=args)
+        stage = Stage(
+            name=name, recipes=[str(r) for r in recipes], run_dir=run_dir, init_from=init_from, args=args
+        )
         stages.append(stage)
         by_name[name] = stage
     return stages
@@ -143,9 +153,18 @@ def pipeline(file: str, only: list[str] | None = None, dry_run: bool = False, re
         started = time.time()
         result = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if result.returncode != 0:
-            raise PipelineError(f"stage {stage.name} failed (exit {result.returncode}); fix it and rerun the "
-                                f"pipeline: finished stages are skipped and {stage.run_dir} resumes")
-        mark_complete(stage.run_dir, {"stage": stage.name, "recipes": stage.recipes, "init_from": stage.init_from,
-                                      "seconds": round(time.time() - started, 1)})
+            raise PipelineError(
+                f"stage {stage.name} failed (exit {result.returncode}); fix it and rerun the "
+                f"pipeline: finished stages are skipped and {stage.run_dir} resumes"
+            )
+        mark_complete(
+            stage.run_dir,
+            {
+                "stage": stage.name,
+                "recipes": stage.recipes,
+                "init_from": stage.init_from,
+                "seconds": round(time.time() - started, 1),
+            },
+        )
     if not dry_run:
         print("ouro pipeline: all stages complete", flush=True)

@@ -42,8 +42,9 @@ def read_metrics(files: list[Path]) -> list[dict[str, float]]:
 
 
 def _tokens_by_step(rows: list[dict[str, float]]) -> tuple[list[float], list[float]]:
-    pairs = sorted({(r["step"], r["train/tokens_seen"])
-                    for r in rows if "step" in r and "train/tokens_seen" in r})
+    pairs = sorted(
+        {(r["step"], r["train/tokens_seen"]) for r in rows if "step" in r and "train/tokens_seen" in r}
+    )
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -99,13 +100,17 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
         raise FileNotFoundError(f"run directory {run_dir!r} does not exist")
     files = find_metrics_files(root)
     if not files:
-        raise FileNotFoundError(f"no metrics.csv in {run_dir!r} or its version_* folders; train with the CSV "
-                                "logger (the default of `ouro fit`) or pass the folder that holds "
-                                "metrics.csv")
+        raise FileNotFoundError(
+            f"no metrics.csv in {run_dir!r} or its version_* folders; train with the CSV "
+            "logger (the default of `ouro fit`) or pass the folder that holds "
+            "metrics.csv"
+        )
     rows = read_metrics(files)
     if not any("train/tokens_seen" in r for r in rows):
-        raise ValueError(f"{files[-1]} has no train/tokens_seen column: no training step was logged yet "
-                         "(lower trainer.log_every_n_steps or train longer)")
+        raise ValueError(
+            f"{files[-1]} has no train/tokens_seen column: no training step was logged yet "
+            "(lower trainer.log_every_n_steps or train longer)"
+        )
     target = Path(out) if out is not None else root / "plots"
     target.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -131,9 +136,14 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
             fig, ax = axes(f"{split} cross-entropy per recurrent step", "cross-entropy")
             for key in keys:
                 xs, ys = series(rows, key)
-                ax.plot(xs, ys, label=f"step {key.rsplit('step', 1)[1]}",
-                        marker="o" if split == "val" else None,
-                        markersize=3, linewidth=1)
+                ax.plot(
+                    xs,
+                    ys,
+                    label=f"step {key.rsplit('step', 1)[1]}",
+                    marker="o" if split == "val" else None,
+                    markersize=3,
+                    linewidth=1,
+                )
             ax.legend()
             save(fig, f"{split}_loss_per_step.png")
 
@@ -143,8 +153,9 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
         curves = [series(rows, key) for key in keys]
         xs = curves[0][0]
         if all(c[0] == xs for c in curves):
-            ax.stackplot(xs, [c[1] for c in curves], labels=[f"step {i + 1}" for i in range(len(curves))],
-                         alpha=0.85)
+            ax.stackplot(
+                xs, [c[1] for c in curves], labels=[f"step {i + 1}" for i in range(len(curves))], alpha=0.85
+            )
             ax.set_ylim(0, 1)
         else:
             for i, (cx, cy) in enumerate(curves):
@@ -160,6 +171,5 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
         save(fig, "lr.png")
 
     if not written:
-        raise ValueError(f"{files[-1]} holds none of train/ce_step*, train/exit_prob_step*, val/ce_step*, "
-                         "lr")
+        raise ValueError(f"{files[-1]} holds none of train/ce_step*, train/exit_prob_step*, val/ce_step*, lr")
     return written

@@ -26,14 +26,22 @@ COMPLETE_MARKER = "stage_complete.json"
 
 def default_loggers(root: str | Path) -> list:
     """CSV (always readable by ``ouro plot``) and TensorBoard loggers under the run directory."""
-    return [CSVLogger(save_dir=str(root), name="logs"), TensorBoardLogger(save_dir=str(root), name="tensorboard")]
+    return [
+        CSVLogger(save_dir=str(root), name="logs"),
+        TensorBoardLogger(save_dir=str(root), name="tensorboard"),
+    ]
 
 
 def default_checkpoint(root: str | Path, every_n_train_steps: int | None = None) -> ModelCheckpoint:
     """``checkpoints/last.ckpt`` kept up to date (plus step-numbered files when an interval is set)."""
-    return ModelCheckpoint(dirpath=str(Path(root) / "checkpoints"), filename="step-{step:08d}", save_last=True,
-                           save_top_k=-1 if every_n_train_steps else 0, every_n_train_steps=every_n_train_steps,
-                           auto_insert_metric_name=False)
+    return ModelCheckpoint(
+        dirpath=str(Path(root) / "checkpoints"),
+        filename="step-{step:08d}",
+        save_last=True,
+        save_top_k=-1 if every_n_train_steps else 0,
+        every_n_train_steps=every_n_train_steps,
+        auto_insert_metric_name=False,
+    )
 
 
 class FinalCheckpoint(Callback):
@@ -44,7 +52,9 @@ class FinalCheckpoint(Callback):
             return
         if any(getattr(callback, "completed", False) for callback in trainer.callbacks):
             return  # TokenBudget already saved the final state
-        trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+        trainer.save_checkpoint(
+            Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", weights_only=False
+        )
 
 
 class RunConfigCallback(SaveConfigCallback):

@@ -20,7 +20,13 @@ from ouro.config import OuroConfig
 
 UpcycleMethod = Literal["stack", "interleave"]
 #: Config fields that must agree between a source and a stage for weights to transfer.
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
 
 
 class StageInitError(ValueError):
@@ -80,23 +86,33 @@ def load_source(source: str | Path, with_optimizer: bool = False) -> SourceWeigh
     path = Path(source).expanduser()
     if not path.exists() and not _looks_like_repo_id(str(source)):
         recipe = producing_recipe(source)
-        hint = (f"it is produced by {recipe}: run `ouro fit --config {recipe}` (or the pipeline that contains it) "
-                "first" if recipe else "point init_from at a run directory, a .ckpt file, an exported folder or a "
-                "Hub repo id")
+        hint = (
+            f"it is produced by {recipe}: run `ouro fit --config {recipe}` (or the pipeline that contains it) "
+            "first"
+            if recipe
+            else "point init_from at a run directory, a .ckpt file, an exported folder or a Hub repo id"
+        )
         raise StageInitError(f"init_from {str(source)!r} does not exist; {hint}")
     if path.is_dir() and not (path / "config.json").is_file() and find_checkpoint(path) is None:
-        raise StageInitError(f"init_from {str(source)!r} is a folder without checkpoints/*.ckpt or config.json: the "
-                             "stage that writes it has not saved a checkpoint yet; run or finish it first")
+        raise StageInitError(
+            f"init_from {str(source)!r} is a folder without checkpoints/*.ckpt or config.json: the "
+            "stage that writes it has not saved a checkpoint yet; run or finish it first"
+        )
     loaded = read_source(source)
     checkpoint = loaded.checkpoint or {}
     optimizer_states = checkpoint.get("optimizer_states") or []
     if with_optimizer and len(optimizer_states) > 1:
         rank_zero_warn(f"{loaded.path} holds {len(optimizer_states)} optimizers; only the first is taken")
-    return SourceWeights(config=loaded.config, state_dict=loaded.state_dict, path=loaded.path,
-                         optimizer_state=optimizer_states[0] if (with_optimizer and optimizer_states) else None,
-                         final_lr=final_lr_from_checkpoint(checkpoint) if checkpoint else None,
-                         tokens_seen=loaded.tokens_seen, provenance=loaded.provenance,
-                         tokenizer_path=loaded.tokenizer_path)
+    return SourceWeights(
+        config=loaded.config,
+        state_dict=loaded.state_dict,
+        path=loaded.path,
+        optimizer_state=optimizer_states[0] if (with_optimizer and optimizer_states) else None,
+        final_lr=final_lr_from_checkpoint(checkpoint) if checkpoint else None,
+        tokens_seen=loaded.tokens_seen,
+        provenance=loaded.provenance,
+        tokenizer_path=loaded.tokenizer_path,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- transforms
@@ -108,8 +124,10 @@ def upcycle_layer_map(source_layers: int, target_layers: int, method: UpcycleMet
     final norm that ends every source pass is skipped between the copies.
     """
     if target_layers % source_layers:
-        raise StageInitError(f"model.num_hidden_layers ({target_layers}) must be a multiple of the source's "
-                             f"{source_layers} layers to upcycle by duplication")
+        raise StageInitError(
+            f"model.num_hidden_layers ({target_layers}) must be a multiple of the source's "
+            f"{source_layers} layers to upcycle by duplication"
+        )
     factor = target_layers // source_layers
     if method == "stack":
         return [i % source_layers for i in range(target_layers)]
@@ -118,14 +136,17 @@ def upcycle_layer_map(source_layers: int, target_layers: int, method: UpcycleMet
     raise StageInitError(f"upcycle must be 'stack' or 'interleave', got {method!r}")
 
 
-def transfer_state(source: SourceWeights, target: OuroConfig, upcycle: UpcycleMethod = "stack"
-                   ) -> dict[str, torch.Tensor]:
+def transfer_state(
+    source: SourceWeights, target: OuroConfig, upcycle: UpcycleMethod = "stack"
+) -> dict[str, torch.Tensor]:
     """The source weights rearranged for ``target``'s layer count; shape fields must agree."""
     for name in SHAPE_FIELDS:
         ours, theirs = getattr(target, name), getattr(source.config, name)
         if ours != theirs:
-            raise StageInitError(f"model.{name} is {ours} but init_from {source.path} has {theirs}; weights cannot "
-                                 f"transfer — set model.{name}: {theirs} in the recipe")
+            raise StageInitError(
+                f"model.{name} is {ours} but init_from {source.path} has {theirs}; weights cannot "
+                f"transfer — set model.{name}: {theirs} in the recipe"
+            )
     layer_map = upcycle_layer_map(source.config.num_hidden_layers, target.num_hidden_layers, upcycle)
     state: dict[str, torch.Tensor] = {}
     pattern = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -138,7 +159,9 @@ def transfer_state(source: SourceWeights, target: OuroConfig, upcycle: UpcycleMe
             state[key] = value
     for new_index, old_index in enumerate(layer_map):
         for suffix, value in by_layer[old_index].items():
-            state[f"model.layers.{new_index}.{suffix}"] = value.clone() if layer_map.count(old_index) > 1 else value
+            state[f"model.layers.{new_index}.{suffix}"] = (
+                value.clone() if layer_map.count(old_index) > 1 else value
+            )
     return state
 
 

@@ -26,12 +26,20 @@ class OuroCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
-                            help="Also keep a numbered checkpoint every N optimizer steps (last.ckpt is always kept).")
-        parser.add_argument("--cpu_threads", type=int | None, default=None,
-                            help="Threads torch uses for CPU ops (default: torch's choice). Tiny CPU models run "
-                                 "much faster with 1, and far faster than with more when other processes share "
-                                 "the cores.")
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int | None,
+            default=None,
+            help="Also keep a numbered checkpoint every N optimizer steps (last.ckpt is always kept).",
+        )
+        parser.add_argument(
+            "--cpu_threads",
+            type=int | None,
+            default=None,
+            help="Threads torch uses for CPU ops (default: torch's choice). Tiny CPU models run "
+            "much faster with 1, and far faster than with more when other processes share "
+            "the cores.",
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         threads = self._get(self.config_init, "cpu_threads", default=None)
@@ -46,7 +54,10 @@ class OuroCLI(LightningCLI):
             config["logger"] = default_loggers(root)
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        if not any(isinstance(c, ModelCheckpoint) for c in callbacks) and config.get("enable_checkpointing") is not False:
+        if (
+            not any(isinstance(c, ModelCheckpoint) for c in callbacks)
+            and config.get("enable_checkpointing") is not False
+        ):
             every = self._get(self.config_init, "checkpoint_every_n_steps", default=None)
             callbacks.append(default_checkpoint(root, every))
         if config.get("enable_checkpointing") is not False:

@@ -44,15 +44,31 @@ data:
 
 def ouro(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
-    return subprocess.run([sys.executable, "-m", "ouro.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ouro.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_help_lists_every_subcommand(tmp_path):
     result = ouro("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("fit", "validate", "test", "predict", "prepare", "export", "push", "generate", "pipeline",
-                    "plot"):
+    for command in (
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "prepare",
+        "export",
+        "push",
+        "generate",
+        "pipeline",
+        "plot",
+    ):
         assert command in result.stdout
 
 
@@ -79,18 +95,30 @@ def test_fit_writes_run_dir_and_rerun_resumes(tmp_path):
 def test_config_composition_last_wins_and_print_config(tmp_path):
     (tmp_path / "r.yaml").write_text(RECIPE.format(steps=3, root="runs/toy"))
     (tmp_path / "more.yaml").write_text("model:\n  model:\n    total_ut_steps: 3\n  entropy_coef: 0.1\n")
-    result = ouro("fit", "--config", "r.yaml", "--config", "more.yaml", "--model.entropy_coef", "0.2",
-                  "--print_config", cwd=tmp_path)
+    result = ouro(
+        "fit",
+        "--config",
+        "r.yaml",
+        "--config",
+        "more.yaml",
+        "--model.entropy_coef",
+        "0.2",
+        "--print_config",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "total_ut_steps: 3" in result.stdout and "entropy_coef: 0.2" in result.stdout
 
 
-@pytest.mark.parametrize("override, field", [
-    (["--model.model.num_attention_heads", "5"], "num_attention_heads"),
-    (["--model.model.total_ut_steps", "0"], "total_ut_steps"),
-    (["--model.no_such_key", "1"], "no_such_key"),
-    (["--model.entropy_coef", "abc"], "entropy_coef"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        (["--model.model.num_attention_heads", "5"], "num_attention_heads"),
+        (["--model.model.total_ut_steps", "0"], "total_ut_steps"),
+        (["--model.no_such_key", "1"], "no_such_key"),
+        (["--model.entropy_coef", "abc"], "entropy_coef"),
+    ],
+)
 def test_bad_recipes_fail_before_training_naming_the_field(tmp_path, override, field):
     (tmp_path / "r.yaml").write_text(RECIPE.format(steps=3, root="runs/bad"))
     result = ouro("fit", "--config", "r.yaml", *override, cwd=tmp_path)
@@ -102,8 +130,7 @@ def test_bad_recipes_fail_before_training_naming_the_field(tmp_path, override, f
 def test_missing_init_from_is_a_clear_error(tmp_path):
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "warmup.yaml").write_text(RECIPE.format(steps=3, root="runs/warmup"))
-    (tmp_path / "stable.yaml").write_text(RECIPE.format(steps=3, root="runs/stable")
-                                          + "  \n")
+    (tmp_path / "stable.yaml").write_text(RECIPE.format(steps=3, root="runs/stable") + "  \n")
     result = ouro("fit", "--config", "stable.yaml", "--model.init_from", "runs/warmup", cwd=tmp_path)
     assert result.returncode == 2
     assert "recipes/warmup.yaml" in result.stderr and "Traceback" not in result.stderr

@@ -23,28 +23,38 @@ def test_preset_parameter_count_by_hand():
 
 def test_official_presets_fields():
     c = OuroConfig.preset("ouro-2.6b")
-    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.head_dim,
-            c.vocab_size, c.total_ut_steps) == (48, 2048, 5632, 16, 128, 49152, 4)
+    assert (
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_attention_heads,
+        c.head_dim,
+        c.vocab_size,
+        c.total_ut_steps,
+    ) == (48, 2048, 5632, 16, 128, 49152, 4)
     assert c.layer_types == ["full_attention"] * 48
 
 
-@pytest.mark.parametrize(("changes", "field"), [
-    (dict(num_attention_heads=5), "num_attention_heads"),
-    (dict(num_key_value_heads=3), "num_key_value_heads"),
-    (dict(total_ut_steps=0), "total_ut_steps"),
-    (dict(hidden_size=0), "hidden_size"),
-    (dict(vocab_size=-1), "vocab_size"),
-    (dict(num_hidden_layers=0), "num_hidden_layers"),
-    (dict(rms_norm_eps=0.0), "rms_norm_eps"),
-    (dict(rope_theta=-1.0), "rope_theta"),
-    (dict(early_exit_threshold=1.5), "early_exit_threshold"),
-    (dict(hidden_act="gelu"), "hidden_act"),
-    (dict(tie_word_embeddings=True), "tie_word_embeddings"),
-    (dict(use_sliding_window=True), "use_sliding_window"),
-    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling"),
-    (dict(layer_types=["sliding_attention", "full_attention"]), "layer_types"),
-    (dict(attention_dropout=1.0), "attention_dropout"),
-])
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        (dict(num_attention_heads=5), "num_attention_heads"),
+        (dict(num_key_value_heads=3), "num_key_value_heads"),
+        (dict(total_ut_steps=0), "total_ut_steps"),
+        (dict(hidden_size=0), "hidden_size"),
+        (dict(vocab_size=-1), "vocab_size"),
+        (dict(num_hidden_layers=0), "num_hidden_layers"),
+        (dict(rms_norm_eps=0.0), "rms_norm_eps"),
+        (dict(rope_theta=-1.0), "rope_theta"),
+        (dict(early_exit_threshold=1.5), "early_exit_threshold"),
+        (dict(hidden_act="gelu"), "hidden_act"),
+        (dict(tie_word_embeddings=True), "tie_word_embeddings"),
+        (dict(use_sliding_window=True), "use_sliding_window"),
+        (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling"),
+        (dict(layer_types=["sliding_attention", "full_attention"]), "layer_types"),
+        (dict(attention_dropout=1.0), "attention_dropout"),
+    ],
+)
 def test_invalid_values_name_the_field(changes, field):
     with pytest.raises(ConfigError, match=field):
         OuroConfig.preset("tiny", **changes)
@@ -89,7 +99,10 @@ def test_unknown_keys_survive_round_trip(tmp_path):
     data["transformers_version"] = "4.55.0"
     data["some_future_field"] = [1, 2]
     c = OuroConfig.from_dict(data)
-    assert c.extra == {"transformers_version": "4.55.0", "some_future_field": [1, 2]}  # torch_dtype is derived
+    assert c.extra == {
+        "transformers_version": "4.55.0",
+        "some_future_field": [1, 2],
+    }  # torch_dtype is derived
     assert OuroConfig.load(c.save(tmp_path)) == c
     c.save(tmp_path)
     again = json.loads((tmp_path / "config.json").read_text())

@@ -53,6 +53,11 @@ def test_builtin_tokenizer_and_shards(small_cache):
     assert train_names and names(corpus / "val.jsonl") and not train_names & names(corpus / "val.jsonl")
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape == (2, 64) and int(batch["input_ids"].max()) < tokenizer.get_vocab_size()
-    stamps = lambda: [p.stat().st_mtime_ns for p in (Path(dm.tokenizer_path), *builtin.ensure_builtin_corpus().values())]  # noqa: E731
+
+    def stamps():
+        return [
+            p.stat().st_mtime_ns for p in (Path(dm.tokenizer_path), *builtin.ensure_builtin_corpus().values())
+        ]
+
     first = stamps()
     assert stamps() == first, "second use rebuilds nothing"

@@ -64,8 +64,13 @@ def test_round_trip_all_formats_multi_worker(tmp_path, tokenizer_file):
         handle.write("".join(json.dumps({"body": t}) + "\n" for t in texts[5:8]))
     pq.write_table(pa.table({"body": texts[8:], "n": list(range(4))}), tmp_path / "d.parquet")
     out = tmp_path / "shards"
-    manifest = prepare([str(tmp_path / "in"), str(tmp_path / "*.jsonl.gz"), str(tmp_path / "d.parquet")], str(out),
-                       tokenizer=str(tokenizer_file), text_field="body", num_workers=2)
+    manifest = prepare(
+        [str(tmp_path / "in"), str(tmp_path / "*.jsonl.gz"), str(tmp_path / "d.parquet")],
+        str(out),
+        tokenizer=str(tokenizer_file),
+        text_field="body",
+        num_workers=2,
+    )
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokens = read_stream(out)
     docs = split_docs(tokens, tokenizer.token_to_id("<|endoftext|>"))
@@ -138,8 +143,19 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     return cases
 
 
-@pytest.mark.parametrize("case", ["txt_bytes", "jsonl_bytes", "missing_field", "not_text", "corrupt_parquet",
-                                  "parquet_column", "parquet_null", "corrupt_gzip"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "txt_bytes",
+        "jsonl_bytes",
+        "missing_field",
+        "not_text",
+        "corrupt_parquet",
+        "parquet_column",
+        "parquet_null",
+        "corrupt_gzip",
+    ],
+)
 def test_bad_input_names_file_and_line_or_skips(tmp_path, tokenizer_file, case):
     path, message = _bad_inputs(tmp_path)[case]
     good = tmp_path / "good.txt"
@@ -148,8 +164,13 @@ def test_bad_input_names_file_and_line_or_skips(tmp_path, tokenizer_file, case):
         prepare([str(good), str(path)], str(tmp_path / "out"), tokenizer=str(tokenizer_file), num_workers=1)
     assert "--skip_bad" in str(info.value)
     assert not (tmp_path / "out").exists()
-    manifest = prepare([str(good), str(path)], str(tmp_path / "out"), tokenizer=str(tokenizer_file),
-                       num_workers=1, skip_bad=True)
+    manifest = prepare(
+        [str(good), str(path)],
+        str(tmp_path / "out"),
+        tokenizer=str(tokenizer_file),
+        num_workers=1,
+        skip_bad=True,
+    )
     assert manifest.skipped == 1
     assert manifest.documents >= 1
 

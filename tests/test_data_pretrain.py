@@ -55,8 +55,9 @@ def _reference_doc_ids(row: list[int], eos: int) -> list[int]:
 
 
 def test_batches_follow_the_contract(shards):
-    dm = PretrainDataModule(sources=[str(shards["big"])], val_source=str(shards["val"]), seq_len=48,
-                            batch_size=3, num_workers=0)
+    dm = PretrainDataModule(
+        sources=[str(shards["big"])], val_source=str(shards["val"]), seq_len=48, batch_size=3, num_workers=0
+    )
     dm.setup("fit")
     assert dm.tokenizer_path == str(shards["big"] / "tokenizer.json")
     batch = next(iter(dm.train_dataloader()))
@@ -75,8 +76,15 @@ def test_batches_follow_the_contract(shards):
 def test_same_shards_serve_every_sequence_length(shards):
     streams = []
     for seq_len in (15, 63):
-        dm = PretrainDataModule(sources=[str(shards["small"])], val_source=None, seq_len=seq_len, batch_size=1,
-                                num_workers=0, shuffle=False, doc_masking=False)
+        dm = PretrainDataModule(
+            sources=[str(shards["small"])],
+            val_source=None,
+            seq_len=seq_len,
+            batch_size=1,
+            num_workers=0,
+            shuffle=False,
+            doc_masking=False,
+        )
         dm.setup("fit")
         blocks = [torch.cat([b["input_ids"][0], b["labels"][0][-1:]]) for b in dm.train_dataloader()]
         assert all(len(b) == seq_len + 1 for b in blocks)
@@ -96,8 +104,15 @@ def test_blocks_to_batch_without_doc_masking():
 
 
 def test_mixture_proportions_and_exhaustion_warning(shards):
-    dm = PretrainDataModule(sources=[str(shards["big"]), str(shards["small"])], weights=[3.0, 1.0], val_source=None,
-                            seq_len=8, batch_size=4, num_workers=0, seed=3)
+    dm = PretrainDataModule(
+        sources=[str(shards["big"]), str(shards["small"])],
+        weights=[3.0, 1.0],
+        val_source=None,
+        seq_len=8,
+        batch_size=4,
+        num_workers=0,
+        seed=3,
+    )
     dm.setup("fit")
     counts = torch.zeros(2)
     for i, batch in enumerate(dm.train_dataloader()):
@@ -108,8 +123,13 @@ def test_mixture_proportions_and_exhaustion_warning(shards):
     assert counts.sum() == 800
     assert abs(share - 0.75) < 4 * (0.75 * 0.25 / 800) ** 0.5
     with pytest.warns(UserWarning, match="runs out after"):
-        PretrainDataModule(sources=[str(shards["big"]), str(shards["small"])], weights=[1.0, 9.0], val_source=None,
-                           seq_len=8, num_workers=0).setup("fit")
+        PretrainDataModule(
+            sources=[str(shards["big"]), str(shards["small"])],
+            weights=[1.0, 9.0],
+            val_source=None,
+            seq_len=8,
+            num_workers=0,
+        ).setup("fit")
 
 
 class _Recorder(L.Callback):
@@ -126,11 +146,23 @@ def _fit(shards, data_kwargs, max_steps, root, ckpt_path=None, save_every=None):
     recorder = _Recorder()
     callbacks = [recorder]
     if save_every:
-        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=save_every,
-                                                             save_top_k=-1, filename="{step}"))
-    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=bool(save_every),
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=root)
+        callbacks.append(
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=root, every_n_train_steps=save_every, save_top_k=-1, filename="{step}"
+            )
+        )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=bool(save_every),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        default_root_dir=root,
+    )
     dm = PretrainDataModule(**data_kwargs)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return recorder.batches, dm
@@ -139,12 +171,21 @@ def _fit(shards, data_kwargs, max_steps, root, ckpt_path=None, save_every=None):
 @pytest.mark.parametrize("mixture,workers", [(False, 0), (False, 1), (True, 1), (True, 2)])
 def test_resume_mid_epoch_sees_the_same_batches(shards, tmp_path, mixture, workers):
     sources = [str(shards["big"]), str(shards["small"])] if mixture else [str(shards["big"])]
-    data = dict(sources=sources, weights=[0.5, 0.5] if mixture else None, val_source=None, seq_len=16,
-                batch_size=2, num_workers=workers, seed=7)
+    data = dict(
+        sources=sources,
+        weights=[0.5, 0.5] if mixture else None,
+        val_source=None,
+        seq_len=16,
+        batch_size=2,
+        num_workers=workers,
+        seed=7,
+    )
     n, k = 7, 3
     full, full_dm = _fit(shards, data, n, tmp_path, save_every=k)
     assert len(full) == n
-    resumed, resumed_dm = _fit(shards, data, n, tmp_path / "resumed", ckpt_path=str(tmp_path / f"step={k}.ckpt"))
+    resumed, resumed_dm = _fit(
+        shards, data, n, tmp_path / "resumed", ckpt_path=str(tmp_path / f"step={k}.ckpt")
+    )
     assert len(resumed) == n - k
     for a, b in zip(full[k:], resumed):
         assert torch.equal(a, b)
@@ -158,18 +199,38 @@ def test_manifest_mismatch_is_refused(shards, tmp_path):
     vocab = _vocab(shards)
     for model_vocab, message in ((vocab - 10, "would overflow"), (vocab + 512, "the tokenizers differ")):
         model = OuroLM(model=OuroConfig.preset("tiny", vocab_size=model_vocab))
-        trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
         dm = PretrainDataModule(sources=[str(shards["big"])], val_source=None, seq_len=8, num_workers=0)
         with pytest.raises(DataError, match=message) as info:
             trainer.fit(model, datamodule=dm)
-        assert f"vocab_size is {model_vocab}" in str(info.value) or f"vocab_size {model_vocab}" in str(info.value)
+        assert f"vocab_size is {model_vocab}" in str(info.value) or f"vocab_size {model_vocab}" in str(
+            info.value
+        )
     model = OuroLM(model=OuroConfig.preset("tiny", vocab_size=vocab, eos_token_id=5))
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(DataError, match="eos_token_id 5"):
-        trainer.fit(model, datamodule=PretrainDataModule(sources=[str(shards["big"])], val_source=None, seq_len=8,
-                                                         num_workers=0))
+        trainer.fit(
+            model,
+            datamodule=PretrainDataModule(
+                sources=[str(shards["big"])], val_source=None, seq_len=8, num_workers=0
+            ),
+        )
 
 
 def test_missing_source_says_how_to_make_it(tmp_path):
@@ -180,8 +241,14 @@ def test_missing_source_says_how_to_make_it(tmp_path):
 
 def test_resume_across_epoch_boundaries(shards, tmp_path):
     tokens = json.loads((shards["val"] / "manifest.json").read_text())["tokens"]
-    data = dict(sources=[str(shards["val"])], val_source=None, seq_len=tokens // 7 - 1, batch_size=2, num_workers=1,
-                seed=5)
+    data = dict(
+        sources=[str(shards["val"])],
+        val_source=None,
+        seq_len=tokens // 7 - 1,
+        batch_size=2,
+        num_workers=1,
+        seed=5,
+    )
     dm = PretrainDataModule(**data)
     dm.setup("fit")
     per_epoch = len(dm.train_dataloader())

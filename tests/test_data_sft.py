@@ -15,11 +15,16 @@ from ouro.data.sft import SFTDataModule
 
 
 def _conversation(i: int) -> dict:
-    messages = [{"role": "user", "content": f"what is {i} plus {i}?"},
-                {"role": "assistant", "content": f"<think>\n{i} and {i} make {2 * i}\n</think>\nit is {2 * i}"}]
+    messages = [
+        {"role": "user", "content": f"what is {i} plus {i}?"},
+        {"role": "assistant", "content": f"<think>\n{i} and {i} make {2 * i}\n</think>\nit is {2 * i}"},
+    ]
     if i % 2:
         messages.insert(0, {"role": "system", "content": "you answer briefly"})
-        messages += [{"role": "user", "content": "thanks"}, {"role": "assistant", "content": "you are welcome"}]
+        messages += [
+            {"role": "user", "content": "thanks"},
+            {"role": "assistant", "content": "you are welcome"},
+        ]
     return {"messages": messages}
 
 
@@ -44,8 +49,15 @@ def test_assistant_only_labels_and_conversation_boundaries(tmp_path, tokenizer_f
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     conversations = [_conversation(i) for i in range(20)]
     out = tmp_path / "sft"
-    manifest = prepare([str(_write(tmp_path / "chat.jsonl", conversations))], str(out), tokenizer=str(tokenizer_file),
-                       format="sft", seq_len=127, num_workers=1, chunk_tokens=512)
+    manifest = prepare(
+        [str(_write(tmp_path / "chat.jsonl", conversations))],
+        str(out),
+        tokenizer=str(tokenizer_file),
+        format="sft",
+        seq_len=127,
+        num_workers=1,
+        chunk_tokens=512,
+    )
     assert manifest.format == "sft" and manifest.block_size == 128 and manifest.documents == 20
     dm = SFTDataModule(sources=[str(out)], num_workers=0, batch_size=1, shuffle=False)
     dm.setup("fit")
@@ -62,8 +74,9 @@ def test_assistant_only_labels_and_conversation_boundaries(tmp_path, tokenizer_f
         trained_text.append(tokenizer.decode(kept.tolist(), skip_special_tokens=False))
         seen += int((ids == im_start).sum())
     # Independent reference: the labelled tokens spell exactly the assistant turns, each closed by <|im_end|>.
-    reference = "".join(m["content"] + "<|im_end|>" for c in conversations for m in c["messages"]
-                        if m["role"] == "assistant")
+    reference = "".join(
+        m["content"] + "<|im_end|>" for c in conversations for m in c["messages"] if m["role"] == "assistant"
+    )
     assert "".join(trained_text) == reference
     assert "plus" not in "".join(trained_text) and "briefly" not in "".join(trained_text)
     assert seen == sum(len(c["messages"]) for c in conversations)
@@ -72,8 +85,14 @@ def test_assistant_only_labels_and_conversation_boundaries(tmp_path, tokenizer_f
 def test_truncation_and_seq_len_mismatch(tmp_path, tokenizer_file):
     long = {"messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": "word " * 300}]}
     out = tmp_path / "sft"
-    manifest = prepare([str(_write(tmp_path / "c.jsonl", [long, _conversation(2)]))], str(out),
-                       tokenizer=str(tokenizer_file), format="sft", seq_len=63, num_workers=1)
+    manifest = prepare(
+        [str(_write(tmp_path / "c.jsonl", [long, _conversation(2)]))],
+        str(out),
+        tokenizer=str(tokenizer_file),
+        format="sft",
+        seq_len=63,
+        num_workers=1,
+    )
     assert manifest.truncated == 1 and manifest.documents == 2
     dm = SFTDataModule(sources=[str(out)], seq_len=127, num_workers=0)
     with pytest.raises(DataError, match="packed for seq_len 63"):
@@ -86,21 +105,33 @@ def test_truncation_and_seq_len_mismatch(tmp_path, tokenizer_file):
     assert first["labels"][0, -2] != -100 and first["labels"][0, -1] == -100
 
 
-@pytest.mark.parametrize("row,message", [
-    ({"messages": "hello"}, "must be a non-empty list"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant message"),
-    ({"messages": [{"role": "robot", "content": "hi"}]}, "needs a role"),
-    ({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, "has no text 'content'"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>a"}]}, "unbalanced"),
-    ({"conversation": []}, "no field 'messages'"),
-    ("{broken", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"messages": "hello"}, "must be a non-empty list"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant message"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "needs a role"),
+        ({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, "has no text 'content'"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>a"}]},
+            "unbalanced",
+        ),
+        ({"conversation": []}, "no field 'messages'"),
+        ("{broken", "not valid JSON"),
+    ],
+)
 def test_malformed_conversation_names_the_line_or_is_skipped(tmp_path, tokenizer_file, row, message):
     path = _write(tmp_path / "chat.jsonl", [_conversation(1), row, _conversation(2)])
     with pytest.raises(DataError, match=rf"chat.jsonl:2: .*{message}"):
         prepare([str(path)], str(tmp_path / "out"), tokenizer=str(tokenizer_file), format="sft", seq_len=127)
-    manifest = prepare([str(path)], str(tmp_path / "out"), tokenizer=str(tokenizer_file), format="sft", seq_len=127,
-                       skip_bad=True)
+    manifest = prepare(
+        [str(path)],
+        str(tmp_path / "out"),
+        tokenizer=str(tokenizer_file),
+        format="sft",
+        seq_len=127,
+        skip_bad=True,
+    )
     assert manifest.skipped == 1 and manifest.documents == 2
 
 
@@ -108,7 +139,12 @@ def test_pretrain_module_refuses_sft_shards(tmp_path, tokenizer_file):
     from ouro.data.pretrain import PretrainDataModule
 
     out = tmp_path / "sft"
-    prepare([str(_write(tmp_path / "c.jsonl", [_conversation(1)]))], str(out), tokenizer=str(tokenizer_file),
-            format="sft", seq_len=31)
+    prepare(
+        [str(_write(tmp_path / "c.jsonl", [_conversation(1)]))],
+        str(out),
+        tokenizer=str(tokenizer_file),
+        format="sft",
+        seq_len=31,
+    )
     with pytest.raises(DataError, match="holds 'sft' shards"):
         PretrainDataModule(sources=[str(out)], val_source=None).setup("fit")

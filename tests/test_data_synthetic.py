@@ -54,7 +54,10 @@ def test_write_jsonl_text_and_chat(tmp_path):
     examples = make_examples(3, 2)
     text = [json.loads(line) for line in write_jsonl(tmp_path / "t.jsonl", examples).read_text().splitlines()]
     assert text[0]["text"] == examples[0].prompt + examples[0].answer
-    chat = [json.loads(line) for line in write_jsonl(tmp_path / "c.jsonl", examples, "chat").read_text().splitlines()]
+    chat = [
+        json.loads(line)
+        for line in write_jsonl(tmp_path / "c.jsonl", examples, "chat").read_text().splitlines()
+    ]
     assert chat[1]["messages"][1] == {"role": "assistant", "content": examples[1].answer.strip()}
 
 
@@ -69,11 +72,20 @@ def _greedy(model, prompt: list[int], n: int, step: int) -> list[int]:
 
 def test_exact_match_per_step_equals_greedy_decoding(tmp_path):
     examples = make_examples(12, (1, 3), seed=0)
-    tokenizer = train_tokenizer([write_jsonl(tmp_path / "c.jsonl", make_examples(200, (1, 3)))], vocab_size=300)
+    tokenizer = train_tokenizer(
+        [write_jsonl(tmp_path / "c.jsonl", make_examples(200, (1, 3)))], vocab_size=300
+    )
     torch.manual_seed(0)
-    model = OuroForCausalLM(OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size(), total_ut_steps=3)).eval()
-    encoded = [(tokenizer.encode(e.prompt, add_special_tokens=False).ids,
-                tokenizer.encode(e.answer, add_special_tokens=False).ids) for e in examples]
+    model = OuroForCausalLM(
+        OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size(), total_ut_steps=3)
+    ).eval()
+    encoded = [
+        (
+            tokenizer.encode(e.prompt, add_special_tokens=False).ids,
+            tokenizer.encode(e.answer, add_special_tokens=False).ids,
+        )
+        for e in examples
+    ]
     # Half the answers become what the model itself generates at step 1: the metric must count those as right.
     encoded = [(p, _greedy(model, p, len(a) + 1, 1) if i % 2 == 0 else a) for i, (p, a) in enumerate(encoded)]
     scores = exact_match_ids(model, encoded, batch_size=5)
@@ -83,5 +95,12 @@ def test_exact_match_per_step_equals_greedy_decoding(tmp_path):
         assert scores[step] == pytest.approx(expected)
     # The text entry point tokenizes prompt and answer separately, as above.
     assert exact_match_per_step(model, tokenizer, examples) == exact_match_ids(
-        model, [(tokenizer.encode(e.prompt, add_special_tokens=False).ids,
-                 tokenizer.encode(e.answer, add_special_tokens=False).ids) for e in examples])
+        model,
+        [
+            (
+                tokenizer.encode(e.prompt, add_special_tokens=False).ids,
+                tokenizer.encode(e.answer, add_special_tokens=False).ids,
+            )
+            for e in examples
+        ],
+    )

@@ -66,7 +66,7 @@ class _RankSampler(Sampler):
         return len(self.rows)
 
     def __iter__(self):
-        rows, self.skip = self.rows[self.skip:], 0
+        rows, self.skip = self.rows[self.skip :], 0
         return iter(rows)
 
 
@@ -74,8 +74,9 @@ class FixedTokens(L.LightningDataModule):
     """Deterministic in-memory token blocks, ``global_batch x steps_per_epoch`` per epoch, split over ranks like
     a streaming loader (no shuffling), resuming at the batch where the checkpoint was taken."""
 
-    def __init__(self, vocab_size: int, seq_len: int, global_batch: int, steps_per_epoch: int, seed: int = 7
-                 ) -> None:
+    def __init__(
+        self, vocab_size: int, seq_len: int, global_batch: int, steps_per_epoch: int, seed: int = 7
+    ) -> None:
         super().__init__()
         self.vocab_size, self.seq_len, self.global_batch = vocab_size, seq_len, global_batch
         self.steps_per_epoch, self.seed = steps_per_epoch, seed
@@ -84,7 +85,9 @@ class FixedTokens(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         count = self.global_batch * self.steps_per_epoch
         starts = torch.randint(0, self.vocab_size, (count, 1), generator=generator)
-        tokens = (starts + torch.arange(self.seq_len + 1)) % self.vocab_size  # counting: learnable in a few steps
+        tokens = (
+            starts + torch.arange(self.seq_len + 1)
+        ) % self.vocab_size  # counting: learnable in a few steps
         world, micro = self.trainer.world_size, self.global_batch // self.trainer.world_size
         # Batches already trained on in this epoch (> 0 after a mid-epoch resume; "completed" lags by one there).
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -103,20 +106,37 @@ class LossRecorder(L.Callback):
         from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
         # Elements this rank's optimiser decays (sharded strategies: its shard; summed over ranks by the test).
-        decayed = sum((p.to_local() if hasattr(p, "to_local") else p).numel()
-                      for group in trainer.optimizers[0].param_groups if group["weight_decay"] > 0
-                      for p in group["params"])
-        units = sum(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in trainer.strategy.model.modules())
-        self.rows.append(dict(step=trainer.global_step, loss=float(outputs["loss"]),
-                              tokens_seen=int(pl_module.tokens_seen), decayed_numel=decayed, fsdp_units=units))
+        decayed = sum(
+            (p.to_local() if hasattr(p, "to_local") else p).numel()
+            for group in trainer.optimizers[0].param_groups
+            if group["weight_decay"] > 0
+            for p in group["params"]
+        )
+        units = sum(
+            isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in trainer.strategy.model.modules()
+        )
+        self.rows.append(
+            dict(
+                step=trainer.global_step,
+                loss=float(outputs["loss"]),
+                tokens_seen=int(pl_module.tokens_seen),
+                decayed_numel=decayed,
+                fsdp_units=units,
+            )
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.rows))
         # Sharded strategies' state_dict() is a collective with sharded values: compare replicated weights only.
-        if trainer.global_rank == 0 and type(trainer.strategy).__name__ in ("DDPStrategy", "SingleDeviceStrategy"):
-            torch.save({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()},
-                       self.out_dir / "weights.pt")
+        if trainer.global_rank == 0 and type(trainer.strategy).__name__ in (
+            "DDPStrategy",
+            "SingleDeviceStrategy",
+        ):
+            torch.save(
+                {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()},
+                self.out_dir / "weights.pt",
+            )
 
 
 def _recipe(tmp: Path, name: str, world: int, ckpt_dir: Path, strategy: str | dict = "ddp") -> Path:
@@ -125,20 +145,38 @@ def _recipe(tmp: Path, name: str, world: int, ckpt_dir: Path, strategy: str | di
     recipe = {
         "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu", "devices": world, "num_nodes": 1, "strategy": strategy if world > 1 else "auto",
-            "max_steps": MAX_STEPS, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+            "accelerator": "cpu",
+            "devices": world,
+            "num_nodes": 1,
+            "strategy": strategy if world > 1 else "auto",
+            "max_steps": MAX_STEPS,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
             "default_root_dir": str(tmp / name),
             "use_distributed_sampler": False,  # the data module splits rows over ranks itself, as litdata does
             "callbacks": [
                 {"class_path": "test_distributed.LossRecorder", "init_args": {"out_dir": str(tmp / name)}},
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": str(ckpt_dir), "every_n_train_steps": RESUME_AT, "save_top_k": -1}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(ckpt_dir),
+                        "every_n_train_steps": RESUME_AT,
+                        "save_top_k": -1,
+                    },
+                },
             ],
         },
         "model": {"model": model, "optimizer": {"lr": 3e-3}},
-        "data": {"class_path": "test_distributed.FixedTokens",
-                 "init_args": {"vocab_size": model["vocab_size"], "seq_len": SEQ, "global_batch": GLOBAL_BATCH,
-                               "steps_per_epoch": MAX_STEPS + 1}},
+        "data": {
+            "class_path": "test_distributed.FixedTokens",
+            "init_args": {
+                "vocab_size": model["vocab_size"],
+                "seq_len": SEQ,
+                "global_batch": GLOBAL_BATCH,
+                "steps_per_epoch": MAX_STEPS + 1,
+            },
+        },
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -147,10 +185,21 @@ def _recipe(tmp: Path, name: str, world: int, ckpt_dir: Path, strategy: str | di
 
 def _torchrun(args: list[str], nproc: int) -> None:
     """``torchrun -m test_distributed ARGS``: `ouro.cli.main` (the `ouro` command), see the ``__main__`` block."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={_free_port()}", "-m", "test_distributed", *args]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={_free_port()}",
+        "-m",
+        "test_distributed",
+        *args,
+    ]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
@@ -206,14 +255,19 @@ def test_ddp_two_processes_match_one_process_and_resume(tmp_path: Path, single_r
 @pytest.mark.parametrize("strategy", ["OuroFSDPStrategy", "OuroFSDP2Strategy"])
 def test_lightning_fsdp_strategies_on_cpu(tmp_path: Path, single_run, strategy: str) -> None:
     """The FSDP strategies through `ouro fit` (2 processes, gloo): the 1-process curve, sharded checkpoints."""
-    init_args = {"sharding_strategy": "SHARD_GRAD_OP"} if strategy == "OuroFSDPStrategy" else {"param_dtype": None}
+    init_args = (
+        {"sharding_strategy": "SHARD_GRAD_OP"} if strategy == "OuroFSDPStrategy" else {"param_dtype": None}
+    )
     spec = {"class_path": f"ouro.distributed.{strategy}", "init_args": init_args}
     _torchrun(["fit", "--config", str(_recipe(tmp_path, "fsdp", 2, tmp_path / "ckpt", spec))], nproc=2)
     losses, tokens = _world_losses(tmp_path / "fsdp", 2)
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(single_run[0]), rtol=1e-4, atol=1e-5)
     assert tokens == single_run[1]
     sharded = tmp_path / "ckpt" / f"epoch=0-step={RESUME_AT}.ckpt"
-    assert sharded.is_dir() and sorted(p.name for p in sharded.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert sharded.is_dir() and sorted(p.name for p in sharded.glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
     # The next stage (init_from) and `ouro export` read a sharded checkpoint folder as one full model.
     from ouro.hub.load import read_source
 
@@ -223,7 +277,9 @@ def test_lightning_fsdp_strategies_on_cpu(tmp_path: Path, single_run, strategy: 
     assert all(loaded.state_dict[k].shape == v.shape for k, v in reference.items())
     assert loaded.tokens_seen == single_run[1][RESUME_AT - 1]
     firsts = [json.loads((tmp_path / "fsdp" / f"rank{r}.json").read_text())[0] for r in range(2)]
-    assert firsts[0]["fsdp_units"] == OuroConfig.preset("tiny").num_hidden_layers + 1  # each DecoderLayer + root
+    assert (
+        firsts[0]["fsdp_units"] == OuroConfig.preset("tiny").num_hidden_layers + 1
+    )  # each DecoderLayer + root
     decayed = sum(first["decayed_numel"] for first in firsts)
     assert decayed == single_run[3]  # weight decay picks the same parameters when FSDP flattens them
 
@@ -266,7 +322,9 @@ def _fsdp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     data = torch.randint(0, config.vocab_size, (2 * world, 17), generator=torch.Generator().manual_seed(3))
     torch.manual_seed(0)
     reference = OuroForCausalLM(config)
-    _loss(reference, reference, data).backward()  # the mean over the whole batch = the mean of the ranks' means
+    _loss(
+        reference, reference, data
+    ).backward()  # the mean over the whole batch = the mean of the ranks' means
     results = {}
     for mode in [f"{m}:{c}" for m in MODES for c in ("plain", "checkpointed")]:
         kind, option, recompute = mode.split(":")
@@ -274,14 +332,18 @@ def _fsdp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         net = OuroForCausalLM(config)
         net.set_activation_checkpointing(recompute == "checkpointed")
         if kind == "fsdp1":
-            model = FSDP(_WithLoss(net), auto_wrap_policy=ModuleWrapPolicy(wrap_policy()),
-                         sharding_strategy=ShardingStrategy[option], device_id=torch.device("cpu"),
-                         use_orig_params=True)
+            model = FSDP(
+                _WithLoss(net),
+                auto_wrap_policy=ModuleWrapPolicy(wrap_policy()),
+                sharding_strategy=ShardingStrategy[option],
+                device_id=torch.device("cpu"),
+                use_orig_params=True,
+            )
             step = model
         else:  # FSDP2 hooks the network's forward; the LM head is read after it, as in OuroLM.training_step
             apply_fsdp2(net, reshard_after_forward=option == "reshard")
             step = functools.partial(_loss, net, net)
-        mine = data[rank * 2:(rank + 1) * 2]
+        mine = data[rank * 2 : (rank + 1) * 2]
         counts_per_step = []
         for _ in range(2):  # the second step shows the steady state (no lazy-init gathers)
             for p in net.parameters():
@@ -291,11 +353,15 @@ def _fsdp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             counts_per_step.append(all_gathers(counts))
         if kind == "fsdp1":
             with FSDP.summon_full_params(model, with_grads=True):
-                grads = {n.replace("_fsdp_wrapped_module.", ""): p.grad.clone() for n, p in net.named_parameters()}
+                grads = {
+                    n.replace("_fsdp_wrapped_module.", ""): p.grad.clone() for n, p in net.named_parameters()
+                }
         else:
             grads = {n: p.grad.full_tensor() for n, p in net.named_parameters()}
-        error = max(float((grads[n] - p.grad).abs().max() / p.grad.abs().max())
-                    for n, p in reference.named_parameters())
+        error = max(
+            float((grads[n] - p.grad).abs().max() / p.grad.abs().max())
+            for n, p in reference.named_parameters()
+        )
         results[mode] = dict(all_gathers=counts_per_step, grad_error=error)
         dist.barrier()
     Path(out_dir, f"fsdp{rank}.json").write_text(json.dumps(results))
@@ -328,20 +394,27 @@ def test_fsdp_strategy_defaults_and_precision() -> None:
 
     from ouro.model.looped import DecoderLayer
 
-    strategy = OuroFSDPStrategy(auto_wrap_policy=None, precision_plugin=None)  # None: as LightningCLI passes it
+    strategy = OuroFSDPStrategy(
+        auto_wrap_policy=None, precision_plugin=None
+    )  # None: as LightningCLI passes it
     assert strategy.sharding_strategy == ShardingStrategy.SHARD_GRAD_OP
     policy = strategy.kwargs["auto_wrap_policy"]  # Lightning turns the set into a ModuleWrapPolicy
     layer = DecoderLayer(OuroConfig.preset("tiny"), 0)
-    assert policy(layer, recurse=False, nonwrapped_numel=1) and not policy(layer.mlp, recurse=False,
-                                                                            nonwrapped_numel=1)
+    assert policy(layer, recurse=False, nonwrapped_numel=1) and not policy(
+        layer.mlp, recurse=False, nonwrapped_numel=1
+    )
     assert strategy._state_dict_type == "sharded"
     from lightning.pytorch.plugins.precision import FSDPPrecision
 
     strategy.precision_plugin = FSDPPrecision("bf16-mixed")
     config = strategy.mixed_precision_config
     assert (config.param_dtype, config.reduce_dtype) == (torch.bfloat16, torch.float32)
-    assert OuroFSDPStrategy(fp32_reduce=False, precision_plugin=FSDPPrecision("bf16-mixed")
-                            ).mixed_precision_config.reduce_dtype == torch.bfloat16
+    assert (
+        OuroFSDPStrategy(
+            fp32_reduce=False, precision_plugin=FSDPPrecision("bf16-mixed")
+        ).mixed_precision_config.reduce_dtype
+        == torch.bfloat16
+    )
 
 
 def test_apply_fsdp2_needs_decoder_layers() -> None:
@@ -356,8 +429,9 @@ def test_training_step_runs_a_flash_kernel_on_gpu() -> None:
 
     from ouro.module import OuroLM
 
-    module = OuroLM(model=OuroConfig.preset("tiny", hidden_size=256, num_attention_heads=4),
-                    activation_checkpointing=True).cuda()
+    module = OuroLM(
+        model=OuroConfig.preset("tiny", hidden_size=256, num_attention_heads=4), activation_checkpointing=True
+    ).cuda()
     tokens = torch.randint(0, 512, (2, 129), device="cuda")
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         with torch.autocast("cuda", dtype=torch.bfloat16):

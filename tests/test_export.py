@@ -43,14 +43,22 @@ def make_model(seed: int = 0) -> OuroForCausalLM:
     return model
 
 
-def write_checkpoint(path: Path, model: OuroForCausalLM, tokenizer: Path | None, tokens: int = 5_000_000) -> Path:
+def write_checkpoint(
+    path: Path, model: OuroForCausalLM, tokenizer: Path | None, tokens: int = 5_000_000
+) -> Path:
     """What `ouro fit` saves: the LightningModule state under `net.` and the `ouro` section."""
     meta = {"config": asdict(model.config), "tokens_seen": tokens, "provenance": PROVENANCE}
     if tokenizer is not None:
         meta["tokenizer_path"] = str(tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in model.state_dict().items()}, "ouro": meta,
-                "global_step": 7}, path)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
+            "ouro": meta,
+            "global_step": 7,
+        },
+        path,
+    )
     return path
 
 
@@ -74,12 +82,25 @@ def test_export_writes_the_official_layout(setup, tmp_path):
     model, tok, ckpt = setup
     out = export(str(ckpt), str(tmp_path / "export"))
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json", "configuration_ouro.py", "modeling_ouro.py", "README.md"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "configuration_ouro.py",
+        "modeling_ouro.py",
+        "README.md",
+    } <= names
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "ouro" and config["architectures"] == ["OuroForCausalLM"]
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_ouro.OuroForCausalLM"
-    assert config["total_ut_steps"] == 4 and config["num_hidden_layers"] == 2 and config["torch_dtype"] == "bfloat16"
+    assert (
+        config["total_ut_steps"] == 4
+        and config["num_hidden_layers"] == 2
+        and config["torch_dtype"] == "bfloat16"
+    )
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
         assert f.get_tensor("model.layers.0.input_layernorm_2.weight").dtype == torch.bfloat16
@@ -89,10 +110,19 @@ def test_export_writes_the_official_layout(setup, tmp_path):
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [2, 0] and generation["pad_token_id"] == 0
     card = (out / "README.md").read_text()
-    for text in ("warmup", "recipes/stable.yaml", "2M", "3M", "val/loss=3.5", "5,000,000", "trust_remote_code"):
+    for text in (
+        "warmup",
+        "recipes/stable.yaml",
+        "2M",
+        "3M",
+        "val/loss=3.5",
+        "5,000,000",
+        "trust_remote_code",
+    ):
         assert text in card
     assert (out / "modeling_ouro.py").read_text() == (
-        Path(__file__).parents[1] / "ouro" / "hub" / "remote_code" / "modeling_ouro.py").read_text()
+        Path(__file__).parents[1] / "ouro" / "hub" / "remote_code" / "modeling_ouro.py"
+    ).read_text()
     # Round trip: the export loads back with the bf16-rounded weights and the provenance.
     loaded = read_source(out)
     assert loaded.provenance == PROVENANCE and loaded.tokens_seen == 5_000_000
@@ -162,7 +192,9 @@ def test_failed_exports_leave_nothing_that_looks_complete(setup, tmp_path):
 def test_tokenizer_override_and_cli(setup, tmp_path, capsys):
     model, tok, ckpt = setup
     other = make_tokenizer(tmp_path / "other_tokenizer.json")
-    main(["export", str(ckpt), str(tmp_path / "export"), "--tokenizer", str(other), "--repo_name", "org/tiny"])
+    main(
+        ["export", str(ckpt), str(tmp_path / "export"), "--tokenizer", str(other), "--repo_name", "org/tiny"]
+    )
     assert (tmp_path / "export" / "tokenizer.json").read_text() == other.read_text()
     assert "# org/tiny" in (tmp_path / "export" / "README.md").read_text()
 
@@ -172,21 +204,46 @@ def write_official_folder(folder: Path, model: OuroForCausalLM) -> Path:
     folder.mkdir(parents=True)
     c = model.config
     config = {
-        "architectures": ["OuroForCausalLM"], "auto_map": {"AutoConfig": "configuration_ouro.OuroConfig",
-                                                            "AutoModelForCausalLM": "modeling_ouro.OuroForCausalLM"},
-        "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 0, "head_dim": c.head_dim, "hidden_act": "silu",
-        "hidden_size": c.hidden_size, "initializer_range": 0.02, "intermediate_size": c.intermediate_size,
-        "layer_types": ["full_attention"] * c.num_hidden_layers, "max_position_embeddings": 65536,
-        "max_window_layers": c.num_hidden_layers, "model_type": "ouro", "num_attention_heads": c.num_attention_heads,
-        "num_hidden_layers": c.num_hidden_layers, "num_key_value_heads": c.num_key_value_heads,
-        "pad_token_id": 0, "rms_norm_eps": 1e-6, "rope_scaling": None, "rope_theta": c.rope_theta,
-        "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "total_ut_steps": 4,
-        "early_exit_threshold": 1.0, "transformers_version": "4.55.0", "use_cache": True,
-        "use_sliding_window": False, "vocab_size": c.vocab_size,
+        "architectures": ["OuroForCausalLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_ouro.OuroConfig",
+            "AutoModelForCausalLM": "modeling_ouro.OuroForCausalLM",
+        },
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": c.hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": c.intermediate_size,
+        "layer_types": ["full_attention"] * c.num_hidden_layers,
+        "max_position_embeddings": 65536,
+        "max_window_layers": c.num_hidden_layers,
+        "model_type": "ouro",
+        "num_attention_heads": c.num_attention_heads,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_key_value_heads": c.num_key_value_heads,
+        "pad_token_id": 0,
+        "rms_norm_eps": 1e-6,
+        "rope_scaling": None,
+        "rope_theta": c.rope_theta,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "total_ut_steps": 4,
+        "early_exit_threshold": 1.0,
+        "transformers_version": "4.55.0",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": c.vocab_size,
     }
     (folder / "config.json").write_text(json.dumps(config))
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()},
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     return folder
 
 
@@ -205,7 +262,9 @@ def test_official_folder_loads_for_further_training(tmp_path):
         for candidate in (loaded, fresh.eval()):
             out = candidate(ids)
             for step in range(4):
-                torch.testing.assert_close(candidate.logits(out, step), expected.logits(ref, step), rtol=0, atol=0)
+                torch.testing.assert_close(
+                    candidate.logits(out, step), expected.logits(ref, step), rtol=0, atol=0
+                )
 
 
 def test_load_weights_for_init_reads_checkpoints_and_run_dirs(setup, tmp_path):

@@ -30,19 +30,23 @@ def model() -> OuroForCausalLM:
 
 
 @torch.no_grad()
-def reference_greedy(model: OuroForCausalLM, prompt: list[int], new: int, num_steps: int | None = None) -> list[int]:
+def reference_greedy(
+    model: OuroForCausalLM, prompt: list[int], new: int, num_steps: int | None = None
+) -> list[int]:
     """Independent reference: the full sequence through the model for every token, no cache, no padding."""
     ids = list(prompt)
     for _ in range(new):
         out = model(torch.tensor([ids]), num_steps=num_steps)
         ids.append(int(model.logits(out, -1)[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def count_layer_rows(model: OuroForCausalLM):
     """Rows processed by layer 0 per call (one call per pass)."""
     calls: list[int] = []
-    handle = model.model.layers[0].register_forward_hook(lambda m, args, out: calls.append(out.shape[0] * out.shape[1]))
+    handle = model.model.layers[0].register_forward_hook(
+        lambda m, args, out: calls.append(out.shape[0] * out.shape[1])
+    )
     return calls, handle
 
 
@@ -76,7 +80,7 @@ def test_static_exit_runs_only_the_passes_it_needs(model):
         handle.remove()
         # A static exit at pass k is a (k+1)-pass model: compare with the full forward truncated there.
         assert result.tokens[0] == reference_greedy(model, PROMPTS[0], 6, num_steps=k + 1)
-        decode_calls = calls[k + 1:]  # the prompt runs passes 0..k, then one token per call
+        decode_calls = calls[k + 1 :]  # the prompt runs passes 0..k, then one token per call
         assert len(decode_calls) == (k + 1) * 5 and all(rows == 1 for rows in decode_calls)
         assert result.decode_passes == (k + 1) * result.decode_tokens
 
@@ -118,7 +122,10 @@ def test_exit_choice_of_the_first_token_matches_the_model():
 
 
 def test_last_and_mean_sharing_use_one_pass_worth_of_cache(model):
-    sizes = {s: generate(model, PROMPTS, max_new_tokens=4, kv_sharing=s).cache_bytes for s in ("full", "last", "mean")}
+    sizes = {
+        s: generate(model, PROMPTS, max_new_tokens=4, kv_sharing=s).cache_bytes
+        for s in ("full", "last", "mean")
+    }
     config = model.config
     capacity = len(PROMPTS[0]) + 4
     per_slot = 2 * len(PROMPTS) * config.num_key_value_heads * capacity * config.head_dim * 4
@@ -140,7 +147,9 @@ def test_shared_caches_hold_the_last_and_the_mean_pass():
             model(ids, cache=cache)
         cache.commit()
         caches[sharing] = cache
-    full = caches["full"].keys.view(config.total_ut_steps, config.num_hidden_layers, *caches["full"].keys.shape[1:])
+    full = caches["full"].keys.view(
+        config.total_ut_steps, config.num_hidden_layers, *caches["full"].keys.shape[1:]
+    )
     torch.testing.assert_close(caches["last"].keys, full[-1])
     torch.testing.assert_close(caches["mean"].keys, full.mean(0), rtol=1e-5, atol=1e-6)
 
@@ -167,7 +176,7 @@ def test_eos_stops_each_row_and_streaming_follows_the_tokens(model):
     seen: list[list[int | None]] = []
     result = generate(model, PROMPTS, max_new_tokens=8, eos_token_id=eos, stream=seen.append)
     for row, tokens in enumerate(free.tokens):
-        expected = tokens[:tokens.index(eos) + 1] if eos in tokens else tokens
+        expected = tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
         assert result.tokens[row] == expected
     assert len(result.tokens[0]) <= 3
     for row in range(len(PROMPTS)):
@@ -196,8 +205,9 @@ def test_text_prompts_and_text_streamer(model):
 
 def test_chatml_format():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert format_chat(messages) == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                                     "<|im_start|>assistant\n")
+    assert format_chat(messages) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert format_chat(messages[1:], add_generation_prompt=False) == "<|im_start|>user\nHi<|im_end|>\n"
 
 
@@ -227,15 +237,41 @@ def test_ouro_generate_command(tmp_path, capsys):
     tok.add_special_tokens(specials)
     tok.save(str(tmp_path / "tokenizer.json"))
     model = tiny_model()
-    torch.save({"state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
-                "ouro": {"config": asdict(model.config), "tokenizer_path": str(tmp_path / "tokenizer.json")}},
-               tmp_path / "m.ckpt")
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
+            "ouro": {"config": asdict(model.config), "tokenizer_path": str(tmp_path / "tokenizer.json")},
+        },
+        tmp_path / "m.ckpt",
+    )
     out = export(str(tmp_path / "m.ckpt"), str(tmp_path / "export"), dtype="float32")
-    main(["generate", str(out), "w1 w2", "--chat", "true", "--max_new_tokens", "5", "--exit_threshold", "0.7",
-          "--kv_sharing", "last", "--stats", "true"])
+    main(
+        [
+            "generate",
+            str(out),
+            "w1 w2",
+            "--chat",
+            "true",
+            "--max_new_tokens",
+            "5",
+            "--exit_threshold",
+            "0.7",
+            "--kv_sharing",
+            "last",
+            "--stats",
+            "true",
+        ]
+    )
     captured = capsys.readouterr()
     prompt = tok.encode(format_chat([{"role": "user", "content": "w1 w2"}])).ids
-    expected = generate(model, prompt, tokenizer=tok, max_new_tokens=5, exit_threshold=0.7, kv_sharing="last",
-                        eos_token_id=[2, 0])
+    expected = generate(
+        model,
+        prompt,
+        tokenizer=tok,
+        max_new_tokens=5,
+        exit_threshold=0.7,
+        kv_sharing="last",
+        eos_token_id=[2, 0],
+    )
     assert captured.out.strip() == expected.texts[0].strip()
     assert "mean exit depth" in captured.err and "(last)" in captured.err

@@ -23,8 +23,14 @@ from ouro.model.layers import apply_rope
 
 def make_config(**changes) -> OuroConfig:
     # A larger init than 0.02 so that activations, logits and gates are far from trivial.
-    values = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                  initializer_range=0.2, total_ut_steps=3)
+    values = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        initializer_range=0.2,
+        total_ut_steps=3,
+    )
     return OuroConfig.preset("tiny", **{**values, **changes})
 
 
@@ -68,8 +74,12 @@ def explicit_attention(q, k, v, allowed):
     return torch.softmax(scores, dim=-1) @ v
 
 
-def reference_forward(model: OuroForCausalLM, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None,
-                      steps: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+def reference_forward(
+    model: OuroForCausalLM,
+    input_ids: torch.Tensor,
+    doc_ids: torch.Tensor | None = None,
+    steps: int | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every pass's logits and the gate logits (batch, seq, steps), in float64, from the state dict alone."""
     c = model.config
     w = {k: v.detach().double() for k, v in model.state_dict().items()}
@@ -88,7 +98,7 @@ def reference_forward(model: OuroForCausalLM, input_ids: torch.Tensor, doc_ids: 
     cos, sin = torch.cat([angles.cos()] * 2, -1)[:, None], torch.cat([angles.sin()] * 2, -1)[:, None]
 
     def rope(x):  # (batch, heads, seq, d)
-        x1, x2 = x[..., : d // 2], x[..., d // 2:]
+        x1, x2 = x[..., : d // 2], x[..., d // 2 :]
         return x * cos + torch.cat([-x2, x1], -1) * sin
 
     x = w["model.embed_tokens.weight"][input_ids]
@@ -100,11 +110,16 @@ def reference_forward(model: OuroForCausalLM, input_ids: torch.Tensor, doc_ids: 
             q = (a @ w[p + "self_attn.q_proj.weight"].T).view(batch, seq, heads, d).transpose(1, 2)
             k = (a @ w[p + "self_attn.k_proj.weight"].T).view(batch, seq, kv_heads, d).transpose(1, 2)
             v = (a @ w[p + "self_attn.v_proj.weight"].T).view(batch, seq, kv_heads, d).transpose(1, 2)
-            o = explicit_attention(rope(q), rope(k), v, allowed).transpose(1, 2).reshape(batch, seq, heads * d)
+            o = (
+                explicit_attention(rope(q), rope(k), v, allowed)
+                .transpose(1, 2)
+                .reshape(batch, seq, heads * d)
+            )
             h = x + rms(o @ w[p + "self_attn.o_proj.weight"].T, w[p + "input_layernorm_2.weight"])
             m = rms(h, w[p + "post_attention_layernorm.weight"])
-            mlp = (F.silu(m @ w[p + "mlp.gate_proj.weight"].T) * (m @ w[p + "mlp.up_proj.weight"].T)) \
-                @ w[p + "mlp.down_proj.weight"].T
+            mlp = (F.silu(m @ w[p + "mlp.gate_proj.weight"].T) * (m @ w[p + "mlp.up_proj.weight"].T)) @ w[
+                p + "mlp.down_proj.weight"
+            ].T
             x = h + rms(mlp, w[p + "post_attention_layernorm_2.weight"])
         x = rms(x, w["model.norm.weight"])  # ends every pass; feeds the next pass, the head and the gate
         all_logits.append(x @ w["lm_head.weight"].T)
@@ -124,13 +139,25 @@ def hand_exit_distribution(gate_logits: torch.Tensor) -> torch.Tensor:
 
 
 def official_keys(num_layers: int) -> list[str]:
-    keys = ["model.embed_tokens.weight", "model.norm.weight", "model.early_exit_gate.weight",
-            "model.early_exit_gate.bias", "lm_head.weight"]
+    keys = [
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "model.early_exit_gate.weight",
+        "model.early_exit_gate.bias",
+        "lm_head.weight",
+    ]
     for i in range(num_layers):
         keys += [f"model.layers.{i}.self_attn.{n}_proj.weight" for n in "qkvo"]
         keys += [f"model.layers.{i}.mlp.{n}_proj.weight" for n in ("gate", "up", "down")]
-        keys += [f"model.layers.{i}.{n}.weight" for n in ("input_layernorm", "input_layernorm_2",
-                                                          "post_attention_layernorm", "post_attention_layernorm_2")]
+        keys += [
+            f"model.layers.{i}.{n}.weight"
+            for n in (
+                "input_layernorm",
+                "input_layernorm_2",
+                "post_attention_layernorm",
+                "post_attention_layernorm_2",
+            )
+        ]
     return sorted(keys)
 
 
@@ -169,7 +196,9 @@ def test_passes_equal_manual_calls_of_the_shared_layers():
             hidden = layer(hidden, rope, layout)
         hidden = inner.norm(hidden)
         torch.testing.assert_close(out.hidden_states[t], hidden, rtol=0, atol=0)
-        torch.testing.assert_close(out.gate_logits[..., t:t + 1], inner.early_exit_gate(hidden), rtol=0, atol=0)
+        torch.testing.assert_close(
+            out.gate_logits[..., t : t + 1], inner.early_exit_gate(hidden), rtol=0, atol=0
+        )
     assert not torch.allclose(out.hidden_states[0], out.hidden_states[1])
 
 
@@ -249,7 +278,9 @@ def test_sdpa_attention_equals_explicit_attention(kv_heads):
         q = apply_rope(attn.q_proj(x).view(2, 8, 4, 8), *rope).transpose(1, 2)
         k = apply_rope(attn.k_proj(x).view(2, 8, kv_heads, 8), *rope).transpose(1, 2)
         v = attn.v_proj(x).view(2, 8, kv_heads, 8).transpose(1, 2)
-        _, allowed = reference_positions_and_mask(docs if docs is not None else torch.zeros(2, 8, dtype=torch.long))
+        _, allowed = reference_positions_and_mask(
+            docs if docs is not None else torch.zeros(2, 8, dtype=torch.long)
+        )
         expected = attn.o_proj(explicit_attention(q, k, v, allowed).transpose(1, 2).reshape(2, 8, 32))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -264,7 +295,6 @@ def test_auto_backend_falls_back_to_sdpa_and_flash_fails_clearly_on_cpu():
         model(ids, layout=AttentionLayout.build(ids, backend="flash"))
     with pytest.raises(ValueError, match="backend"):
         AttentionLayout.build(ids, backend="xformers")
-
 
 
 def test_varlen_boundaries_are_the_document_starts_of_the_flattened_batch():
@@ -289,18 +319,26 @@ class FakeFlashAttn:
 
     @staticmethod
     def _attention(q, k, v, causal):  # (batch, seq, heads, dim) in and out
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             is_causal=causal, enable_gqa=k.shape[2] != q.shape[2])
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=causal,
+            enable_gqa=k.shape[2] != q.shape[2],
+        )
         return out.transpose(1, 2)
 
-    def flash_attn_varlen_func(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                               dropout_p=0.0, causal=False):
+    def flash_attn_varlen_func(
+        self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, causal=False
+    ):
         self.calls.append("varlen")
         assert cu_seqlens_q.dtype == torch.int32 and torch.equal(cu_seqlens_q, cu_seqlens_k)
         bounds = cu_seqlens_q.tolist()
         assert max_seqlen_q == max_seqlen_k == max(b - a for a, b in zip(bounds, bounds[1:]))
-        pieces = [self._attention(q[None, a:b], k[None, a:b], v[None, a:b], causal)[0]
-                  for a, b in zip(bounds, bounds[1:])]
+        pieces = [
+            self._attention(q[None, a:b], k[None, a:b], v[None, a:b], causal)[0]
+            for a, b in zip(bounds, bounds[1:])
+        ]
         return torch.cat(pieces)
 
 
@@ -336,6 +374,7 @@ def test_flash_code_path_with_packed_documents_equals_sdpa(monkeypatch, request,
     model(ids, layout=AttentionLayout.build(ids, backend="flash"))
     assert fake.calls[-1] == "dense"
 
+
 class ListCache:
     """The KV-cache contract: one growing (k, v) slot per (step, layer)."""
 
@@ -361,7 +400,7 @@ def test_cached_decoding_equals_full_forward(kv_heads):
     got = [torch.stack(out.hidden_states)]
     for i in range(prefill, 9):
         layout = AttentionLayout(positions=torch.full((2, 1), i))
-        got.append(torch.stack(model(ids[:, i:i + 1], layout=layout, cache=cache).hidden_states))
+        got.append(torch.stack(model(ids[:, i : i + 1], layout=layout, cache=cache).hidden_states))
     torch.testing.assert_close(torch.cat(got, 2), torch.stack(full.hidden_states), rtol=1e-5, atol=1e-5)
     assert len(cache.slots) == 3 * 2 and cache.slots[2, 1][0].shape == (2, kv_heads, 9, 8)
 
@@ -454,7 +493,9 @@ def test_flops_per_token_matches_flop_counter():
             model.logits(out, t)
     counted = counter.get_total_flops()
     # The formula counts causal attention as half the square; the MATH kernel computes the full square.
-    full_square_extra = config.total_ut_steps * config.num_hidden_layers * 2 * 2 * (seq / 2) * config.hidden_size
+    full_square_extra = (
+        config.total_ut_steps * config.num_hidden_layers * 2 * 2 * (seq / 2) * config.hidden_size
+    )
     expected = (flops_per_token(config, seq, training=False) + full_square_extra) * batch * seq
     assert counted == pytest.approx(expected, rel=1e-9)
     assert flops_per_token(config, seq) == 3 * flops_per_token(config, seq, training=False)
@@ -462,22 +503,43 @@ def test_flops_per_token_matches_flop_counter():
 
 
 # ---------------------------------------------------------------------------------------------- weights
-def write_official_checkpoint(directory, model: OuroForCausalLM, drop: str | None = None,
-                              add: str | None = None) -> None:
+def write_official_checkpoint(
+    directory, model: OuroForCausalLM, drop: str | None = None, add: str | None = None
+) -> None:
     """config.json with the official field names and one bf16 model.safetensors, written without ouro's saver."""
     c = model.config
     config = {
-        "architectures": ["OuroForCausalLM"], "model_type": "ouro",
-        "auto_map": {"AutoConfig": "configuration_ouro.OuroConfig",
-                     "AutoModelForCausalLM": "modeling_ouro.OuroForCausalLM"},
-        "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads, "hidden_act": "silu", "max_position_embeddings": 2048,
-        "initializer_range": 0.02, "rms_norm_eps": 1e-6, "use_cache": True, "tie_word_embeddings": False,
-        "rope_theta": c.rope_theta, "rope_scaling": None, "use_sliding_window": False, "sliding_window": None,
-        "max_window_layers": c.num_hidden_layers, "layer_types": ["full_attention"] * c.num_hidden_layers,
-        "attention_dropout": 0.0, "total_ut_steps": c.total_ut_steps, "early_exit_threshold": 1.0,
-        "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "bfloat16", "transformers_version": "4.55.0",
+        "architectures": ["OuroForCausalLM"],
+        "model_type": "ouro",
+        "auto_map": {
+            "AutoConfig": "configuration_ouro.OuroConfig",
+            "AutoModelForCausalLM": "modeling_ouro.OuroForCausalLM",
+        },
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+        "initializer_range": 0.02,
+        "rms_norm_eps": 1e-6,
+        "use_cache": True,
+        "tie_word_embeddings": False,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": None,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": c.num_hidden_layers,
+        "layer_types": ["full_attention"] * c.num_hidden_layers,
+        "attention_dropout": 0.0,
+        "total_ut_steps": c.total_ut_steps,
+        "early_exit_threshold": 1.0,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.55.0",
     }
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config))
@@ -505,10 +567,17 @@ def test_official_layout_checkpoint_loads_with_identical_logits(tmp_path):
     assert all(p.device.type == "cpu" for p in loaded.parameters())
 
 
-@pytest.mark.parametrize(("drop", "add", "message"), [
-    ("model.layers.1.mlp.up_proj.weight", None, r"missing \['model.layers.1.mlp.up_proj.weight'\]"),
-    (None, "model.layers.7.self_attn.q_proj.weight", r"unexpected \['model.layers.7.self_attn.q_proj.weight'\]"),
-])
+@pytest.mark.parametrize(
+    ("drop", "add", "message"),
+    [
+        ("model.layers.1.mlp.up_proj.weight", None, r"missing \['model.layers.1.mlp.up_proj.weight'\]"),
+        (
+            None,
+            "model.layers.7.self_attn.q_proj.weight",
+            r"unexpected \['model.layers.7.self_attn.q_proj.weight'\]",
+        ),
+    ],
+)
 def test_missing_or_extra_key_fails_clearly(tmp_path, drop, add, message):
     write_official_checkpoint(tmp_path, make_model(), drop=drop, add=add)
     with pytest.raises(ValueError, match=message):
@@ -526,7 +595,9 @@ def test_missing_folder_or_weights(tmp_path):
 def test_save_pretrained_bf16_single_file(tmp_path):
     model = make_model()
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "model.safetensors.index.json").exists()
+    assert (tmp_path / "model.safetensors").is_file() and not (
+        tmp_path / "model.safetensors.index.json"
+    ).exists()
     assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
     loaded = OuroForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):

@@ -50,8 +50,17 @@ class LossRecorder(L.Callback):
 
 
 def trainer(tmp_path, max_steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, default_root_dir=tmp_path, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
 
 
 def loader(rows: int, seed: int = 0, mask_prefix: int = 0) -> DataLoader:
@@ -59,8 +68,12 @@ def loader(rows: int, seed: int = 0, mask_prefix: int = 0) -> DataLoader:
 
 
 def tiny_module(**kwargs) -> OuroLM:
-    return OuroLM(model=OuroConfig.preset("tiny", total_ut_steps=3), optimizer=OptimizerConfig(lr=3e-3),
-                  loss_chunk_size=100, **kwargs)
+    return OuroLM(
+        model=OuroConfig.preset("tiny", total_ut_steps=3),
+        optimizer=OptimizerConfig(lr=3e-3),
+        loss_chunk_size=100,
+        **kwargs,
+    )
 
 
 def test_bf16_mixed_fit_lowers_loss_and_writes_a_safe_checkpoint(tmp_path):
@@ -97,7 +110,10 @@ def test_stage2_changes_only_the_gate(tmp_path):
     changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
     assert changed == ["model.early_exit_gate.bias", "model.early_exit_gate.weight"]
     optimised = {id(p) for group in module.trainer.optimizers[0].param_groups for p in group["params"]}
-    assert optimised == {id(module.net.model.early_exit_gate.weight), id(module.net.model.early_exit_gate.bias)}
+    assert optimised == {
+        id(module.net.model.early_exit_gate.weight),
+        id(module.net.model.early_exit_gate.bias),
+    }
 
 
 def test_validation_metrics_equal_a_direct_computation(tmp_path):
@@ -117,8 +133,9 @@ def test_validation_metrics_equal_a_direct_computation(tmp_path):
         out = module.net(data.input_ids, doc_ids=data.doc_ids)
         for t in range(3):
             logits = module.net.logits(out, t)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), data.labels.reshape(-1),
-                                 ignore_index=IGNORE_INDEX)
+            ce = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), data.labels.reshape(-1), ignore_index=IGNORE_INDEX
+            )
             assert metrics[f"val/ce_step{t + 1}"] == pytest.approx(float(ce), rel=1e-4)
     assert metrics["val/loss_q1"] == pytest.approx(metrics["val/ce_step3"], rel=1e-6)
     assert metrics["val/depth_q1"] == pytest.approx(3.0)
@@ -137,8 +154,18 @@ def test_stage1_loss_of_a_batch_equals_a_naive_computation():
     out = module.net(data.input_ids, doc_ids=data.doc_ids)
     labels = data.labels.reshape(-1)
     counted = labels != IGNORE_INDEX
-    ce = torch.stack([F.cross_entropy(module.net.logits(out, t).reshape(-1, 512), labels, ignore_index=IGNORE_INDEX,
-                                      reduction="none") for t in range(3)], -1)[counted]
+    ce = torch.stack(
+        [
+            F.cross_entropy(
+                module.net.logits(out, t).reshape(-1, 512),
+                labels,
+                ignore_index=IGNORE_INDEX,
+                reduction="none",
+            )
+            for t in range(3)
+        ],
+        -1,
+    )[counted]
     lam = torch.sigmoid(out.gate_logits.reshape(-1, 3))[counted]
     p = torch.stack([lam[:, 0], (1 - lam[:, 0]) * lam[:, 1], (1 - lam[:, 0]) * (1 - lam[:, 1])], -1)
     expected = ((p * ce).sum(-1) + 0.1 * (p * p.log()).sum(-1)).mean()

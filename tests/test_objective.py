@@ -38,8 +38,13 @@ def hand_exit_distribution(gate_logits: torch.Tensor) -> torch.Tensor:
 
 def naive_per_step_ce(hidden_states, weight, targets):
     """Full logits of every step and F.cross_entropy (0 where ignored): (tokens, steps)."""
-    return torch.stack([F.cross_entropy(h @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="none")
-                        for h in hidden_states], -1)
+    return torch.stack(
+        [
+            F.cross_entropy(h @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="none")
+            for h in hidden_states
+        ],
+        -1,
+    )
 
 
 def problem(tokens=23, hidden=16, vocab=41, steps=4, dtype=torch.float64, ignored=(2, 5, 17)):
@@ -62,8 +67,9 @@ def test_exit_distribution_sums_to_one_and_matches_hand_loop():
     assert p.dtype == torch.float32
     torch.testing.assert_close(p.sum(-1), torch.ones(5, 7), rtol=0, atol=1e-6)
     torch.testing.assert_close(p.double(), hand_exit_distribution(gates), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(exit_log_distribution(gates).double(), hand_exit_distribution(gates).log(),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        exit_log_distribution(gates).double(), hand_exit_distribution(gates).log(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_exit_distribution_special_cases():
@@ -129,7 +135,9 @@ def test_chunked_cross_entropy_more_rows_than_one_cpu_block():
     naive = F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="none")
     torch.testing.assert_close(got, naive, rtol=1e-5, atol=1e-5)
     upstream = torch.rand(tokens)
-    for a, b in zip(grads((got * upstream).sum(), [hidden, weight]), grads((naive * upstream).sum(), [hidden, weight])):
+    for a, b in zip(
+        grads((got * upstream).sum(), [hidden, weight]), grads((naive * upstream).sum(), [hidden, weight])
+    ):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -227,11 +235,14 @@ def test_stage1_loss_and_gradients_equal_naive(beta):
     expected, naive_ce, p, entropy, _ = naive_stage1(hs, weight, gates, targets, beta)
     assert float(result.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     inputs = [*hs, weight, gates]
-    for name, a, b in zip(["h0", "h1", "h2", "h3", "weight", "gates"], grads(result.loss, inputs),
-                          grads(expected, inputs)):
+    for name, a, b in zip(
+        ["h0", "h1", "h2", "h3", "weight", "gates"], grads(result.loss, inputs), grads(expected, inputs)
+    ):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-7, msg=name)
     # Logged statistics: means over counted tokens.
-    torch.testing.assert_close(result.ce_per_step.double(), naive_ce[mask].mean(0).detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        result.ce_per_step.double(), naive_ce[mask].mean(0).detach(), rtol=1e-6, atol=1e-6
+    )
     torch.testing.assert_close(result.exit_probs.double(), p[mask].mean(0).detach(), rtol=1e-6, atol=1e-6)
     expected_step = (p * torch.arange(1, 5, dtype=p.dtype)).sum(-1)[mask].mean().detach()
     assert float(result.expected_step) == pytest.approx(float(expected_step), rel=1e-6)
@@ -249,8 +260,11 @@ def test_stage1_loss_from_hidden_computes_the_same_loss_and_gradients_in_one_pas
     assert float(result.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     inputs = [*hs, weight, gates]
     scale = 0.25  # as under gradient accumulation: the carrier's incoming gradient scales every gradient
-    for name, a, b in zip(["h0", "h1", "h2", "h3", "weight", "gates"], grads(scale * result.loss, inputs),
-                          grads(scale * expected, inputs)):
+    for name, a, b in zip(
+        ["h0", "h1", "h2", "h3", "weight", "gates"],
+        grads(scale * result.loss, inputs),
+        grads(scale * expected, inputs),
+    ):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-7, msg=name)
     assert float(result.entropy) == pytest.approx(float(entropy[mask].mean().detach()), rel=1e-6)
 
@@ -355,12 +369,15 @@ def test_stage2_needs_two_steps():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_stage1_loss_from_hidden_on_gpu_in_bf16_matches_a_float64_reference():
-    hs, weight, gates, targets = problem(tokens=300, hidden=64, vocab=1000, dtype=torch.float32, ignored=(3, 99))
+    hs, weight, gates, targets = problem(
+        tokens=300, hidden=64, vocab=1000, dtype=torch.float32, ignored=(3, 99)
+    )
     mask = targets != IGNORE_INDEX
     on_gpu = [t.detach().cuda().requires_grad_() for t in (*hs, weight, gates)]
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        result, _ = stage1_loss_from_hidden(on_gpu[:4], on_gpu[4], targets.cuda(), on_gpu[5], mask.cuda(), 0.05,
-                                            chunk_size=128)
+        result, _ = stage1_loss_from_hidden(
+            on_gpu[:4], on_gpu[4], targets.cuda(), on_gpu[5], mask.cuda(), 0.05, chunk_size=128
+        )
     # Reference: the bf16-rounded inputs in float64 on CPU.
     reference_inputs = [t.detach().bfloat16().double().requires_grad_() for t in (*hs, weight)]
     reference_gates = gates.detach().double().requires_grad_()

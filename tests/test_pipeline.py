@@ -23,16 +23,27 @@ def recipes(tmp_path, monkeypatch):
 def test_stages_resolve_names_run_dirs_and_init_from(recipes):
     (recipes / "p.yaml").write_text(
         "stages:\n  - warmup.yaml\n  - {recipe: stable.yaml, init_from: warmup}\n"
-        "  - {name: stable-2.6b, recipe: [stable.yaml, big.yaml], init_from: warmup, args: [--x, 1]}\n")
+        "  - {name: stable-2.6b, recipe: [stable.yaml, big.yaml], init_from: warmup, args: [--x, 1]}\n"
+    )
     stages = load_pipeline(recipes / "p.yaml")
     assert [s.name for s in stages] == ["warmup", "stable", "stable-2.6b"]
     # Without run_root a stage runs where its (last) recipe puts it; the name is the stage's label.
     assert [s.run_dir for s in stages] == ["runs/warmup", "runs/stable", "runs/big"]
     assert stages[1].init_from == "runs/warmup" and stages[2].init_from == "runs/warmup"
     command = stages[2].command()
-    assert command[command.index("fit"):] == ["fit", "--config", "stable.yaml", "--config", "big.yaml",
-                                              "--trainer.default_root_dir", "runs/big", "--model.init_from",
-                                              "runs/warmup", "--x", "1"]
+    assert command[command.index("fit") :] == [
+        "fit",
+        "--config",
+        "stable.yaml",
+        "--config",
+        "big.yaml",
+        "--trainer.default_root_dir",
+        "runs/big",
+        "--model.init_from",
+        "runs/warmup",
+        "--x",
+        "1",
+    ]
 
 
 def test_run_root_places_every_stage(recipes):
@@ -40,14 +51,17 @@ def test_run_root_places_every_stage(recipes):
     assert [s.run_dir for s in load_pipeline(recipes / "p.yaml")] == ["runs/tiny/warmup", "runs/tiny/stable"]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("stages: []\n", "non-empty 'stages'"),
-    ("stages:\n  - missing.yaml\n", "missing.yaml does not exist"),
-    ("stages:\n  - warmup.yaml\n  - warmup.yaml\n", "used twice"),
-    ("stages:\n  - {recipe: stable.yaml, init_from: nowhere}\n", "names no earlier stage"),
-    ("stagez:\n  - warmup.yaml\n", "unknown keys"),
-    ("stages:\n  - {recipe: warmup.yaml, colour: red}\n", "colour"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stages: []\n", "non-empty 'stages'"),
+        ("stages:\n  - missing.yaml\n", "missing.yaml does not exist"),
+        ("stages:\n  - warmup.yaml\n  - warmup.yaml\n", "used twice"),
+        ("stages:\n  - {recipe: stable.yaml, init_from: nowhere}\n", "names no earlier stage"),
+        ("stagez:\n  - warmup.yaml\n", "unknown keys"),
+        ("stages:\n  - {recipe: warmup.yaml, colour: red}\n", "colour"),
+    ],
+)
 def test_bad_pipeline_files_name_the_problem(recipes, text, message):
     (recipes / "p.yaml").write_text(text)
     with pytest.raises(PipelineError, match=message):
@@ -55,7 +69,9 @@ def test_bad_pipeline_files_name_the_problem(recipes, text, message):
 
 
 def test_finished_stages_are_skipped_and_dry_run_prints(recipes, capsys):
-    (recipes / "p.yaml").write_text("stages:\n  - warmup.yaml\n  - {recipe: stable.yaml, init_from: warmup}\n")
+    (recipes / "p.yaml").write_text(
+        "stages:\n  - warmup.yaml\n  - {recipe: stable.yaml, init_from: warmup}\n"
+    )
     pipeline(str(recipes / "p.yaml"), dry_run=True)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("ouro fit --config warmup.yaml") and "--model.init_from runs/warmup" in out[1]

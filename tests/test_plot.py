@@ -41,14 +41,26 @@ def run_dir(tmp_path_factory):
     lr_log = LrLog()
 
     def trainer(max_steps: int, callbacks: list) -> L.Trainer:
-        return L.Trainer(accelerator="cpu", max_steps=max_steps, default_root_dir=root, log_every_n_steps=1,
-                         logger=CSVLogger(save_dir=root, name="logs"), enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=3,
-                         limit_val_batches=1, callbacks=callbacks)
+        return L.Trainer(
+            accelerator="cpu",
+            max_steps=max_steps,
+            default_root_dir=root,
+            log_every_n_steps=1,
+            logger=CSVLogger(save_dir=root, name="logs"),
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            val_check_interval=3,
+            limit_val_batches=1,
+            callbacks=callbacks,
+        )
 
     def callbacks() -> list:
-        return [WarmupStableDecay(total_tokens=6 * 32, warmup_tokens=64, decay_tokens=64), LoopSchedule(
-            beta=[[0, 0.1], [96, 0.05]]), lr_log]
+        return [
+            WarmupStableDecay(total_tokens=6 * 32, warmup_tokens=64, decay_tokens=64),
+            LoopSchedule(beta=[[0, 0.1], [96, 0.05]]),
+            lr_log,
+        ]
 
     data = DataLoader(_rows(12), batch_size=2)
     model = OuroLM(model=OuroConfig.preset("tiny", total_ut_steps=2), optimizer=OptimizerConfig(lr=1e-3))

@@ -77,8 +77,20 @@ class FakeHub:
                         return self._reply(200, {})
                     if action == "preupload":
                         files = json.loads(body)["files"]
-                        return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                            "shouldIgnore": False, "oid": None} for f in files]})
+                        return self._reply(
+                            200,
+                            {
+                                "files": [
+                                    {
+                                        "path": f["path"],
+                                        "uploadMode": "regular",
+                                        "shouldIgnore": False,
+                                        "oid": None,
+                                    }
+                                    for f in files
+                                ]
+                            },
+                        )
                     if action == "commit":
                         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
                         stored = hub.files.setdefault((repo, revision), {})
@@ -86,8 +98,14 @@ class FakeHub:
                             if line["key"] == "file":
                                 stored[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
                         hub.commits.append({"repo": repo, "revision": revision, "header": lines[0]["value"]})
-                        return self._reply(200, {"commitUrl": f"{hub.url}/{repo}/commit/{'a' * 40}",
-                                                 "commitOid": "a" * 40, "pullRequestUrl": None})
+                        return self._reply(
+                            200,
+                            {
+                                "commitUrl": f"{hub.url}/{repo}/commit/{'a' * 40}",
+                                "commitOid": "a" * 40,
+                                "pullRequestUrl": None,
+                            },
+                        )
                 hub.unknown.append(f"POST {self.path}")
                 return self._reply(404, {"error": "not found"})
 
@@ -98,12 +116,29 @@ class FakeHub:
                     repo = f"{parts[2]}/{parts[3]}"
                     files = hub.files.get((repo, "main"), {})
                     if files and parts[4] == "revision":
-                        return self._reply(200, {"id": repo, "modelId": repo, "sha": "a" * 40, "private": False,
-                                                 "siblings": [{"rfilename": name} for name in sorted(files)]})
+                        return self._reply(
+                            200,
+                            {
+                                "id": repo,
+                                "modelId": repo,
+                                "sha": "a" * 40,
+                                "private": False,
+                                "siblings": [{"rfilename": name} for name in sorted(files)],
+                            },
+                        )
                     if files:
-                        return self._reply(200, [{"type": "file", "path": name, "size": len(data),
-                                                  "oid": hashlib.sha1(data).hexdigest()}
-                                                 for name, data in sorted(files.items())])
+                        return self._reply(
+                            200,
+                            [
+                                {
+                                    "type": "file",
+                                    "path": name,
+                                    "size": len(data),
+                                    "oid": hashlib.sha1(data).hexdigest(),
+                                }
+                                for name, data in sorted(files.items())
+                            ],
+                        )
                 if len(parts) >= 5 and parts[2] == "resolve":
                     repo, path = f"{parts[0]}/{parts[1]}", "/".join(parts[4:])
                     content = hub.files.get((repo, "main"), {}).get(path)
@@ -163,9 +198,17 @@ def exported(tmp_path):
     torch.manual_seed(0)
     net = OuroForCausalLM(OuroConfig.preset("tiny"))
     ckpt = tmp_path / "model.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "ouro": {"config": asdict(net.config), "tokens_seen": 10,
-                         "tokenizer_path": str(make_tokenizer(tmp_path / "tokenizer.json"))}}, ckpt)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "ouro": {
+                "config": asdict(net.config),
+                "tokens_seen": 10,
+                "tokenizer_path": str(make_tokenizer(tmp_path / "tokenizer.json")),
+            },
+        },
+        ckpt,
+    )
     return export(str(ckpt), str(tmp_path / "export"))
 
 
@@ -243,9 +286,17 @@ def test_callback_exports_and_pushes_at_the_end_of_a_stage(hub, tmp_path):
     data = [{"input_ids": ids[i, :-1], "labels": ids[i, 1:]} for i in range(4)]
     loader = torch.utils.data.DataLoader(data, batch_size=2)
     callback = HubPushCallback(repo_id="org/stage-push", tokenizer=str(tok))
-    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[callback], default_root_dir=str(tmp_path / "run"),
-                        accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+        default_root_dir=str(tmp_path / "run"),
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(module, loader)
     out = tmp_path / "run" / "export"
     assert callback.exported == out.resolve()
@@ -268,8 +319,9 @@ def test_pushed_repo_loads_back_by_repo_id(hub, exported, tmp_path):
     )
     result_file = tmp_path / "loaded.pt"
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub_cache"), "HF_HUB_DISABLE_XET": "1"}
-    done = subprocess.run([sys.executable, "-c", script, str(result_file)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(result_file)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert TOKEN not in done.stdout + done.stderr
     loaded = torch.load(result_file, weights_only=True)

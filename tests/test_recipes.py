@@ -14,7 +14,9 @@ STAGES = ["warmup", "stable", "ct_annealing", "longct", "midtraining", "reasonin
 
 def _combos() -> list[list[Path]]:
     """Each standalone recipe, and each overlay composed with its base."""
-    combos = [[p] for p in sorted(RECIPES.glob("*.yaml"))] + [[p] for p in sorted((RECIPES / "tiny").glob("*.yaml"))]
+    combos = [[p] for p in sorted(RECIPES.glob("*.yaml"))] + [
+        [p] for p in sorted((RECIPES / "tiny").glob("*.yaml"))
+    ]
     for base_dir in (RECIPES, RECIPES / "tiny"):
         for overlay in sorted((base_dir / "ouro-2.6b").glob("*.yaml")):
             combos.append([base_dir / overlay.name, overlay])
@@ -33,7 +35,9 @@ def resolved(paths: list[Path], capsys) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("paths", _combos(), ids=lambda ps: "+".join(p.relative_to(RECIPES).as_posix() for p in ps))
+@pytest.mark.parametrize(
+    "paths", _combos(), ids=lambda ps: "+".join(p.relative_to(RECIPES).as_posix() for p in ps)
+)
 def test_recipe_parses(paths, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     config = resolved(paths, capsys)
@@ -94,8 +98,14 @@ def test_annealing_stages_start_from_the_previous_lr(capsys, monkeypatch):
 
 def test_stages_chain_through_init_from(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    previous = {"stable": "runs/warmup", "ct_annealing": "runs/stable", "longct": "runs/ct_annealing",
-                "midtraining": "runs/longct", "reasoning_sft": "runs/midtraining", "gate": "runs/midtraining"}
+    previous = {
+        "stable": "runs/warmup",
+        "ct_annealing": "runs/stable",
+        "longct": "runs/ct_annealing",
+        "midtraining": "runs/longct",
+        "reasoning_sft": "runs/midtraining",
+        "gate": "runs/midtraining",
+    }
     for stage, source in previous.items():
         assert resolved([RECIPES / f"{stage}.yaml"], capsys)["model"]["init_from"] == source
     big = resolved([RECIPES / "stable.yaml", RECIPES / "ouro-2.6b" / "stable.yaml"], capsys)

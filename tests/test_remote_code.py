@@ -37,12 +37,21 @@ def exported(tmp_path_factory):
     net = OuroForCausalLM(OuroConfig.preset("tiny", num_key_value_heads=2, eos_token_id=None))
     torch.nn.init.normal_(net.model.early_exit_gate.weight, std=0.5)
     ckpt = root / "model.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "ouro": {"config": asdict(net.config), "tokens_seen": 10,
-                         "tokenizer_path": str(make_tokenizer(root / "tokenizer.json"))}}, ckpt)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "ouro": {
+                "config": asdict(net.config),
+                "tokens_seen": 10,
+                "tokenizer_path": str(make_tokenizer(root / "tokenizer.json")),
+            },
+        },
+        ckpt,
+    )
     out = export(str(ckpt), str(root / "export"))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, local_files_only=True,
-                                                           dtype=torch.float32).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        out, trust_remote_code=True, local_files_only=True, dtype=torch.float32
+    ).eval()
     ours = OuroForCausalLM.from_pretrained(out).eval()
     return out, hf, ours
 
@@ -56,8 +65,9 @@ def test_logits_of_every_exit_step_match_ouro(exported):
         full = hf(ids, use_cache=False)
         for step in range(4):
             expected = ours.logits(ref, step)
-            torch.testing.assert_close(hf(ids, exit_at_step=step, use_cache=False).logits, expected,
-                                       rtol=0, atol=1e-5)
+            torch.testing.assert_close(
+                hf(ids, exit_at_step=step, use_cache=False).logits, expected, rtol=0, atol=1e-5
+            )
             torch.testing.assert_close(hf.lm_head(full.step_hidden_states[step]), expected, rtol=0, atol=1e-5)
         torch.testing.assert_close(full.exit_probs, ours.exit_distribution(ref), rtol=0, atol=1e-5)
         for q in (0.3, 0.6, 0.9):
@@ -76,7 +86,7 @@ def test_left_padded_rows_match_unpadded(exported):
         padded = hf(ids, attention_mask=mask, exit_at_step=3, use_cache=False).logits
         for i, row in enumerate(rows):
             alone = ours.logits(ours(torch.tensor([row])), 3)[0]
-            torch.testing.assert_close(padded[i, -len(row):], alone, rtol=0, atol=1e-5)
+            torch.testing.assert_close(padded[i, -len(row) :], alone, rtol=0, atol=1e-5)
 
 
 def test_labels_loss_is_the_expected_cross_entropy(exported):
@@ -89,9 +99,18 @@ def test_labels_loss_is_the_expected_cross_entropy(exported):
         ref = ours(ids)
         probs = ours.exit_distribution(ref)[:, :-1]
         targets = labels[:, 1:]
-        ce = torch.stack([F.cross_entropy(ours.logits(ref, t)[:, :-1].flatten(0, 1), targets.flatten(),
-                                          ignore_index=-100, reduction="none").view_as(targets)
-                          for t in range(4)], -1)
+        ce = torch.stack(
+            [
+                F.cross_entropy(
+                    ours.logits(ref, t)[:, :-1].flatten(0, 1),
+                    targets.flatten(),
+                    ignore_index=-100,
+                    reduction="none",
+                ).view_as(targets)
+                for t in range(4)
+            ],
+            -1,
+        )
         valid = targets != -100
         expected = ((ce * probs).sum(-1) * valid).sum() / valid.sum()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
@@ -110,14 +129,16 @@ def test_batched_generate_equals_unbatched_and_ouro(exported, q):
     assert batch["attention_mask"].min() == 0  # really padded
     assert "token_type_ids" not in batch  # transformers 4.x generate would refuse them
     with torch.no_grad():
-        together = hf.generate(**batch, max_new_tokens=8, do_sample=False, exit_threshold=q)[:, batch["input_ids"].shape[1]:]
+        together = hf.generate(**batch, max_new_tokens=8, do_sample=False, exit_threshold=q)[
+            :, batch["input_ids"].shape[1] :
+        ]
         for i, text in enumerate(texts):
             single = tok(text, return_tensors="pt")
             alone = hf.generate(**single, max_new_tokens=8, do_sample=False, exit_threshold=q)
-            assert together[i].tolist() == alone[0, single["input_ids"].shape[1]:].tolist()
+            assert together[i].tolist() == alone[0, single["input_ids"].shape[1] :].tolist()
             # The same decoding rule as `ouro generate` (full KV sharing): an independent implementation agrees.
             mine = generate(ours, single["input_ids"][0].tolist(), max_new_tokens=8, exit_threshold=q)
-            assert mine.tokens[0] == alone[0, single["input_ids"].shape[1]:].tolist()
+            assert mine.tokens[0] == alone[0, single["input_ids"].shape[1] :].tolist()
 
 
 def test_cached_generate_equals_uncached(exported):

@@ -41,15 +41,23 @@ def test_upcycled_layers_are_exact_copies_in_order(method):
     target.load_state_dict(state, strict=True)
     order = [0, 1, 0, 1] if method == "stack" else [0, 0, 1, 1]
     for new, old in enumerate(order):
-        for (name, p_new), (_, p_old) in zip(target.model.layers[new].named_parameters(),
-                                             source.model.layers[old].named_parameters()):
+        for (name, p_new), (_, p_old) in zip(
+            target.model.layers[new].named_parameters(), source.model.layers[old].named_parameters()
+        ):
             assert torch.equal(p_new, p_old), (new, old, name)
-    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.early_exit_gate.bias"):
+    for name in (
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.early_exit_gate.bias",
+    ):
         assert torch.equal(target.state_dict()[name], source.state_dict()[name])
     # Copies are independent tensors: training one layer must not move its twin.
     target.model.layers[0].mlp.up_proj.weight.data.add_(1.0)
-    assert not torch.equal(target.model.layers[0].mlp.up_proj.weight, target.model.layers[2].mlp.up_proj.weight) \
+    assert (
+        not torch.equal(target.model.layers[0].mlp.up_proj.weight, target.model.layers[2].mlp.up_proj.weight)
         or method == "interleave"
+    )
 
 
 def test_stacked_pass_is_close_to_two_source_passes_but_not_equal():
@@ -100,10 +108,19 @@ def _fit_tiny(tmp_path: Path, module: OuroLM, steps: int, name: str):
     import lightning as L
     from toy_data import ToyDataModule
 
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path / name),
-                        limit_val_batches=2, val_check_interval=steps, check_val_every_n_epoch=None,
-                        num_sanity_val_steps=0, enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path / name),
+        limit_val_batches=2,
+        val_check_interval=steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+    )
     trainer.fit(module, datamodule=ToyDataModule(vocab_size=module.config.vocab_size))
     path = tmp_path / name / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(path)
@@ -120,8 +137,11 @@ def test_init_from_checkpoint_takes_weights_and_optimizer_state_not_data(tmp_pat
     assert source.final_lr == pytest.approx(first.optim.lr)
     assert source.provenance[-1]["tokens"] == first.tokens_seen
 
-    second = OuroLM(config.replace(total_ut_steps=2, rope_theta=40000.0), init_from=str(tmp_path / "warmup"),
-                    init_optimizer_state=True)
+    second = OuroLM(
+        config.replace(total_ut_steps=2, rope_theta=40000.0),
+        init_from=str(tmp_path / "warmup"),
+        init_optimizer_state=True,
+    )
     second.setup("fit")
     for key, value in first.net.state_dict().items():
         assert torch.equal(second.net.state_dict()[key], value), key
@@ -139,8 +159,9 @@ def test_init_from_exported_folder_and_upcycle_reports_source_loss(tmp_path, cap
     OuroForCausalLM(config).save_pretrained(tmp_path / "export", dtype=torch.float32)
     module = OuroLM(config.replace(num_hidden_layers=4, total_ut_steps=2), init_from=str(tmp_path / "export"))
     module.setup("fit")
-    assert torch.equal(module.net.model.layers[2].self_attn.q_proj.weight,
-                       module.net.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(
+        module.net.model.layers[2].self_attn.q_proj.weight, module.net.model.layers[0].self_attn.q_proj.weight
+    )
     trainer, _ = _fit_tiny(tmp_path, module, 2, "upcycled")
     assert "val/upcycle_source_ce_last" in trainer.callback_metrics
 
@@ -157,7 +178,9 @@ def test_data_from_another_tokenizer_is_refused(tmp_path):
     ours.save(str(tmp_path / "ours.json"))
     module = OuroLM(OuroConfig.preset("tiny"), init_from="runs/previous")
     module._init_tokenizer = str(tmp_path / "ours.json")
-    same = SimpleNamespace(tokenizer="ours", tokenizer_hash=tokenizer_hash(load_tokenizer(tmp_path / "ours.json")))
+    same = SimpleNamespace(
+        tokenizer="ours", tokenizer_hash=tokenizer_hash(load_tokenizer(tmp_path / "ours.json"))
+    )
     module._check_tokenizer_matches_data(SimpleNamespace(manifests={"data/a": same}))
     other = SimpleNamespace(tokenizer="theirs", tokenizer_hash=tokenizer_hash(theirs))
     with pytest.raises(ValueError, match=r"data/b was tokenized with 'theirs'.*ouro prepare"):

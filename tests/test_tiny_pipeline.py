@@ -15,8 +15,14 @@ STAGES = ["warmup", "stable", "ct_annealing", "longct", "midtraining", "reasonin
 
 def _run(cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "ouro.cli", "pipeline", "recipes/pipelines/tiny.yaml"], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        [sys.executable, "-m", "ouro.cli", "pipeline", "recipes/pipelines/tiny.yaml"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 def _last(run: Path) -> dict:

@@ -12,5 +12,13 @@ from ouro.callbacks.lr_schedule import WarmupStableDecay, final_lr_from_checkpoi
 from ouro.callbacks.throughput import Throughput
 from ouro.callbacks.token_budget import TokenBudget
 
-__all__ = ["BatchSizeRamp", "LongContextSchedule", "LoopMetrics", "LoopSchedule", "Throughput",
-           "TokenBudget", "WarmupStableDecay", "final_lr_from_checkpoint"]
+__all__ = [
+    "BatchSizeRamp",
+    "LongContextSchedule",
+    "LoopMetrics",
+    "LoopSchedule",
+    "Throughput",
+    "TokenBudget",
+    "WarmupStableDecay",
+    "final_lr_from_checkpoint",
+]

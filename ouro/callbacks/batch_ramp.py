@@ -24,8 +24,13 @@ class BatchSizeRamp(L.Callback):
     factor of micro-batches. Strategies that fix accumulation at start-up (DeepSpeed) cannot ramp.
     """
 
-    def __init__(self, start_tokens_per_step: int, end_tokens_per_step: int, ramp_tokens: int,
-                 ramp_start_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        start_tokens_per_step: int,
+        end_tokens_per_step: int,
+        ramp_tokens: int,
+        ramp_start_tokens: int = 0,
+    ) -> None:
         """
         Args:
             start_tokens_per_step: Global tokens per optimizer step at the start (multiple of the micro-batch
@@ -36,15 +41,18 @@ class BatchSizeRamp(L.Callback):
             ramp_start_tokens: Tokens seen before the ramp begins.
         """
         name = type(self).__name__
-        self.start_tokens_per_step = check_token_count(name, "start_tokens_per_step", start_tokens_per_step,
-                                                       1)
+        self.start_tokens_per_step = check_token_count(
+            name, "start_tokens_per_step", start_tokens_per_step, 1
+        )
         self.end_tokens_per_step = check_token_count(name, "end_tokens_per_step", end_tokens_per_step, 1)
         self.ramp_tokens = check_token_count(name, "ramp_tokens", ramp_tokens)
         self.ramp_start_tokens = check_token_count(name, "ramp_start_tokens", ramp_start_tokens)
         if self.end_tokens_per_step < self.start_tokens_per_step:
-            raise ValueError(f"{name}: end_tokens_per_step ({self.end_tokens_per_step}) is smaller than "
-                             f"start_tokens_per_step ({self.start_tokens_per_step}); the ramp only grows the "
-                             "batch")
+            raise ValueError(
+                f"{name}: end_tokens_per_step ({self.end_tokens_per_step}) is smaller than "
+                f"start_tokens_per_step ({self.start_tokens_per_step}); the ramp only grows the "
+                "batch"
+            )
         self.micro_tokens: int | None = None
         self.factor: int | None = None
 
@@ -64,58 +72,76 @@ class BatchSizeRamp(L.Callback):
     def factor_at(self, tokens: int) -> int:
         """Accumulation factor the ramp asks for after ``tokens`` tokens (needs the micro-batch size)."""
         if self.micro_tokens is None:
-            raise RuntimeError("BatchSizeRamp.factor_at needs the micro-batch size, known after the first "
-                               "batch")
+            raise RuntimeError(
+                "BatchSizeRamp.factor_at needs the micro-batch size, known after the first batch"
+            )
         return max(1, int(self.target_tokens_per_step(tokens) // self.micro_tokens))
 
     # --------------------------------------------------------------------------------------------- Lightning
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.strategy.handles_gradient_accumulation:
-            raise ValueError(f"BatchSizeRamp: strategy {type(trainer.strategy).__name__} fixes gradient "
-                             "accumulation at start-up; remove BatchSizeRamp or use DDP / FSDP")
+            raise ValueError(
+                f"BatchSizeRamp: strategy {type(trainer.strategy).__name__} fixes gradient "
+                "accumulation at start-up; remove BatchSizeRamp or use DDP / FSDP"
+            )
         if stage == "fit" and self.factor is None and trainer.accumulate_grad_batches != 1:
-            raise ValueError(f"BatchSizeRamp sets trainer.accumulate_grad_batches itself; remove "
-                             f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} from the "
-                             "recipe")
+            raise ValueError(
+                f"BatchSizeRamp sets trainer.accumulate_grad_batches itself; remove "
+                f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} from the "
+                "recipe"
+            )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.factor is not None:  # resumed: the window that follows the checkpoint uses the saved factor
             trainer.accumulate_grad_batches = self.factor
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.micro_tokens is None:
             self.micro_tokens = batch["input_ids"].numel() * trainer.world_size
             for field in ("start_tokens_per_step", "end_tokens_per_step"):
                 value = getattr(self, field)
                 if value % self.micro_tokens:
-                    raise ValueError(f"BatchSizeRamp: {field} ({value}) is not a multiple of the tokens per "
-                                     f"micro-batch (batch_size x seq_len x world_size = {self.micro_tokens})")
+                    raise ValueError(
+                        f"BatchSizeRamp: {field} ({value}) is not a multiple of the tokens per "
+                        f"micro-batch (batch_size x seq_len x world_size = {self.micro_tokens})"
+                    )
             if self.factor is None:
                 self.factor = self.factor_at(tokens_seen(pl_module))
                 trainer.accumulate_grad_batches = self.factor
         elif batch["input_ids"].numel() * trainer.world_size != self.micro_tokens:
-            raise ValueError(f"BatchSizeRamp: micro-batch changed from {self.micro_tokens} to "
-                             f"{batch['input_ids'].numel() * trainer.world_size} tokens; the ramp needs a "
-                             "fixed micro-batch size")
+            raise ValueError(
+                f"BatchSizeRamp: micro-batch changed from {self.micro_tokens} to "
+                f"{batch['input_ids'].numel() * trainer.world_size} tokens; the ramp needs a "
+                "fixed micro-batch size"
+            )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         done_in_epoch = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         if done_in_epoch % trainer.accumulate_grad_batches:
             return  # inside an accumulation window
         wanted = self.factor_at(tokens_seen(pl_module))
         if wanted != self.factor and done_in_epoch % wanted == 0:
-            rank_zero_info(f"BatchSizeRamp: {self.factor} -> {wanted} micro-batches per step "
-                           f"({wanted * self.micro_tokens} tokens) at {tokens_seen(pl_module)} tokens")
+            rank_zero_info(
+                f"BatchSizeRamp: {self.factor} -> {wanted} micro-batches per step "
+                f"({wanted * self.micro_tokens} tokens) at {tokens_seen(pl_module)} tokens"
+            )
             self.factor = wanted
             trainer.accumulate_grad_batches = wanted
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                                 optimizer: Any) -> None:
-        pl_module.log("train/tokens_per_step",
-                      float(trainer.accumulate_grad_batches * (self.micro_tokens or 0)),
-                      on_step=True, on_epoch=False, rank_zero_only=True)
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
+        pl_module.log(
+            "train/tokens_per_step",
+            float(trainer.accumulate_grad_batches * (self.micro_tokens or 0)),
+            on_step=True,
+            on_epoch=False,
+            rank_zero_only=True,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"factor": self.factor, "micro_tokens": self.micro_tokens}

@@ -57,8 +57,12 @@ class LongContextSchedule(L.Callback):
     litdata refuses to resume a loader whose block size changed.)
     """
 
-    def __init__(self, rope_theta: float | list[tuple[int, float]] | None = None, seq_len: int | None = None,
-                 warmup: list[tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        rope_theta: float | list[tuple[int, float]] | None = None,
+        seq_len: int | None = None,
+        warmup: list[tuple[int, int]] | None = None,
+    ) -> None:
         """
         Args:
             rope_theta: RoPE base for the whole stage, or ``[[tokens, base], ...]`` changing at those token
@@ -70,13 +74,18 @@ class LongContextSchedule(L.Callback):
         """
         name = type(self).__name__
         if rope_theta is None or isinstance(rope_theta, list):
-            self.rope_theta = None if rope_theta is None else Piecewise(
-                name, "rope_theta", rope_theta, float, 0, exclusive_minimum=True)
+            self.rope_theta = (
+                None
+                if rope_theta is None
+                else Piecewise(name, "rope_theta", rope_theta, float, 0, exclusive_minimum=True)
+            )
         elif isinstance(rope_theta, Real) and not isinstance(rope_theta, bool) and rope_theta > 0:
             self.rope_theta = Piecewise(name, "rope_theta", [(0, float(rope_theta))])
         else:
-            raise ValueError(f"{name}: rope_theta must be a positive number or a list of [tokens, base] "
-                             f"pairs, got {rope_theta!r}")
+            raise ValueError(
+                f"{name}: rope_theta must be a positive number or a list of [tokens, base] "
+                f"pairs, got {rope_theta!r}"
+            )
         self.seq_len = None if seq_len is None else check_token_count(name, "seq_len", seq_len, 1)
         self.warmup = None if warmup is None else Piecewise(name, "warmup", warmup, int, 1)
         if self.warmup is not None and self.seq_len is not None:
@@ -92,14 +101,19 @@ class LongContextSchedule(L.Callback):
         lengths = self.warmup.values
         for i, length in enumerate(lengths):
             if full % length:
-                raise ValueError(f"LongContextSchedule: warmup[{i}] length {length} does not divide seq_len "
-                                 f"{full}; use lengths that divide the stage's sequence length")
+                raise ValueError(
+                    f"LongContextSchedule: warmup[{i}] length {length} does not divide seq_len "
+                    f"{full}; use lengths that divide the stage's sequence length"
+                )
             if i and length <= lengths[i - 1]:
-                raise ValueError(f"LongContextSchedule: warmup lengths must increase, got {length} after "
-                                 f"{lengths[i - 1]}")
+                raise ValueError(
+                    f"LongContextSchedule: warmup lengths must increase, got {length} after {lengths[i - 1]}"
+                )
         if lengths[-1] != full:
-            raise ValueError(f"LongContextSchedule: the last warmup entry must be the full seq_len ({full}), "
-                             f"got {lengths[-1]}; add [tokens, {full}] where the warm-up ends")
+            raise ValueError(
+                f"LongContextSchedule: the last warmup entry must be the full seq_len ({full}), "
+                f"got {lengths[-1]}; add [tokens, {full}] where the warm-up ends"
+            )
 
     def rope_theta_at(self, tokens: int) -> float | None:
         return None if self.rope_theta is None else self.rope_theta(tokens)
@@ -114,16 +128,19 @@ class LongContextSchedule(L.Callback):
         if self.seq_len is not None:
             datamodule = trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "seq_len"):
-                raise ValueError("LongContextSchedule: seq_len is set but the datamodule has no `seq_len`; "
-                                 "use an ouro DataModule or drop seq_len from the callback")
+                raise ValueError(
+                    "LongContextSchedule: seq_len is set but the datamodule has no `seq_len`; "
+                    "use an ouro DataModule or drop seq_len from the callback"
+                )
             if datamodule.seq_len != self.seq_len:
                 rank_zero_info(f"LongContextSchedule: data seq_len {datamodule.seq_len} -> {self.seq_len}")
                 datamodule.seq_len = self.seq_len
         elif self.warmup is not None:
             full = getattr(trainer.datamodule, "seq_len", None)
             if full is None:
-                raise ValueError("LongContextSchedule: warmup needs the stage's seq_len; set seq_len on the "
-                                 "callback")
+                raise ValueError(
+                    "LongContextSchedule: warmup needs the stage's seq_len; set seq_len on the callback"
+                )
             self._check_warmup(full)
         self._apply_theta(pl_module)
 
@@ -133,19 +150,23 @@ class LongContextSchedule(L.Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply_theta(pl_module)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._apply_theta(pl_module)
         if self._applied_theta is not None:
-            pl_module.log("train/rope_theta", self._applied_theta, on_step=True, on_epoch=False,
-                          rank_zero_only=True)
+            pl_module.log(
+                "train/rope_theta", self._applied_theta, on_step=True, on_epoch=False, rank_zero_only=True
+            )
         if self.warmup is not None:
             full = batch["input_ids"].shape[1]
             length = self.seq_len_at(tokens_seen(pl_module), full)
             if length != full:
                 if full % length:
-                    raise ValueError(f"LongContextSchedule: warm-up length {length} does not divide the "
-                                     f"batch's sequence length {full}")
+                    raise ValueError(
+                        f"LongContextSchedule: warm-up length {length} does not divide the "
+                        f"batch's sequence length {full}"
+                    )
                 split_rows(batch, length)
             pl_module.log("train/seq_len", float(length), on_step=True, on_epoch=False, rank_zero_only=True)
 

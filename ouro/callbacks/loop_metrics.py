@@ -34,9 +34,11 @@ def format_loop_table(step_rows: list[dict[str, float]], q_rows: list[dict[str, 
         return format(row[key], fmt) if key in row else "-"
 
     lines = [f"{'step':>4}  {'CE':>8}  {'ppl':>10}  {'p(exit)':>8}"]
-    lines += [f"{int(r['step']):>4}  {cell(r, 'ce', '8.4f')}  {cell(r, 'ppl', '10.3f')}  "
-              f"{cell(r, 'exit_prob', '8.4f')}"
-              for r in step_rows]
+    lines += [
+        f"{int(r['step']):>4}  {cell(r, 'ce', '8.4f')}  {cell(r, 'ppl', '10.3f')}  "
+        f"{cell(r, 'exit_prob', '8.4f')}"
+        for r in step_rows
+    ]
     if q_rows:
         lines.append(f"{'q':>6}  {'loss':>8}  {'depth':>6}")
         lines += [f"{r['q']:>6g}  {cell(r, 'loss', '8.4f')}  {cell(r, 'depth', '6.3f')}" for r in q_rows]
@@ -61,5 +63,7 @@ class LoopMetrics(L.Callback):
         if not step_rows and not q_rows:
             return
         self.last = (step_rows, q_rows)
-        rank_zero_info(f"Loop metrics at {tokens_seen(pl_module)} tokens (step {trainer.global_step}):\n"
-                       + format_loop_table(step_rows, q_rows))
+        rank_zero_info(
+            f"Loop metrics at {tokens_seen(pl_module)} tokens (step {trainer.global_step}):\n"
+            + format_loop_table(step_rows, q_rows)
+        )

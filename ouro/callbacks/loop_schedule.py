@@ -20,8 +20,9 @@ class LoopSchedule(L.Callback):
     and before validation, and logged as ``train/total_ut_steps`` and ``train/entropy_coef``.
     """
 
-    def __init__(self, steps: list[tuple[int, int]] | None = None, beta: list[tuple[int, float]] | None = None
-                 ) -> None:
+    def __init__(
+        self, steps: list[tuple[int, int]] | None = None, beta: list[tuple[int, float]] | None = None
+    ) -> None:
         """
         Args:
             steps: ``[[tokens, T], ...]``: recurrent steps from each token count on (first entry at 0).
@@ -59,8 +60,9 @@ class LoopSchedule(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.beta is not None and getattr(pl_module, "objective", "stage1") != "stage1":
-            raise ValueError("LoopSchedule: beta only affects objective 'stage1'; drop beta from the "
-                             "callback")
+            raise ValueError(
+                "LoopSchedule: beta only affects objective 'stage1'; drop beta from the callback"
+            )
         self._apply(pl_module)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -69,16 +71,19 @@ class LoopSchedule(L.Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply(pl_module)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._apply(pl_module)
         steps, beta = self._applied
         if steps is not None:
-            pl_module.log("train/total_ut_steps", float(steps), on_step=True, on_epoch=False,
-                          rank_zero_only=True)
+            pl_module.log(
+                "train/total_ut_steps", float(steps), on_step=True, on_epoch=False, rank_zero_only=True
+            )
         if beta is not None:
-            pl_module.log("train/entropy_coef", float(beta), on_step=True, on_epoch=False,
-                          rank_zero_only=True)
+            pl_module.log(
+                "train/entropy_coef", float(beta), on_step=True, on_epoch=False, rank_zero_only=True
+            )
 
     def state_dict(self) -> dict[str, Any]:
         steps, beta = self._applied

@@ -63,8 +63,9 @@ class WarmupStableDecay(L.Callback):
                 ``optimizer.lr``.
         """
         name = type(self).__name__
-        self.total_tokens = None if total_tokens is None else check_token_count(name, "total_tokens",
-                                                                                total_tokens, 1)
+        self.total_tokens = (
+            None if total_tokens is None else check_token_count(name, "total_tokens", total_tokens, 1)
+        )
         self.warmup_tokens = check_token_count(name, "warmup_tokens", warmup_tokens)
         self.decay_tokens = check_token_count(name, "decay_tokens", decay_tokens)
         if decay not in DECAY_SHAPES:
@@ -73,8 +74,11 @@ class WarmupStableDecay(L.Callback):
         if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or min_lr < 0:
             raise ValueError(f"{name}: min_lr must be a number >= 0, got {min_lr!r}")
         if min_lr_ratio is not None:
-            if isinstance(min_lr_ratio, bool) or not isinstance(min_lr_ratio, (int, float)) \
-                    or not 0 <= min_lr_ratio <= 1:
+            if (
+                isinstance(min_lr_ratio, bool)
+                or not isinstance(min_lr_ratio, (int, float))
+                or not 0 <= min_lr_ratio <= 1
+            ):
                 raise ValueError(f"{name}: min_lr_ratio must lie in [0, 1], got {min_lr_ratio!r}")
             if min_lr:
                 raise ValueError(f"{name}: set either min_lr or min_lr_ratio, not both")
@@ -91,9 +95,11 @@ class WarmupStableDecay(L.Callback):
 
     def _check_total(self, total: int) -> None:
         if self.warmup_tokens + self.decay_tokens > total:
-            raise ValueError(f"{type(self).__name__}: warmup_tokens + decay_tokens ({self.warmup_tokens} + "
-                             f"{self.decay_tokens} = {self.warmup_tokens + self.decay_tokens}) exceeds "
-                             f"total_tokens ({total}); shorten warmup/decay or raise the budget")
+            raise ValueError(
+                f"{type(self).__name__}: warmup_tokens + decay_tokens ({self.warmup_tokens} + "
+                f"{self.decay_tokens} = {self.warmup_tokens + self.decay_tokens}) exceeds "
+                f"total_tokens ({total}); shorten warmup/decay or raise the budget"
+            )
 
     # ---------------------------------------------------------------------------------------------- the curve
     def floor(self, peak: float) -> float:
@@ -103,8 +109,10 @@ class WarmupStableDecay(L.Callback):
         """The learning rate after ``tokens`` tokens for peak LR ``peak`` (default: the resolved peak)."""
         peak = self.peak_lr if peak is None else peak
         if peak is None or self.total_tokens is None:
-            raise RuntimeError("WarmupStableDecay.lr_at needs the peak LR and total_tokens; they are "
-                               "resolved when training starts")
+            raise RuntimeError(
+                "WarmupStableDecay.lr_at needs the peak LR and total_tokens; they are "
+                "resolved when training starts"
+            )
         floor = self.floor(peak)
         if self.warmup_tokens and tokens < self.warmup_tokens:
             return peak * tokens / self.warmup_tokens
@@ -120,9 +128,11 @@ class WarmupStableDecay(L.Callback):
 
             budgets = [cb for cb in trainer.callbacks if isinstance(cb, TokenBudget)]
             if not budgets:
-                raise ValueError("WarmupStableDecay: total_tokens is not set and there is no TokenBudget "
-                                 "callback to take it from; set total_tokens or add "
-                                 "ouro.callbacks.TokenBudget")
+                raise ValueError(
+                    "WarmupStableDecay: total_tokens is not set and there is no TokenBudget "
+                    "callback to take it from; set total_tokens or add "
+                    "ouro.callbacks.TokenBudget"
+                )
             self.total_tokens = budgets[0].max_tokens
             self._check_total(self.total_tokens)
 
@@ -133,17 +143,21 @@ class WarmupStableDecay(L.Callback):
         if self.init_lr_from_previous:
             previous = getattr(pl_module, "previous_stage_final_lr", None)
             if previous is None:
-                rank_zero_warn("WarmupStableDecay: init_lr_from_previous is set but the initialising "
-                               f"checkpoint has no final LR; starting from optimizer.lr = {peak:g}")
+                rank_zero_warn(
+                    "WarmupStableDecay: init_lr_from_previous is set but the initialising "
+                    f"checkpoint has no final LR; starting from optimizer.lr = {peak:g}"
+                )
             elif isinstance(previous, bool) or not isinstance(previous, (int, float)) or previous <= 0:
-                raise ValueError(f"WarmupStableDecay: previous_stage_final_lr must be a positive number, got "
-                                 f"{previous!r}")
+                raise ValueError(
+                    f"WarmupStableDecay: previous_stage_final_lr must be a positive number, got {previous!r}"
+                )
             else:
                 peak = float(previous)
         self.peak_lr = peak
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                                 optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
         lr = self.lr_at(tokens_seen(pl_module))
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -158,9 +172,11 @@ class WarmupStableDecay(L.Callback):
         self.last_lr = state_dict.get("last_lr")
         saved_total = state_dict.get("total_tokens")
         if saved_total is not None and self.total_tokens is not None and saved_total != self.total_tokens:
-            rank_zero_warn(f"WarmupStableDecay: the checkpoint was trained with total_tokens={saved_total}, "
-                           f"the recipe now says {self.total_tokens}; the rest of the stage follows the new "
-                           "value")
+            rank_zero_warn(
+                f"WarmupStableDecay: the checkpoint was trained with total_tokens={saved_total}, "
+                f"the recipe now says {self.total_tokens}; the rest of the stage follows the new "
+                "value"
+            )
 
 
 def final_lr_from_checkpoint(checkpoint: Mapping[str, Any]) -> float | None:

@@ -13,8 +13,10 @@ def tokens_seen(pl_module: Any) -> int:
     try:
         return int(pl_module.tokens_seen)
     except AttributeError:
-        raise TypeError(f"{type(pl_module).__name__} has no `tokens_seen`; the ouro callbacks need a module "
-                        "that counts trained tokens, such as ouro.module.OuroLM") from None
+        raise TypeError(
+            f"{type(pl_module).__name__} has no `tokens_seen`; the ouro callbacks need a module "
+            "that counts trained tokens, such as ouro.module.OuroLM"
+        ) from None
 
 
 def check_token_count(owner: str, name: str, value: Any, minimum: int = 0) -> int:
@@ -36,11 +38,19 @@ class Piecewise:
     The first entry must start at 0 tokens and token counts must increase, so every token count has one value.
     """
 
-    def __init__(self, owner: str, name: str, points: Sequence[Sequence[Any]], kind: type = float,
-                 minimum: float | None = None, exclusive_minimum: bool = False) -> None:
+    def __init__(
+        self,
+        owner: str,
+        name: str,
+        points: Sequence[Sequence[Any]],
+        kind: type = float,
+        minimum: float | None = None,
+        exclusive_minimum: bool = False,
+    ) -> None:
         if not isinstance(points, Sequence) or isinstance(points, str) or not points:
-            raise ValueError(f"{owner}: {name} must be a non-empty list of [tokens, value] pairs, got "
-                             f"{points!r}")
+            raise ValueError(
+                f"{owner}: {name} must be a non-empty list of [tokens, value] pairs, got {points!r}"
+            )
         self.tokens: list[int] = []
         self.values: list[Any] = []
         for i, point in enumerate(points):
@@ -59,8 +69,9 @@ class Piecewise:
                 bound = f"> {minimum}" if exclusive_minimum else f">= {minimum}"
                 raise ValueError(f"{where} value must be {bound}, got {value}")
             if i == 0 and tokens != 0:
-                raise ValueError(f"{where} must start at 0 tokens (the value at the start of the stage), got "
-                                 f"{tokens}")
+                raise ValueError(
+                    f"{where} must start at 0 tokens (the value at the start of the stage), got {tokens}"
+                )
             if i > 0 and tokens <= self.tokens[-1]:
                 raise ValueError(f"{where}: token counts must increase, got {tokens} after {self.tokens[-1]}")
             self.tokens.append(tokens)

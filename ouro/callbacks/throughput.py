@@ -40,13 +40,17 @@ class Throughput(L.Callback):
             log_every_n_steps: Optimizer steps per measurement window.
             peak_flops: Peak FLOP/s of one device for the training dtype (None: looked up for CUDA devices).
         """
-        if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps,
-                                                                 int) or log_every_n_steps < 1:
-            raise ValueError("Throughput: log_every_n_steps must be a positive integer, got "
-                             f"{log_every_n_steps!r}")
-        if peak_flops is not None and (isinstance(peak_flops, bool) or not isinstance(peak_flops, (int,
-                                                                                                   float))
-                                       or peak_flops <= 0):
+        if (
+            isinstance(log_every_n_steps, bool)
+            or not isinstance(log_every_n_steps, int)
+            or log_every_n_steps < 1
+        ):
+            raise ValueError(
+                f"Throughput: log_every_n_steps must be a positive integer, got {log_every_n_steps!r}"
+            )
+        if peak_flops is not None and (
+            isinstance(peak_flops, bool) or not isinstance(peak_flops, (int, float)) or peak_flops <= 0
+        ):
             raise ValueError(f"Throughput: peak_flops must be a positive number, got {peak_flops!r}")
         self.log_every_n_steps = log_every_n_steps
         self.peak_flops = peak_flops
@@ -65,19 +69,22 @@ class Throughput(L.Callback):
         if self.peak_flops is None and trainer.strategy.root_device.type == "cuda":
             from lightning.fabric.utilities.throughput import get_available_flops
 
-            self.peak_flops = get_available_flops(trainer.strategy.root_device,
-                                                  compute_dtype(trainer.precision))
+            self.peak_flops = get_available_flops(
+                trainer.strategy.root_device, compute_dtype(trainer.precision)
+            )
         self._reset_window()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._t0 is None:
             self._sync(trainer)
             self._t0 = time.perf_counter()
         self._step_before = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         rows, seq = batch["input_ids"].shape  # after any length warm-up reshaped the rows
         self._tokens += rows * seq * trainer.world_size
         self._flops += flops_per_token(pl_module.config, seq) * rows * seq
@@ -103,8 +110,10 @@ class Throughput(L.Callback):
     def _report(self, trainer: L.Trainer, elapsed: float) -> None:
         if elapsed <= 0:
             return
-        metrics = {"throughput/tokens_per_sec": self._tokens / elapsed,
-                   "throughput/flops_per_sec": self._flops / elapsed}
+        metrics = {
+            "throughput/tokens_per_sec": self._tokens / elapsed,
+            "throughput/flops_per_sec": self._flops / elapsed,
+        }
         if self.peak_flops:
             metrics["throughput/mfu"] = metrics["throughput/flops_per_sec"] / self.peak_flops
         self.last = metrics

@@ -23,8 +23,9 @@ class TokenBudget(L.Callback):
     looks finished. A run resumed past its budget stops before training another step.
     """
 
-    def __init__(self, max_tokens: int, checkpoint_name: str = "last.ckpt",
-                 dirpath: str | None = None) -> None:
+    def __init__(
+        self, max_tokens: int, checkpoint_name: str = "last.ckpt", dirpath: str | None = None
+    ) -> None:
         """
         Args:
             max_tokens: Tokens (all ranks) the stage trains on.
@@ -34,8 +35,9 @@ class TokenBudget(L.Callback):
         """
         self.max_tokens = check_token_count(type(self).__name__, "max_tokens", max_tokens, 1)
         if not checkpoint_name or "/" in checkpoint_name or not checkpoint_name.endswith(".ckpt"):
-            raise ValueError("TokenBudget: checkpoint_name must be a file name ending in .ckpt, got "
-                             f"{checkpoint_name!r}")
+            raise ValueError(
+                f"TokenBudget: checkpoint_name must be a file name ending in .ckpt, got {checkpoint_name!r}"
+            )
         self.checkpoint_name = checkpoint_name
         self.dirpath = dirpath
         self.elapsed_s = 0.0  # training time over every session of this stage
@@ -58,16 +60,20 @@ class TokenBudget(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._session_start = time.monotonic()
         if tokens_seen(pl_module) >= self.max_tokens:
-            rank_zero_info(f"TokenBudget: {tokens_seen(pl_module)} tokens already trained (budget "
-                           f"{self.max_tokens}); finishing the stage without training")
+            rank_zero_info(
+                f"TokenBudget: {tokens_seen(pl_module)} tokens already trained (budget "
+                f"{self.max_tokens}); finishing the stage without training"
+            )
             self._finish(trainer, pl_module)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._step_before = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         stepped = self._step_before is not None and trainer.global_step > self._step_before
         if stepped and not self.completed and tokens_seen(pl_module) >= self.max_tokens:
             self._finish(trainer, pl_module)
@@ -79,9 +85,13 @@ class TokenBudget(L.Callback):
         path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            record = {"tokens": tokens_seen(pl_module), "max_tokens": self.max_tokens,
-                      "global_step": trainer.global_step, "train_seconds": round(self.elapsed_s, 3),
-                      "checkpoint": str(path)}
+            record = {
+                "tokens": tokens_seen(pl_module),
+                "max_tokens": self.max_tokens,
+                "global_step": trainer.global_step,
+                "train_seconds": round(self.elapsed_s, 3),
+                "checkpoint": str(path),
+            }
             Path(trainer.default_root_dir).mkdir(parents=True, exist_ok=True)
             mark_complete(trainer.default_root_dir, record)
             rank_zero_info(f"TokenBudget: stage complete at {record['tokens']} tokens; checkpoint {path}")

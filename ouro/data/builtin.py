@@ -73,7 +73,10 @@ def write_corpus(directory: Path) -> dict[str, list[Path]]:
     """Write the corpus as JSONL (``text`` field): ``train-<i>.jsonl`` files and ``val.jsonl``."""
     corpus = directory / "corpus"
     done = corpus / "DONE"
-    splits = {"train": [corpus / f"train-{i}.jsonl" for i in range(_TRAIN_FILES)], "val": [corpus / "val.jsonl"]}
+    splits = {
+        "train": [corpus / f"train-{i}.jsonl" for i in range(_TRAIN_FILES)],
+        "val": [corpus / "val.jsonl"],
+    }
     if done.is_file():
         return splits
     corpus.mkdir(parents=True, exist_ok=True)
@@ -102,8 +105,12 @@ def train_tokenizer(files: list[Path], vocab_size: int = BUILTIN_VOCAB_SIZE):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, IM_START, IM_END],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, IM_START, IM_END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
 
     def texts():
         for path in files:
@@ -136,6 +143,11 @@ def ensure_builtin_corpus(num_workers: int | None = None) -> dict[str, Path]:
     out = {}
     for split, files in splits.items():
         out[split] = directory / "shards" / split
-        prepare([str(f) for f in files], str(out[split]), tokenizer=str(tokenizer), num_workers=num_workers,
-                chunk_tokens=1 << 20)
+        prepare(
+            [str(f) for f in files],
+            str(out[split]),
+            tokenizer=str(tokenizer),
+            num_workers=num_workers,
+            chunk_tokens=1 << 20,
+        )
     return out

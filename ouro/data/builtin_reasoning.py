@@ -55,8 +55,13 @@ def conversations(split: str, seed: int = 0) -> list[list[dict[str, str]]]:
     for _ in range(_SIZES[split]):
         example = make_example(rng, rng.randint(1, 4))
         answer = f"<think>{reasoning_trace(example.prompt)}</think>{example.answer}"
-        result.append([{"role": "system", "content": _SYSTEM}, {"role": "user", "content": example.prompt},
-                       {"role": "assistant", "content": answer}])
+        result.append(
+            [
+                {"role": "system", "content": _SYSTEM},
+                {"role": "user", "content": example.prompt},
+                {"role": "assistant", "content": answer},
+            ]
+        )
     return result
 
 
@@ -82,8 +87,15 @@ def ensure_reasoning_shards(format: str, seq_len: int = 256) -> dict[str, Path]:
             tmp.replace(jsonl)
         target = root / f"{name}-{split}"
         if not (target / "manifest.json").is_file():
-            prepare(str(jsonl), str(target), tokenizer=str(builtin_tokenizer_path()), format=format,
-                    seq_len=seq_len, num_workers=1, chunk_tokens=1 << 16)
+            prepare(
+                str(jsonl),
+                str(target),
+                tokenizer=str(builtin_tokenizer_path()),
+                format=format,
+                seq_len=seq_len,
+                num_workers=1,
+                chunk_tokens=1 << 16,
+            )
         out[split] = target
     return out
 

@@ -51,12 +51,16 @@ class Manifest:
     def load(cls, directory: str | Path) -> Manifest:
         path = Path(directory) / MANIFEST
         if not path.is_file():
-            raise DataError(f"{directory} holds no {MANIFEST}: it is not a prepared shard folder, or its "
-                            "`ouro prepare` did not finish; run `ouro prepare` for it (again)")
+            raise DataError(
+                f"{directory} holds no {MANIFEST}: it is not a prepared shard folder, or its "
+                "`ouro prepare` did not finish; run `ouro prepare` for it (again)"
+            )
         try:
             return cls(**json.loads(path.read_text()))
         except (TypeError, json.JSONDecodeError) as err:
-            raise DataError(f"{path} is unreadable ({err}); rerun `ouro prepare` with --overwrite true") from None
+            raise DataError(
+                f"{path} is unreadable ({err}); rerun `ouro prepare` with --overwrite true"
+            ) from None
 
     def check_model(self, vocab_size: int, eos_token_id: int | None, where: str) -> None:
         """Refuse shards whose tokenizer does not fit the model.
@@ -68,13 +72,17 @@ class Manifest:
             raise DataError(
                 f"{where} was tokenized with {self.tokenizer!r} (vocabulary {self.vocab_size}) but the model's "
                 f"vocab_size is {vocab_size}: token ids would overflow the embedding. Set model.vocab_size to "
-                f"{self.vocab_size} or prepare the data with the model's tokenizer")
-        if vocab_size - self.vocab_size >= 128 or (eos_token_id is not None and eos_token_id != self.eos_token_id):
+                f"{self.vocab_size} or prepare the data with the model's tokenizer"
+            )
+        if vocab_size - self.vocab_size >= 128 or (
+            eos_token_id is not None and eos_token_id != self.eos_token_id
+        ):
             raise DataError(
                 f"{where} was tokenized with {self.tokenizer!r} (vocabulary {self.vocab_size}, EOS id "
                 f"{self.eos_token_id}) but the model has vocab_size {vocab_size} and eos_token_id {eos_token_id}: "
                 "the tokenizers differ. Prepare the data with the model's tokenizer, or set model.vocab_size / "
-                "model.eos_token_id to match")
+                "model.eos_token_id to match"
+            )
 
 
 def check_same_tokenizer(manifests: dict[str, Manifest]) -> Manifest:
@@ -83,6 +91,8 @@ def check_same_tokenizer(manifests: dict[str, Manifest]) -> Manifest:
     first_dir, first = items[0]
     for directory, other in items[1:]:
         if other.tokenizer_hash != first.tokenizer_hash:
-            raise DataError(f"{directory} was tokenized with {other.tokenizer!r} but {first_dir} with "
-                            f"{first.tokenizer!r}; prepare every source with the same tokenizer")
+            raise DataError(
+                f"{directory} was tokenized with {other.tokenizer!r} but {first_dir} with "
+                f"{first.tokenizer!r}; prepare every source with the same tokenizer"
+            )
     return first

@@ -103,7 +103,9 @@ def _sft_arrays(job: _Job, path: str, stats: ReadStats, counts: dict):
             messages = validate_conversation(messages, where)
         except DataError as err:
             if not job.skip_bad:
-                raise DataError(f"{err}; fix or remove it, or pass --skip_bad true to skip bad records") from None
+                raise DataError(
+                    f"{err}; fix or remove it, or pass --skip_bad true to skip bad records"
+                ) from None
             stats.skipped += 1
             continue
         ids, mask = renderer.render(messages)
@@ -142,13 +144,17 @@ def _existing(output: Path, manifest_args: dict, overwrite: bool) -> Manifest | 
         if output.is_dir() and not any(output.iterdir()):
             output.rmdir()
             return None
-        raise DataError(f"{output} exists and is not a finished prepare (no {MANIFEST}); remove it or pass "
-                        "--overwrite true")
+        raise DataError(
+            f"{output} exists and is not a finished prepare (no {MANIFEST}); remove it or pass "
+            "--overwrite true"
+        )
     manifest = Manifest.load(output)
     same = all(getattr(manifest, key) == value for key, value in manifest_args.items())
     if not same:
-        raise DataError(f"{output} was prepared from other inputs or settings (see {output / MANIFEST}); pass "
-                        "--overwrite true to redo it, or choose another output_dir")
+        raise DataError(
+            f"{output} was prepared from other inputs or settings (see {output / MANIFEST}); pass "
+            "--overwrite true to redo it, or choose another output_dir"
+        )
     return manifest
 
 
@@ -195,11 +201,18 @@ def prepare(
         chat_token_ids(tok)
     block_size = seq_len + 1 if format == "sft" else None
     output = Path(output_dir).expanduser().resolve()
-    key = dict(format=format, tokenizer_hash=tokenizer_hash(tok), sources=[str(f) for f in files],
-               block_size=block_size, text_field=field)
+    key = dict(
+        format=format,
+        tokenizer_hash=tokenizer_hash(tok),
+        sources=[str(f) for f in files],
+        block_size=block_size,
+        text_field=field,
+    )
     done = _existing(output, key, overwrite)
     if done is not None:
-        print(f"{output} is already prepared ({done.documents} documents, {done.tokens} tokens); nothing to do")
+        print(
+            f"{output} is already prepared ({done.documents} documents, {done.tokens} tokens); nothing to do"
+        )
         return done
 
     staging = output.parent / f".{output.name}.incomplete"
@@ -210,13 +223,23 @@ def prepare(
     job = _Job(str(tokenizer_file), format, field, skip_bad, block_size or 0, eos, str(work))
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
     chunk = chunk_tokens if format == "pretrain" else max(1, chunk_tokens // block_size) * block_size
-    env = {"DATA_OPTIMIZER_CACHE_FOLDER": str(work / "cache" / "chunks"),
-           "DATA_OPTIMIZER_DATA_CACHE_FOLDER": str(work / "cache" / "data")}
+    env = {
+        "DATA_OPTIMIZER_CACHE_FOLDER": str(work / "cache" / "chunks"),
+        "DATA_OPTIMIZER_DATA_CACHE_FOLDER": str(work / "cache" / "data"),
+    }
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        optimize(partial(_process_file, job), [str(f) for f in files], str(staging), chunk_size=chunk,
-                 item_loader=TokensLoader(), num_workers=workers, mode="overwrite", start_method="fork")
+        optimize(
+            partial(_process_file, job),
+            [str(f) for f in files],
+            str(staging),
+            chunk_size=chunk,
+            item_loader=TokensLoader(),
+            num_workers=workers,
+            mode="overwrite",
+            start_method="fork",
+        )
     except Exception as err:
         errors = sorted((work / "errors").glob("*.json")) if (work / "errors").is_dir() else []
         shutil.rmtree(staging, ignore_errors=True)
@@ -236,12 +259,24 @@ def prepare(
     shutil.rmtree(work, ignore_errors=True)
     if totals["documents"] == 0:
         shutil.rmtree(staging, ignore_errors=True)
-        raise DataError(f"the inputs {[str(f) for f in files]} hold no documents"
-                        + (f" ({totals['skipped']} bad records skipped)" if totals["skipped"] else ""))
-    manifest = Manifest(format=format, tokenizer=str(tokenizer), tokenizer_hash=key["tokenizer_hash"],
-                        vocab_size=tok.get_vocab_size(), eos_token_id=eos, documents=totals["documents"],
-                        tokens=totals["tokens"], skipped=totals["skipped"], sources=key["sources"],
-                        block_size=block_size, truncated=totals["truncated"], text_field=field)
+        raise DataError(
+            f"the inputs {[str(f) for f in files]} hold no documents"
+            + (f" ({totals['skipped']} bad records skipped)" if totals["skipped"] else "")
+        )
+    manifest = Manifest(
+        format=format,
+        tokenizer=str(tokenizer),
+        tokenizer_hash=key["tokenizer_hash"],
+        vocab_size=tok.get_vocab_size(),
+        eos_token_id=eos,
+        documents=totals["documents"],
+        tokens=totals["tokens"],
+        skipped=totals["skipped"],
+        sources=key["sources"],
+        block_size=block_size,
+        truncated=totals["truncated"],
+        text_field=field,
+    )
     shutil.copyfile(tokenizer_file, staging / "tokenizer.json")  # ships with the data; export reads it
     manifest.save(staging)
     if output.exists():  # overwrite: the old folder goes only once the new one is complete

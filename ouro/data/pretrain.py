@@ -134,8 +134,10 @@ class PretrainDataModule(L.LightningDataModule):
         if self.weights is not None and (len(self.weights) != len(self.sources) or min(self.weights) <= 0):
             raise DataError(f"weights {self.weights} must be positive, one per source ({len(self.sources)})")
         if seq_len < 1 or batch_size < 1 or num_workers < 0:
-            raise DataError(f"seq_len and batch_size must be >= 1 and num_workers >= 0, got {seq_len}, "
-                            f"{batch_size}, {num_workers}")
+            raise DataError(
+                f"seq_len and batch_size must be >= 1 and num_workers >= 0, got {seq_len}, "
+                f"{batch_size}, {num_workers}"
+            )
         self.tokens_per_source = [0] * len(self.sources)
         self.manifests: dict[str, Manifest] = {}
         self.tokenizer_path: str | None = None
@@ -161,13 +163,17 @@ class PretrainDataModule(L.LightningDataModule):
     def _resolve(self, source: str, split: str) -> Path:
         if source == BUILTIN:
             if self.format != "pretrain":
-                raise DataError("the built-in corpus is pretraining text; give SFT shards from `ouro prepare "
-                                "--format sft`")
+                raise DataError(
+                    "the built-in corpus is pretraining text; give SFT shards from `ouro prepare "
+                    "--format sft`"
+                )
             return self._builtin()[split]
         path = Path(source).expanduser()
         if not path.is_dir():
-            raise DataError(f"data source {source!r} does not exist; produce it with `ouro prepare <inputs> "
-                            f"{source} --format {self.format}`")
+            raise DataError(
+                f"data source {source!r} does not exist; produce it with `ouro prepare <inputs> "
+                f"{source} --format {self.format}`"
+            )
         return path
 
     def setup(self, stage: str | None = None) -> None:
@@ -178,8 +184,10 @@ class PretrainDataModule(L.LightningDataModule):
         first = check_same_tokenizer(self.manifests)
         for directory, manifest in self.manifests.items():
             if manifest.format != self.format:
-                raise DataError(f"{directory} holds {manifest.format!r} shards but {type(self).__name__} needs "
-                                f"{self.format!r}; prepare it with --format {self.format}")
+                raise DataError(
+                    f"{directory} holds {manifest.format!r} shards but {type(self).__name__} needs "
+                    f"{self.format!r}; prepare it with --format {self.format}"
+                )
         self.eos_id = first.eos_token_id
         shipped = self._train_dirs[0] / "tokenizer.json"
         self.tokenizer_path = str(shipped) if shipped.is_file() else first.tokenizer
@@ -216,14 +224,21 @@ class PretrainDataModule(L.LightningDataModule):
                 f"about {int(samples[first])} samples, when {self.sources[short]} has seen only "
                 f"{seen[short]:.0%} of its blocks; each new epoch reshuffles and restarts every source, so that "
                 "tail may never be reached. Lower the weight of the small source or give it more data.",
-                stacklevel=2)
+                stacklevel=2,
+            )
 
     # ------------------------------------------------------------------------------------------------ loaders
     def _dataset(self, directory: Path, index: int, shuffle: bool, drop_last: bool):
         from litdata import TokensLoader
 
-        return _source_dataset_class()(str(directory), item_loader=TokensLoader(block_size=self.seq_len + 1),
-                                       shuffle=shuffle, drop_last=drop_last, seed=self.seed, source_index=index)
+        return _source_dataset_class()(
+            str(directory),
+            item_loader=TokensLoader(block_size=self.seq_len + 1),
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=self.seed,
+            source_index=index,
+        )
 
     def _collate(self) -> BlockCollate:
         return BlockCollate(self.eos_id, sft=self.format == "sft", doc_masking=self.doc_masking)
@@ -233,10 +248,16 @@ class PretrainDataModule(L.LightningDataModule):
         if len(datasets) == 1:
             dataset = datasets[0]
         else:
-            dataset = _mixture_class()(datasets, seed=self.seed, weights=self._normalised_weights(),
-                                               iterate_over_all=False)
-        return _loader_class()(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                               collate_fn=self._collate(), drop_last=True)
+            dataset = _mixture_class()(
+                datasets, seed=self.seed, weights=self._normalised_weights(), iterate_over_all=False
+            )
+        return _loader_class()(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(),
+            drop_last=True,
+        )
 
     def val_dataloader(self):
         from litdata import StreamingDataLoader
@@ -244,8 +265,12 @@ class PretrainDataModule(L.LightningDataModule):
         if self._val_dir is None:
             return []
         dataset = self._dataset(self._val_dir, 0, False, False)
-        return StreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=min(self.num_workers, 1),
-                                   collate_fn=self._collate())
+        return StreamingDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=min(self.num_workers, 1),
+            collate_fn=self._collate(),
+        )
 
     # ------------------------------------------------------------------------------------- per-source tokens
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -256,8 +281,14 @@ class PretrainDataModule(L.LightningDataModule):
         per_sample = batch["input_ids"].shape[1] * trainer.world_size
         for index in source.tolist():
             self.tokens_per_source[index] += per_sample
-        if trainer.loggers and trainer.log_every_n_steps and trainer.global_step % trainer.log_every_n_steps == 0:
-            metrics = {f"data/tokens/{self._source_name(i)}": float(n) for i, n in enumerate(self.tokens_per_source)}
+        if (
+            trainer.loggers
+            and trainer.log_every_n_steps
+            and trainer.global_step % trainer.log_every_n_steps == 0
+        ):
+            metrics = {
+                f"data/tokens/{self._source_name(i)}": float(n) for i, n in enumerate(self.tokens_per_source)
+            }
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
         return batch

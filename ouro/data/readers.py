@@ -35,15 +35,20 @@ def _supported(path: Path) -> bool:
 
 def _hub_files(spec: str) -> list[Path]:
     """Download the parquet / JSONL files of a Hub data set (``hf://org/name`` or ``hf://datasets/org/name``)."""
-    repo_id = spec[len(HUB_PREFIX):].removeprefix("datasets/").strip("/")
+    repo_id = spec[len(HUB_PREFIX) :].removeprefix("datasets/").strip("/")
     from huggingface_hub import snapshot_download
 
     try:
-        folder = snapshot_download(repo_id=repo_id, repo_type="dataset",
-                                   allow_patterns=["*.parquet", "*.jsonl", "*.jsonl.gz", "*.txt"])
+        folder = snapshot_download(
+            repo_id=repo_id,
+            repo_type="dataset",
+            allow_patterns=["*.parquet", "*.jsonl", "*.jsonl.gz", "*.txt"],
+        )
     except Exception as err:
-        raise DataError(f"could not download Hub data set {repo_id!r} ({type(err).__name__}: {err}); check the name "
-                        "and your network, or download it and pass the local folder") from None
+        raise DataError(
+            f"could not download Hub data set {repo_id!r} ({type(err).__name__}: {err}); check the name "
+            "and your network, or download it and pass the local folder"
+        ) from None
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and _supported(p))
     if not files:
         raise DataError(f"Hub data set {repo_id!r} has no {'/'.join(SUFFIXES)} files")
@@ -76,7 +81,9 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
                 raise DataError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
             files.append(path)
         else:
-            raise FileNotFoundError(f"input {item!r} does not exist (for a Hub data set write hf://<org>/<name>)")
+            raise FileNotFoundError(
+                f"input {item!r} does not exist (for a Hub data set write hf://<org>/<name>)"
+            )
     return list(dict.fromkeys(f.resolve() for f in files))
 
 
@@ -115,8 +122,11 @@ def _read_jsonl(path: Path, field: str, skip_bad: bool, stats: ReadStats) -> Ite
                     _bad(f"{where}: not valid JSON ({err.msg})", skip_bad, stats)
                     continue
                 if not isinstance(record, dict) or field not in record:
-                    _bad(f"{where}: no field {field!r} (set --text_field to the field that holds the data)",
-                         skip_bad, stats)
+                    _bad(
+                        f"{where}: no field {field!r} (set --text_field to the field that holds the data)",
+                        skip_bad,
+                        stats,
+                    )
                     continue
                 yield record[field], where
     except (OSError, EOFError, zlib.error) as err:  # corrupt or truncated gzip
@@ -133,7 +143,11 @@ def _read_parquet(path: Path, field: str, skip_bad: bool, stats: ReadStats) -> I
         _bad(f"{path}: not a readable parquet file ({err})", skip_bad, stats)
         return
     if field not in parquet.schema_arrow.names:
-        _bad(f"{path}: no column {field!r} (columns: {parquet.schema_arrow.names}); set --text_field", skip_bad, stats)
+        _bad(
+            f"{path}: no column {field!r} (columns: {parquet.schema_arrow.names}); set --text_field",
+            skip_bad,
+            stats,
+        )
         return
     row = 0
     try:

@@ -44,19 +44,31 @@ class SFTDataModule(PretrainDataModule):
             seed: Shuffle and mixture seed.
             shuffle: Shuffle the packed blocks (validation never shuffles).
         """
-        super().__init__(sources=sources, weights=weights, val_source=val_source, seq_len=seq_len or 1,
-                         batch_size=batch_size, num_workers=num_workers, seed=seed, shuffle=shuffle,
-                         doc_masking=True)
+        super().__init__(
+            sources=sources,
+            weights=weights,
+            val_source=val_source,
+            seq_len=seq_len or 1,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            shuffle=shuffle,
+            doc_masking=True,
+        )
         self._seq_len_given = seq_len
 
     def _check_block_size(self) -> None:
         sizes = {m.block_size for m in self.manifests.values()}
         if len(sizes) != 1 or None in sizes:
-            raise DataError(f"the SFT sources were packed for different sequence lengths {sorted(map(str, sizes))}; "
-                            "prepare them all with the same --seq_len")
+            raise DataError(
+                f"the SFT sources were packed for different sequence lengths {sorted(map(str, sizes))}; "
+                "prepare them all with the same --seq_len"
+            )
         packed = sizes.pop() - 1
         if self._seq_len_given is not None and self._seq_len_given != packed:
-            raise DataError(f"seq_len is {self._seq_len_given} but the SFT shards were packed for seq_len {packed}; "
-                            f"set data.seq_len to {packed} or rerun `ouro prepare --format sft --seq_len "
-                            f"{self._seq_len_given}`")
+            raise DataError(
+                f"seq_len is {self._seq_len_given} but the SFT shards were packed for seq_len {packed}; "
+                f"set data.seq_len to {packed} or rerun `ouro prepare --format sft --seq_len "
+                f"{self._seq_len_given}`"
+            )
         self.seq_len = packed

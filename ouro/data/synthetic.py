@@ -61,8 +61,13 @@ def write_jsonl(path: str | Path, examples: list[Example], format: Literal["text
             if format == "text":
                 row = {"text": ex.prompt + ex.answer, "hops": ex.hops}
             else:
-                row = {"messages": [{"role": "user", "content": ex.prompt},
-                                    {"role": "assistant", "content": ex.answer.strip()}], "hops": ex.hops}
+                row = {
+                    "messages": [
+                        {"role": "user", "content": ex.prompt},
+                        {"role": "assistant", "content": ex.answer.strip()},
+                    ],
+                    "hops": ex.hops,
+                }
             handle.write(json.dumps(row) + "\n")
     return path
 
@@ -74,8 +79,13 @@ def exact_match_per_step(model, tokenizer, examples: list[Example], batch_size: 
     which is exactly when greedy decoding at step t would produce the answer. Prompts are left-padded per batch
     with their own document id so padding never enters attention.
     """
-    encoded = [(tokenizer.encode(ex.prompt, add_special_tokens=False).ids,
-                tokenizer.encode(ex.answer, add_special_tokens=False).ids) for ex in examples]
+    encoded = [
+        (
+            tokenizer.encode(ex.prompt, add_special_tokens=False).ids,
+            tokenizer.encode(ex.answer, add_special_tokens=False).ids,
+        )
+        for ex in examples
+    ]
     return exact_match_ids(model, encoded, batch_size)
 
 
@@ -90,7 +100,7 @@ def exact_match_ids(model, encoded: list[tuple[list[int], list[int]]], batch_siz
     model.eval()
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
+            chunk = encoded[start : start + batch_size]
             length = max(len(p) + len(a) for p, a in chunk)
             ids = torch.zeros(len(chunk), length, dtype=torch.long)
             docs = torch.zeros(len(chunk), length, dtype=torch.long)
@@ -101,7 +111,7 @@ def exact_match_ids(model, encoded: list[tuple[list[int], list[int]]], batch_siz
                 ids[row, pad:] = torch.tensor(seq)
                 docs[row, pad:] = 1  # the padding is document 0, the example document 1
                 first = pad + len(prompt)  # position of the first answer token
-                targets[row, first - 1:length - 1] = torch.tensor(answer)
+                targets[row, first - 1 : length - 1] = torch.tensor(answer)
             out = model(ids.to(device), doc_ids=docs.to(device))
             scored = targets >= 0
             for t in range(steps):

@@ -26,19 +26,25 @@ def resolve_tokenizer_file(name_or_path: str | Path) -> Path:
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
             return path / "tokenizer.json"
-        raise FileNotFoundError(f"{path} is a folder without tokenizer.json; point at a tokenizer.json file or a "
-                                "folder that holds one")
+        raise FileNotFoundError(
+            f"{path} is a folder without tokenizer.json; point at a tokenizer.json file or a "
+            "folder that holds one"
+        )
     looks_like_repo = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.suffix
     if not looks_like_repo:
-        raise FileNotFoundError(f"tokenizer {name!r} does not exist; give a tokenizer.json, a folder holding one, "
-                                f"'builtin', or a Hub repo id such as {OURO_TOKENIZER}")
+        raise FileNotFoundError(
+            f"tokenizer {name!r} does not exist; give a tokenizer.json, a folder holding one, "
+            f"'builtin', or a Hub repo id such as {OURO_TOKENIZER}"
+        )
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id=name, filename="tokenizer.json"))
     except Exception as err:  # offline, unknown repo, gated repo ...
-        raise FileNotFoundError(f"could not fetch tokenizer.json of Hub repo {name!r} ({type(err).__name__}: {err}); "
-                                "without network, pass a local tokenizer.json or 'builtin'") from None
+        raise FileNotFoundError(
+            f"could not fetch tokenizer.json of Hub repo {name!r} ({type(err).__name__}: {err}); "
+            "without network, pass a local tokenizer.json or 'builtin'"
+        ) from None
 
 
 def load_tokenizer(name_or_path: str | Path):
@@ -63,14 +69,17 @@ def eos_token_id(tokenizer) -> int:
         token_id = tokenizer.token_to_id(token)
         if token_id is not None:
             return token_id
-    raise DataError(f"the tokenizer has none of the end-of-document tokens {EOS_CANDIDATES}; "
-                    "add one as a special token")
+    raise DataError(
+        f"the tokenizer has none of the end-of-document tokens {EOS_CANDIDATES}; add one as a special token"
+    )
 
 
 def chat_token_ids(tokenizer) -> tuple[int, int]:
     """Ids of ``<|im_start|>`` and ``<|im_end|>`` (needed by the ChatML format)."""
     ids = [tokenizer.token_to_id(t) for t in CHAT_TOKENS]
     if None in ids:
-        raise DataError(f"the tokenizer lacks the ChatML special tokens {CHAT_TOKENS}; use a chat tokenizer "
-                        f"(e.g. {OURO_TOKENIZER} or 'builtin')")
+        raise DataError(
+            f"the tokenizer lacks the ChatML special tokens {CHAT_TOKENS}; use a chat tokenizer "
+            f"(e.g. {OURO_TOKENIZER} or 'builtin')"
+        )
     return ids[0], ids[1]

@@ -33,8 +33,15 @@ class LoopKVCache:
     Attention calls ``update(step, layer, k, v)``.
     """
 
-    def __init__(self, config: OuroConfig, batch_size: int, capacity: int, sharing: str = "full",
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        config: OuroConfig,
+        batch_size: int,
+        capacity: int,
+        sharing: str = "full",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if sharing not in SHARING_MODES:
             raise ValueError(f"kv_sharing must be one of {SHARING_MODES}, got {sharing!r}")
         self.sharing = sharing
@@ -68,12 +75,15 @@ class LoopKVCache:
         if self.sharing == "mean":
             batch, heads, dim = self.keys.shape[1], self.keys.shape[2], self.keys.shape[4]
             shape = (self.num_layers, batch, heads, length, dim)
-            self._sum = (torch.zeros(shape, dtype=torch.float32, device=self.keys.device),
-                         torch.zeros(shape, dtype=torch.float32, device=self.keys.device))
+            self._sum = (
+                torch.zeros(shape, dtype=torch.float32, device=self.keys.device),
+                torch.zeros(shape, dtype=torch.float32, device=self.keys.device),
+            )
             self._count = torch.zeros(batch, dtype=torch.float32, device=self.keys.device)
 
-    def update(self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this pass's keys/values (batch rows ``self.rows``) and return everything they attend to."""
         start, end = self._span
         slot, rows = self.slot(step, layer), self.rows
@@ -105,13 +115,13 @@ class LoopKVCache:
                 if m >= self.num_steps - 1:
                     continue
                 if rows is None and len(set(exits)) == 1:  # every row exited at m: plain slices, no gather
-                    keys[m + 1:, :, :, :, start:end] = keys[m, :, :, :, start:end]
-                    values[m + 1:, :, :, :, start:end] = values[m, :, :, :, start:end]
+                    keys[m + 1 :, :, :, :, start:end] = keys[m, :, :, :, start:end]
+                    values[m + 1 :, :, :, :, start:end] = values[m, :, :, :, start:end]
                     continue
                 all_rows = torch.arange(keys.shape[2], device=keys.device) if rows is None else rows
                 chosen = all_rows[exit_steps == m]
-                keys[m + 1:][:, :, chosen, :, start:end] = keys[m][:, chosen, :, start:end].unsqueeze(0)
-                values[m + 1:][:, :, chosen, :, start:end] = values[m][:, chosen, :, start:end].unsqueeze(0)
+                keys[m + 1 :][:, :, chosen, :, start:end] = keys[m][:, chosen, :, start:end].unsqueeze(0)
+                values[m + 1 :][:, :, chosen, :, start:end] = values[m][:, chosen, :, start:end].unsqueeze(0)
         if self.sharing == "mean":
             count = self._count.clamp(min=1)[None, :, None, None, None]
             done = self._count > 0

@@ -8,8 +8,9 @@ from typing import Literal
 import torch
 
 
-def load_for_generation(model_path: str, tokenizer: str | None = None, dtype: str = "float32",
-                        device: str = "cpu"):
+def load_for_generation(
+    model_path: str, tokenizer: str | None = None, dtype: str = "float32", device: str = "cpu"
+):
     """``(model, tokenizer)`` from any source `ouro.hub.load` reads."""
     from tokenizers import Tokenizer
 
@@ -20,13 +21,16 @@ def load_for_generation(model_path: str, tokenizer: str | None = None, dtype: st
     loaded = read_source(model_path)
     source = tokenizer or loaded.tokenizer_path
     if source is None:
-        raise ValueError(f"{model_path} records no tokenizer; pass --tokenizer with a tokenizer.json file, a folder "
-                         "that holds one or a Hub repo id")
+        raise ValueError(
+            f"{model_path} records no tokenizer; pass --tokenizer with a tokenizer.json file, a folder "
+            "that holds one or a Hub repo id"
+        )
     with torch.device("meta"):
         model = OuroForCausalLM(loaded.config)
     torch_dtype = getattr(torch, dtype)
-    model.load_state_dict({k: v.to(device=device, dtype=torch_dtype) for k, v in loaded.state_dict.items()},
-                          assign=True)
+    model.load_state_dict(
+        {k: v.to(device=device, dtype=torch_dtype) for k, v in loaded.state_dict.items()}, assign=True
+    )
     return model.eval(), Tokenizer.from_file(str(resolve_tokenizer_file(source)))
 
 
@@ -80,12 +84,26 @@ def generate(
     if chat:
         messages = [[{"role": "system", "content": system}] if system else [] for _ in prompts]
         prompts = [format_chat(m + [{"role": "user", "content": p}]) for m, p in zip(messages, prompts)]
-        eos = [i for i in (tok.token_to_id(IM_END), tok.token_to_id(END_OF_TEXT), model.config.eos_token_id)
-               if i is not None]
+        eos = [
+            i
+            for i in (tok.token_to_id(IM_END), tok.token_to_id(END_OF_TEXT), model.config.eos_token_id)
+            if i is not None
+        ]
     streamer = TextStreamer(tok) if stream and len(prompts) == 1 else None
-    result = run_generate(model, prompts, tokenizer=tok, max_new_tokens=max_new_tokens,
-                          exit_threshold=exit_threshold, exit_step=exit_step, kv_sharing=kv_sharing,
-                          temperature=temperature, top_p=top_p, seed=seed, eos_token_id=eos, stream=streamer)
+    result = run_generate(
+        model,
+        prompts,
+        tokenizer=tok,
+        max_new_tokens=max_new_tokens,
+        exit_threshold=exit_threshold,
+        exit_step=exit_step,
+        kv_sharing=kv_sharing,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        eos_token_id=eos,
+        stream=streamer,
+    )
     if streamer is not None:
         streamer.end()
     else:
@@ -93,8 +111,9 @@ def generate(
             print(text)
             print("-" * 40)
     if stats:
-        print(f"mean exit depth {result.mean_depth:.2f} passes of {model.config.total_ut_steps}; "
-              f"KV cache {result.cache_bytes / 2**20:.2f} MiB ({kv_sharing})", file=sys.stderr)
+        print(
+            f"mean exit depth {result.mean_depth:.2f} passes of {model.config.total_ut_steps}; "
+            f"KV cache {result.cache_bytes / 2**20:.2f} MiB ({kv_sharing})",
+            file=sys.stderr,
+        )
     return result.texts
-
-

@@ -76,7 +76,9 @@ def decode(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    prompts: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, valid)`` of shape (batch, longest): prompts right-aligned, ``valid`` False on padding."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -84,8 +86,8 @@ def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tup
     ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros((len(prompts), longest), dtype=torch.bool, device=device)
     for i, prompt in enumerate(prompts):
-        ids[i, longest - len(prompt):] = torch.tensor(prompt, dtype=torch.long, device=device)
-        valid[i, longest - len(prompt):] = True
+        ids[i, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long, device=device)
+        valid[i, longest - len(prompt) :] = True
     return ids, valid
 
 
@@ -141,7 +143,9 @@ def generate(
     if exit_step is not None and exit_threshold is not None:
         raise ValueError("pass either exit_step (static exit) or exit_threshold (Q-exit), not both")
     if exit_step is not None and not 0 <= exit_step < config.total_ut_steps:
-        raise ValueError(f"exit_step must lie in [0, {config.total_ut_steps - 1}] (0-based pass), got {exit_step}")
+        raise ValueError(
+            f"exit_step must lie in [0, {config.total_ut_steps - 1}] (0-based pass), got {exit_step}"
+        )
     q = config.early_exit_threshold if exit_threshold is None else float(exit_threshold)
     if not 0.0 < q <= 1.0:
         raise ValueError(f"exit_threshold must lie in (0, 1], got {q}")
@@ -157,8 +161,11 @@ def generate(
     ids_list = [encode(tokenizer, p) if isinstance(p, str) else [int(t) for t in p] for p in batch_prompts]
     eos = eos_token_id if eos_token_id is not None else config.eos_token_id
     eos_ids = set([eos] if isinstance(eos, int) else (eos or []))
-    pad = pad_token_id if pad_token_id is not None else (
-        config.pad_token_id if config.pad_token_id is not None else (min(eos_ids) if eos_ids else 0))
+    pad = (
+        pad_token_id
+        if pad_token_id is not None
+        else (config.pad_token_id if config.pad_token_id is not None else (min(eos_ids) if eos_ids else 0))
+    )
     device = next(model.parameters()).device
     ids, valid = left_pad(ids_list, pad, device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -197,9 +204,16 @@ def generate(
     finally:
         model.train(was_training)
     texts = [decode(tokenizer, t) for t in tokens] if tokenizer is not None else None
-    return GenerationResult(tokens=tokens, texts=texts, exit_steps=exits, cache_bytes=run.cache_bytes,
-                            decode_passes=run.decode_passes, decode_tokens=run.decode_tokens,
-                            prefill_seconds=prefill_s, decode_seconds=decode_s)
+    return GenerationResult(
+        tokens=tokens,
+        texts=texts,
+        exit_steps=exits,
+        cache_bytes=run.cache_bytes,
+        decode_passes=run.decode_passes,
+        decode_tokens=run.decode_tokens,
+        prefill_seconds=prefill_s,
+        decode_seconds=decode_s,
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -207,8 +221,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-            ) -> torch.Tensor:
+def _sample(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """Next token per row of ``logits`` (rows, vocab)."""
     if temperature == 0:
         return logits.argmax(-1)
@@ -225,8 +240,16 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
 class _CachedRun:
     """Prefill once, then one token per row per step with the loop cache and real early exit."""
 
-    def __init__(self, model: OuroForCausalLM, ids: torch.Tensor, valid: torch.Tensor, max_new_tokens: int,
-                 q: float, exit_step: int | None, sharing: str) -> None:
+    def __init__(
+        self,
+        model: OuroForCausalLM,
+        ids: torch.Tensor,
+        valid: torch.Tensor,
+        max_new_tokens: int,
+        q: float,
+        exit_step: int | None,
+        sharing: str,
+    ) -> None:
         self.model, self.q, self.exit_step = model, q, exit_step
         self.num_steps = model.config.total_ut_steps
         self.max_steps = self.num_steps if exit_step is None else exit_step + 1
@@ -274,7 +297,7 @@ class _CachedRun:
         hidden = net.embed_tokens(tokens[rows])[:, None]
         positions = self.next_position[rows][:, None]
         cos, sin = net.rope(positions, hidden.dtype)
-        mask = self.key_valid[rows, None, None, :column + 1] if self.padded else None
+        mask = self.key_valid[rows, None, None, : column + 1] if self.padded else None
         self.cache.begin(column, 1)
         count = len(rows)
         final = torch.empty(count, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
@@ -316,8 +339,16 @@ class _CachedRun:
 class _UncachedRun:
     """Reference path: the whole sequence through every pass for each new token; exit picks the logits."""
 
-    def __init__(self, model: OuroForCausalLM, ids: torch.Tensor, valid: torch.Tensor, max_new_tokens: int,
-                 q: float, exit_step: int | None, sharing: str) -> None:
+    def __init__(
+        self,
+        model: OuroForCausalLM,
+        ids: torch.Tensor,
+        valid: torch.Tensor,
+        max_new_tokens: int,
+        q: float,
+        exit_step: int | None,
+        sharing: str,
+    ) -> None:
         self.model, self.q, self.exit_step = model, q, exit_step
         self.ids, self.valid = ids, valid
         self.cache_bytes = self.decode_tokens = 0
@@ -326,8 +357,9 @@ class _UncachedRun:
     def _run(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids, valid = self.ids[rows], self.valid[rows]
         out = self.model(ids, layout=padded_layout(valid))
-        logits, steps = self.model.exit_logits(out, step=self.exit_step,
-                                               threshold=None if self.exit_step is not None else self.q)
+        logits, steps = self.model.exit_logits(
+            out, step=self.exit_step, threshold=None if self.exit_step is not None else self.q
+        )
         self.decode_passes += out.num_steps * len(rows)
         return logits[:, -1], steps[:, -1]
 

@@ -26,7 +26,7 @@ class TextStreamer:
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.startswith(self.printed):
-            self.out.write(text[len(self.printed):])
+            self.out.write(text[len(self.printed) :])
             self.out.flush()
             self.printed = text
 

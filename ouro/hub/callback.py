@@ -15,9 +15,17 @@ class HubPushCallback(Callback):
     push does not fail the stage: it warns with the command that retries it; the export stays on disk.
     """
 
-    def __init__(self, repo_id: str | None = None, out_dir: str | None = None, push: bool = True,
-                 private: bool = False, revision: str | None = None, commit_message: str | None = None,
-                 tokenizer: str | None = None, dtype: str = "bfloat16") -> None:
+    def __init__(
+        self,
+        repo_id: str | None = None,
+        out_dir: str | None = None,
+        push: bool = True,
+        private: bool = False,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "bfloat16",
+    ) -> None:
         """
         Args:
             repo_id: Hub repository ORG/NAME to push to (required when push is true).
@@ -30,8 +38,9 @@ class HubPushCallback(Callback):
             dtype: dtype of the exported weights.
         """
         if push and not repo_id:
-            raise ValueError("HubPushCallback needs repo_id (ORG/NAME) when push is true; set push: false to only "
-                             "export")
+            raise ValueError(
+                "HubPushCallback needs repo_id (ORG/NAME) when push is true; set push: false to only export"
+            )
         self.repo_id, self.out_dir, self.push = repo_id, out_dir, push
         self.private, self.revision, self.commit_message = private, revision, commit_message
         self.tokenizer, self.dtype = tokenizer, dtype
@@ -46,25 +55,43 @@ class HubPushCallback(Callback):
 
         meta: dict = {}
         try:
-            pl_module.on_save_checkpoint(meta)  # the module records config, tokens, provenance, tokenizer here
+            pl_module.on_save_checkpoint(
+                meta
+            )  # the module records config, tokens, provenance, tokenizer here
         except (KeyError, AttributeError):
             meta = {}
         info = meta.get("ouro", {})
-        source = ModelSource(config=pl_module.net.config,
-                             state_dict={k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()},
-                             path=str(trainer.default_root_dir), kind="checkpoint",
-                             tokens_seen=int(info.get("tokens_seen", getattr(pl_module, "tokens_seen", 0))),
-                             tokenizer_path=info.get("tokenizer_path"),
-                             provenance=list(info.get("provenance") or []))
+        source = ModelSource(
+            config=pl_module.net.config,
+            state_dict={k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()},
+            path=str(trainer.default_root_dir),
+            kind="checkpoint",
+            tokens_seen=int(info.get("tokens_seen", getattr(pl_module, "tokens_seen", 0))),
+            tokenizer_path=info.get("tokenizer_path"),
+            provenance=list(info.get("provenance") or []),
+        )
         out = Path(self.out_dir) if self.out_dir else Path(trainer.default_root_dir) / "export"
-        self.exported = export_source(source, out, tokenizer=self.tokenizer, dtype=self.dtype, overwrite=True,
-                                      repo_name=self.repo_id, source_name=str(trainer.default_root_dir))
+        self.exported = export_source(
+            source,
+            out,
+            tokenizer=self.tokenizer,
+            dtype=self.dtype,
+            overwrite=True,
+            repo_name=self.repo_id,
+            source_name=str(trainer.default_root_dir),
+        )
         if not self.push:
             return
-        message = self.commit_message or (f"ouro: end of stage {Path(trainer.default_root_dir).name} "
-                                          f"({source.tokens_seen:,} tokens)")
+        message = self.commit_message or (
+            f"ouro: end of stage {Path(trainer.default_root_dir).name} ({source.tokens_seen:,} tokens)"
+        )
         try:
-            push(str(self.exported), self.repo_id, private=self.private, revision=self.revision,
-                 commit_message=message)
+            push(
+                str(self.exported),
+                self.repo_id,
+                private=self.private,
+                revision=self.revision,
+                commit_message=message,
+            )
         except (PushError, FileNotFoundError) as error:
             rank_zero_warn(f"HubPushCallback: push failed: {error}")

@@ -26,8 +26,15 @@ def _metrics(metrics: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
-def model_card(config: OuroConfig, repo_name: str, provenance: list[dict[str, Any]], tokens_seen: int,
-               source: str, num_parameters: int, dtype: str) -> str:
+def model_card(
+    config: OuroConfig,
+    repo_name: str,
+    provenance: list[dict[str, Any]],
+    tokens_seen: int,
+    source: str,
+    num_parameters: int,
+    dtype: str,
+) -> str:
     """Markdown with YAML front matter for the Hub."""
     lines = [
         "---",
@@ -66,12 +73,17 @@ def model_card(config: OuroConfig, repo_name: str, provenance: list[dict[str, An
     if provenance:
         lines += ["| # | stage | recipe | tokens | final metrics |", "|---|---|---|---|---|"]
         for i, entry in enumerate(provenance, start=1):
-            lines.append(f"| {i} | {entry.get('stage', '-')} | {entry.get('recipe', '-')} | "
-                         f"{_tokens(entry.get('tokens'))} | {_metrics(entry.get('metrics'))} |")
+            lines.append(
+                f"| {i} | {entry.get('stage', '-')} | {entry.get('recipe', '-')} | "
+                f"{_tokens(entry.get('tokens'))} | {_metrics(entry.get('metrics'))} |"
+            )
         lines.append("")
     else:
         lines += ["No stage record was stored with the weights.", ""]
-    lines += [f"Tokens seen in total: {_tokens(tokens_seen)} ({tokens_seen:,}). Exported from `{source}`.", ""]
+    lines += [
+        f"Tokens seen in total: {_tokens(tokens_seen)} ({tokens_seen:,}). Exported from `{source}`.",
+        "",
+    ]
     lines += [
         "## Usage",
         "",

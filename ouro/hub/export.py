@@ -35,10 +35,21 @@ def parse_size(text: str | int) -> int:
         return text
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", str(text), flags=re.IGNORECASE)
     if not match:
-        raise ExportError(f"max_shard_size {text!r} is not a size; write e.g. 5GB, 500MB or a number of bytes")
+        raise ExportError(
+            f"max_shard_size {text!r} is not a size; write e.g. 5GB, 500MB or a number of bytes"
+        )
     value, unit = float(match.group(1)), (match.group(2) or "B").upper()
-    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    scale = {
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }[unit]
     return int(value * scale)
 
 
@@ -65,13 +76,28 @@ def export(
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another out_dir or pass --overwrite true")
-    return export_source(read_source(source), out, tokenizer=tokenizer, dtype=dtype, max_shard_size=max_shard_size,
-                         repo_name=repo_name, overwrite=overwrite, source_name=str(source))
+    return export_source(
+        read_source(source),
+        out,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        max_shard_size=max_shard_size,
+        repo_name=repo_name,
+        overwrite=overwrite,
+        source_name=str(source),
+    )
 
 
-def export_source(loaded: ModelSource, out_dir: str | Path, tokenizer: str | None = None, dtype: str = "bfloat16",
-                  max_shard_size: str | int = "5GB", repo_name: str | None = None, overwrite: bool = False,
-                  source_name: str | None = None) -> Path:
+def export_source(
+    loaded: ModelSource,
+    out_dir: str | Path,
+    tokenizer: str | None = None,
+    dtype: str = "bfloat16",
+    max_shard_size: str | int = "5GB",
+    repo_name: str | None = None,
+    overwrite: bool = False,
+    source_name: str | None = None,
+) -> Path:
     """`export` for weights already in memory (used by `HubPushCallback`); same arguments as `export`."""
     from ouro.hub.tokenizer_files import resolve_tokenizer_file, write_tokenizer_files
     from ouro.model import OuroForCausalLM
@@ -84,8 +110,10 @@ def export_source(loaded: ModelSource, out_dir: str | Path, tokenizer: str | Non
     shard_bytes = parse_size(max_shard_size)
     tokenizer_source = tokenizer or loaded.tokenizer_path
     if tokenizer_source is None:
-        raise ExportError(f"{source_name or loaded.path} records no tokenizer; pass --tokenizer with a "
-                          "tokenizer.json file, a folder that holds one or a Hub repo id")
+        raise ExportError(
+            f"{source_name or loaded.path} records no tokenizer; pass --tokenizer with a "
+            "tokenizer.json file, a folder that holds one or a Hub repo id"
+        )
     tokenizer_file = resolve_tokenizer_file(tokenizer_source)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -105,8 +133,10 @@ def export_source(loaded: ModelSource, out_dir: str | Path, tokenizer: str | Non
         missing = sorted(expected - set(loaded.state_dict))
         unexpected = sorted(set(loaded.state_dict) - expected)
         if missing or unexpected:
-            raise SourceError(f"the weights of {loaded.path} do not match its config: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
+            raise SourceError(
+                f"the weights of {loaded.path} do not match its config: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}"
+            )
         model.load_state_dict(loaded.state_dict, assign=True)
         model.save_pretrained(tmp, dtype=DTYPES[dtype], max_shard_bytes=shard_bytes)
         _write_generation_config(tmp, config, special)
@@ -115,9 +145,15 @@ def export_source(loaded: ModelSource, out_dir: str | Path, tokenizer: str | Non
         (tmp / PROVENANCE_FILE).write_text(json.dumps(loaded.provenance, indent=2) + "\n")
         from ouro.hub.card import model_card
 
-        card = model_card(config, repo_name or out.name, loaded.provenance, loaded.tokens_seen,
-                          source_name or loaded.path,
-                          sum(t.numel() for t in loaded.state_dict.values()), dtype)
+        card = model_card(
+            config,
+            repo_name or out.name,
+            loaded.provenance,
+            loaded.tokens_seen,
+            source_name or loaded.path,
+            sum(t.numel() for t in loaded.state_dict.values()),
+            dtype,
+        )
         (tmp / "README.md").write_text(card)
         for path in tmp.iterdir():
             path.chmod(0o644)

@@ -53,8 +53,10 @@ def find_run_checkpoint(run_dir: str | Path) -> Path:
         return last
     candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     if not candidates:
-        raise SourceError(f"{run_dir} has no checkpoints/*.ckpt: the run has not saved a checkpoint yet; run or "
-                          "finish its stage (`ouro fit --config <recipe>`) first")
+        raise SourceError(
+            f"{run_dir} has no checkpoints/*.ckpt: the run has not saved a checkpoint yet; run or "
+            "finish its stage (`ouro fit --config <recipe>`) first"
+        )
     return candidates[-1]
 
 
@@ -62,20 +64,33 @@ def read_checkpoint(path: str | Path) -> ModelSource:
     """A Lightning checkpoint of ``OuroLM`` (keys ``net.*``, config under ``checkpoint["ouro"]["config"]``)."""
     path = Path(path)
     try:
-        checkpoint = _load_sharded(path) if path.is_dir() else torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = (
+            _load_sharded(path) if path.is_dir() else torch.load(path, map_location="cpu", weights_only=True)
+        )
     except Exception as error:
-        raise SourceError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is it a "
-                          "checkpoint written by `ouro fit`?") from None
+        raise SourceError(
+            f"cannot read checkpoint {path} ({type(error).__name__}: {error}); is it a "
+            "checkpoint written by `ouro fit`?"
+        ) from None
     meta = checkpoint.get("ouro") if isinstance(checkpoint, dict) else None
     if not meta or "config" not in meta:
         raise SourceError(f"{path} is not a checkpoint written by `ouro fit` (it has no 'ouro' section)")
     config = OuroConfig(**meta["config"])
-    state = {k.removeprefix("net."): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+    state = {
+        k.removeprefix("net."): v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")
+    }
     if not state:
         raise SourceError(f"{path} holds no model weights (no 'net.*' keys in its state_dict)")
-    return ModelSource(config=config, state_dict=state, path=str(path), kind="checkpoint",
-                       tokens_seen=int(meta.get("tokens_seen", 0)), tokenizer_path=meta.get("tokenizer_path"),
-                       provenance=list(meta.get("provenance") or []), checkpoint=checkpoint)
+    return ModelSource(
+        config=config,
+        state_dict=state,
+        path=str(path),
+        kind="checkpoint",
+        tokens_seen=int(meta.get("tokens_seen", 0)),
+        tokenizer_path=meta.get("tokenizer_path"),
+        provenance=list(meta.get("provenance") or []),
+        checkpoint=checkpoint,
+    )
 
 
 def _load_sharded(folder: Path) -> dict[str, Any]:
@@ -102,8 +117,15 @@ def read_folder(path_or_repo: str | Path, revision: str | None = None) -> ModelS
         provenance = json.loads((directory / PROVENANCE_FILE).read_text())
     tokens = sum(int(p.get("tokens") or 0) for p in provenance)
     tokenizer = str(directory) if (directory / "tokenizer.json").is_file() else None
-    return ModelSource(config=config, state_dict=read_state_dict(directory), path=str(directory), kind="folder",
-                       tokens_seen=tokens, tokenizer_path=tokenizer, provenance=provenance)
+    return ModelSource(
+        config=config,
+        state_dict=read_state_dict(directory),
+        path=str(directory),
+        kind="folder",
+        tokens_seen=tokens,
+        tokenizer_path=tokenizer,
+        provenance=provenance,
+    )
 
 
 def read_source(source: str | Path, revision: str | None = None) -> ModelSource:
@@ -111,8 +133,10 @@ def read_source(source: str | Path, revision: str | None = None) -> ModelSource:
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix != ".ckpt":
-            raise SourceError(f"{path} is a file but not a .ckpt checkpoint; pass a checkpoint, a run directory, "
-                              "an exported folder or a Hub repo id")
+            raise SourceError(
+                f"{path} is a file but not a .ckpt checkpoint; pass a checkpoint, a run directory, "
+                "an exported folder or a Hub repo id"
+            )
         return read_checkpoint(path)
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -122,13 +146,16 @@ def read_source(source: str | Path, revision: str | None = None) -> ModelSource:
         return read_checkpoint(find_run_checkpoint(path))
     text = str(source)
     if text.startswith((".", "/", "~")) or text.count("/") != 1 or text.endswith(".ckpt"):
-        raise SourceError(f"{text} does not exist (expected a .ckpt file, a run directory, an exported folder or "
-                          "a Hub repo id ORG/NAME)")
+        raise SourceError(
+            f"{text} does not exist (expected a .ckpt file, a run directory, an exported folder or "
+            "a Hub repo id ORG/NAME)"
+        )
     return read_folder(text, revision)
 
 
-def load_weights_for_init(source: str | Path, revision: str | None = None
-                          ) -> tuple[OuroConfig, dict[str, torch.Tensor]]:
+def load_weights_for_init(
+    source: str | Path, revision: str | None = None
+) -> tuple[OuroConfig, dict[str, torch.Tensor]]:
     """``(config, state_dict)`` of an official folder, a Hub repo id, a ``.ckpt`` file or a run directory.
 
     The state dict uses the official keys (``model.layers.{i}...``, ``lm_head.weight``), ready for

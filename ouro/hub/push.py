@@ -20,13 +20,17 @@ class PushError(RuntimeError):
 def check_export(folder: Path) -> None:
     """Raise unless ``folder`` is a complete ``ouro export``."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} does not exist; write it with `ouro export RUN_OR_CHECKPOINT {folder}`")
+        raise FileNotFoundError(
+            f"{folder} does not exist; write it with `ouro export RUN_OR_CHECKPOINT {folder}`"
+        )
     missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
         missing.append("model.safetensors")
     if missing:
-        raise FileNotFoundError(f"{folder} is not a complete export (missing {', '.join(missing)}); rerun "
-                                f"`ouro export RUN_OR_CHECKPOINT {folder} --overwrite true`")
+        raise FileNotFoundError(
+            f"{folder} is not a complete export (missing {', '.join(missing)}); rerun "
+            f"`ouro export RUN_OR_CHECKPOINT {folder} --overwrite true`"
+        )
 
 
 def push(
@@ -61,25 +65,35 @@ def push(
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision not in (None, "main"):
             api.create_branch(url.repo_id, branch=revision, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=str(folder), repo_id=url.repo_id, repo_type="model",
-                                 revision=revision,
-                                 commit_message=commit_message or "Upload Ouro model with ouro export",
-                                 ignore_patterns=[".*", "**/.*"])
+        info = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=url.repo_id,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message or "Upload Ouro model with ouro export",
+            ignore_patterns=[".*", "**/.*"],
+        )
     except HfHubHTTPError as error:
         status = error.response.status_code if error.response is not None else None
         if status in (401, 403):
-            raise PushError(f"the Hub refused the upload to {repo_id} (HTTP {status}): the token is missing, invalid "
-                            f"or lacks write access to this repo; set HF_TOKEN or run `hf auth login`; {retry}"
-                            ) from None
-        raise PushError(f"the Hub rejected the upload to {repo_id} (HTTP {status}: {_first_line(error)}); {retry}"
-                        ) from None
+            raise PushError(
+                f"the Hub refused the upload to {repo_id} (HTTP {status}): the token is missing, invalid "
+                f"or lacks write access to this repo; set HF_TOKEN or run `hf auth login`; {retry}"
+            ) from None
+        raise PushError(
+            f"the Hub rejected the upload to {repo_id} (HTTP {status}: {_first_line(error)}); {retry}"
+        ) from None
     except (OSError, ConnectionError, TimeoutError) as error:
-        raise PushError(f"could not reach the Hub at {endpoint or 'https://huggingface.co'} "
-                        f"({type(error).__name__}); check your network; {retry}") from None
+        raise PushError(
+            f"could not reach the Hub at {endpoint or 'https://huggingface.co'} "
+            f"({type(error).__name__}); check your network; {retry}"
+        ) from None
     except Exception as error:
         if type(error).__module__.startswith("httpx"):  # transport errors of huggingface_hub's HTTP client
-            raise PushError(f"could not reach the Hub at {endpoint or 'https://huggingface.co'} "
-                            f"({type(error).__name__}); check your network; {retry}") from None
+            raise PushError(
+                f"could not reach the Hub at {endpoint or 'https://huggingface.co'} "
+                f"({type(error).__name__}); check your network; {retry}"
+            ) from None
         raise
     print(f"pushed {folder} to {url} ({revision or 'main'}): {info.commit_url}")
     return info.commit_url

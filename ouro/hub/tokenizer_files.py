@@ -21,7 +21,9 @@ def special_token_ids(tokenizer_file: str | Path) -> dict[str, int | None]:
     return {name: tok.token_to_id(name) for name in (END_OF_TEXT, IM_START, IM_END)}
 
 
-def write_tokenizer_files(tokenizer_file: str | Path, directory: str | Path, max_length: int) -> dict[str, Any]:
+def write_tokenizer_files(
+    tokenizer_file: str | Path, directory: str | Path, max_length: int
+) -> dict[str, Any]:
     """Copy ``tokenizer.json`` and write the transformers configuration files; returns the special token ids
     (``bos_token_id``, ``eos_token_id``, ``pad_token_id``) that config.json and generation_config.json use."""
     from tokenizers import Tokenizer
@@ -34,10 +36,17 @@ def write_tokenizer_files(tokenizer_file: str | Path, directory: str | Path, max
     eos = IM_END if ids[IM_END] is not None else END_OF_TEXT if ids[END_OF_TEXT] is not None else None
     pad = END_OF_TEXT if ids[END_OF_TEXT] is not None else eos
     bos = IM_START if ids[IM_START] is not None else None
-    added = {str(i): {"content": t.content, "special": t.special, "lstrip": t.lstrip,
-                                                "rstrip": t.rstrip, "normalized": t.normalized,
-                                                "single_word": t.single_word}
-             for i, t in sorted(tok.get_added_tokens_decoder().items())}
+    added = {
+        str(i): {
+            "content": t.content,
+            "special": t.special,
+            "lstrip": t.lstrip,
+            "rstrip": t.rstrip,
+            "normalized": t.normalized,
+            "single_word": t.single_word,
+        }
+        for i, t in sorted(tok.get_added_tokens_decoder().items())
+    }
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "chat_template": CHATML_TEMPLATE,
@@ -54,7 +63,13 @@ def write_tokenizer_files(tokenizer_file: str | Path, directory: str | Path, max
         "added_tokens_decoder": added,
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    special = {k: v for k, v in {"bos_token": bos, "eos_token": eos, "pad_token": pad}.items() if v is not None}
+    special = {
+        k: v for k, v in {"bos_token": bos, "eos_token": eos, "pad_token": pad}.items() if v is not None
+    }
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    return {"bos_token_id": ids.get(bos) if bos else None, "eos_token_id": ids.get(eos) if eos else None,
-            "pad_token_id": ids.get(pad) if pad else None, "end_of_text_id": ids[END_OF_TEXT]}
+    return {
+        "bos_token_id": ids.get(bos) if bos else None,
+        "eos_token_id": ids.get(eos) if eos else None,
+        "pad_token_id": ids.get(pad) if pad else None,
+        "end_of_text_id": ids[END_OF_TEXT],
+    }

@@ -26,8 +26,9 @@ BACKENDS = ("auto", "sdpa", "flash")
 class KVCacheLike(Protocol):
     """What attention needs of a KV cache: store this pass/layer's new keys and values, return all of them."""
 
-    def update(self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def update(
+        self, step: int, layer: int, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @lru_cache(maxsize=1)
@@ -58,8 +59,9 @@ class AttentionLayout:
     _varlen: tuple[torch.Tensor, int] | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None, backend: str = "auto"
-              ) -> AttentionLayout:
+    def build(
+        cls, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None, backend: str = "auto"
+    ) -> AttentionLayout:
         """Layout for a training/scoring forward over ``input_ids`` (batch, seq), documents from ``doc_ids``."""
         if backend not in BACKENDS:
             raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
@@ -106,8 +108,9 @@ def _document_starts(doc_ids: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head / grouped-query attention with RoPE; projections named as in the official checkpoint."""
 
-    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, layer_idx: int,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, hidden_size: int, num_heads: int, num_kv_heads: int, layer_idx: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
@@ -119,8 +122,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: AttentionLayout,
-                step: int = 0, cache: KVCacheLike | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        layout: AttentionLayout,
+        step: int = 0,
+        cache: KVCacheLike | None = None,
+    ) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
@@ -141,16 +150,23 @@ class Attention(nn.Module):
     def _use_flash(q: torch.Tensor, layout: AttentionLayout) -> bool:
         if layout.backend == "sdpa":
             return False
-        ok = (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and layout.mask is None
-              and layout.flash_installed)
+        ok = (
+            q.is_cuda
+            and q.dtype in (torch.bfloat16, torch.float16)
+            and layout.mask is None
+            and layout.flash_installed
+        )
         if layout.backend == "flash" and not ok:
-            raise RuntimeError("attention backend 'flash' needs flash-attn installed (pip install 'ouro[flash]'), "
-                               "a CUDA device and bf16/fp16 activations; use backend 'auto' or 'sdpa' instead")
+            raise RuntimeError(
+                "attention backend 'flash' needs flash-attn installed (pip install 'ouro[flash]'), "
+                "a CUDA device and bf16/fp16 activations; use backend 'auto' or 'sdpa' instead"
+            )
         return ok
 
 
-def _sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                    dropout: float) -> torch.Tensor:
+def _sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
+) -> torch.Tensor:
     """q (batch, heads, q_len, dim), k/v (batch, kv_heads, kv_len, dim)."""
     gqa = k.shape[1] != q.shape[1]
     if mask is None:
@@ -159,8 +175,9 @@ def _sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
         if not causal:
             q_len, kv_len = q.shape[2], k.shape[2]
             mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal,
-                                              enable_gqa=gqa)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, enable_gqa=gqa
+        )
     if gqa:
         # SDPA's memory-efficient kernel (the one that takes a mask) has no GQA support; with enable_gqa and a mask
         # it would fall back to the math kernel, which materialises batch x heads x seq x seq scores.
@@ -169,8 +186,9 @@ def _sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
-def _flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout,
-                     dropout: float) -> torch.Tensor:
+def _flash_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, dropout: float
+) -> torch.Tensor:
     """q/k/v (batch, seq, heads, dim) through flash-attn; varlen when documents are packed."""
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
@@ -179,7 +197,14 @@ def _flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: 
         return flash_attn_func(q, k, v, dropout_p=dropout, causal=True)
     cu_seqlens, max_seqlen = layout.varlen()
     out = flash_attn_varlen_func(
-        q.reshape(batch * seq, *q.shape[2:]), k.reshape(batch * seq, *k.shape[2:]),
-        v.reshape(batch * seq, *v.shape[2:]), cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
-        max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen, dropout_p=dropout, causal=True)
+        q.reshape(batch * seq, *q.shape[2:]),
+        k.reshape(batch * seq, *k.shape[2:]),
+        v.reshape(batch * seq, *v.shape[2:]),
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_k=cu_seqlens,
+        max_seqlen_q=max_seqlen,
+        max_seqlen_k=max_seqlen,
+        dropout_p=dropout,
+        causal=True,
+    )
     return out.view(batch, seq, *out.shape[1:])

@@ -29,16 +29,23 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: OuroConfig, layer_idx: int) -> None:
         super().__init__()
         h, eps = config.hidden_size, config.rms_norm_eps
-        self.self_attn = Attention(h, config.num_attention_heads, config.num_key_value_heads, layer_idx,
-                                   config.attention_dropout)
+        self.self_attn = Attention(
+            h, config.num_attention_heads, config.num_key_value_heads, layer_idx, config.attention_dropout
+        )
         self.mlp = SwiGLU(h, config.intermediate_size)
         self.input_layernorm = RMSNorm(h, eps)
         self.input_layernorm_2 = RMSNorm(h, eps)
         self.post_attention_layernorm = RMSNorm(h, eps)
         self.post_attention_layernorm_2 = RMSNorm(h, eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: AttentionLayout,
-                step: int = 0, cache: KVCacheLike | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        layout: AttentionLayout,
+        step: int = 0,
+        cache: KVCacheLike | None = None,
+    ) -> torch.Tensor:
         h = x + self.input_layernorm_2(self.self_attn(self.input_layernorm(x), rope, layout, step, cache))
         return h + self.post_attention_layernorm_2(self.mlp(self.post_attention_layernorm(h)))
 
@@ -75,8 +82,14 @@ class OuroModel(nn.Module):
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype)
 
-    def run_pass(self, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: AttentionLayout,
-                 step: int, cache: KVCacheLike | None = None) -> torch.Tensor:
+    def run_pass(
+        self,
+        hidden: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        layout: AttentionLayout,
+        step: int,
+        cache: KVCacheLike | None = None,
+    ) -> torch.Tensor:
         """One pass of the whole stack followed by the final norm; ``step`` selects the KV-cache slots."""
         for layer in self.layers:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -85,8 +98,14 @@ class OuroModel(nn.Module):
                 hidden = layer(hidden, rope, layout, step, cache)
         return self.norm(hidden)
 
-    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None, num_steps: int | None = None,
-                layout: AttentionLayout | None = None, cache: KVCacheLike | None = None) -> LoopOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        doc_ids: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        layout: AttentionLayout | None = None,
+        cache: KVCacheLike | None = None,
+    ) -> LoopOutput:
         steps = num_steps or self.config.total_ut_steps
         if layout is None:
             layout = AttentionLayout.build(input_ids, doc_ids)
@@ -136,8 +155,14 @@ class OuroForCausalLM(nn.Module):
         self.model.activation_checkpointing = enabled
 
     # ------------------------------------------------------------------------------------------------ forward
-    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None, num_steps: int | None = None,
-                layout: AttentionLayout | None = None, cache: KVCacheLike | None = None) -> LoopOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        doc_ids: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        layout: AttentionLayout | None = None,
+        cache: KVCacheLike | None = None,
+    ) -> LoopOutput:
         """Run all passes. ``num_steps`` overrides ``config.total_ut_steps`` (e.g. for a depth sweep)."""
         return self.model(input_ids, doc_ids=doc_ids, num_steps=num_steps, layout=layout, cache=cache)
 
@@ -152,8 +177,9 @@ class OuroForCausalLM(nn.Module):
 
         return exit_distribution(output.gate_logits)
 
-    def exit_logits(self, output: LoopOutput, step: int | None = None, threshold: float | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def exit_logits(
+        self, output: LoopOutput, step: int | None = None, threshold: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of the chosen exit and the 0-based exit step of every token.
 
         ``step``: static exit at that pass for every token. ``threshold`` q: Q-exit, the first pass whose exit
@@ -166,7 +192,9 @@ class OuroForCausalLM(nn.Module):
         if step is not None:
             if not -output.num_steps <= step < output.num_steps:
                 raise ValueError(f"exit step {step} is out of range for {output.num_steps} passes")
-            steps = torch.full(hidden.shape[:2], step % output.num_steps, device=hidden.device, dtype=torch.long)
+            steps = torch.full(
+                hidden.shape[:2], step % output.num_steps, device=hidden.device, dtype=torch.long
+            )
         else:
             q = self.config.early_exit_threshold if threshold is None else threshold
             steps = q_exit_steps(self.exit_distribution(output), q)
@@ -175,23 +203,34 @@ class OuroForCausalLM(nn.Module):
 
     # ----------------------------------------------------------------------------------------- checkpoints
     @classmethod
-    def from_pretrained(cls, path_or_repo: str | Path, dtype: torch.dtype = torch.float32,
-                        device: torch.device | str = "cpu", revision: str | None = None) -> OuroForCausalLM:
+    def from_pretrained(
+        cls,
+        path_or_repo: str | Path,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        revision: str | None = None,
+    ) -> OuroForCausalLM:
         """Load an official-layout model: a folder with ``config.json`` and ``model.safetensors`` (or a sharded
         ``model.safetensors.index.json``), or a Hub repo id such as ``ByteDance/Ouro-1.4B``."""
         from ouro.model.weights import load_model
 
         return load_model(cls, path_or_repo, dtype=dtype, device=device, revision=revision)
 
-    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = torch.bfloat16,
-                        max_shard_bytes: int = 5 * 2**30) -> Path:
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        dtype: torch.dtype | None = torch.bfloat16,
+        max_shard_bytes: int = 5 * 2**30,
+    ) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (sharded with an index above ``max_shard_bytes``)."""
         from ouro.model.weights import save_model
 
         return save_model(self, directory, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 
-def flops_per_token(config: OuroConfig, seq_len: int, num_steps: int | None = None, training: bool = True) -> float:
+def flops_per_token(
+    config: OuroConfig, seq_len: int, num_steps: int | None = None, training: bool = True
+) -> float:
     """Matmul FLOPs per token of a forward (x3 for training) counting every pass.
 
     Linear layers: 2 FLOPs per weight per pass; causal attention: 2 x 2 x seq/2 x hidden per layer per pass
@@ -212,5 +251,11 @@ def count_parameters_on_meta(config: OuroConfig) -> int:
     return model.num_parameters()
 
 
-__all__ = ["DecoderLayer", "LoopOutput", "OuroForCausalLM", "OuroModel", "flops_per_token",
-           "count_parameters_on_meta"]
+__all__ = [
+    "DecoderLayer",
+    "LoopOutput",
+    "OuroForCausalLM",
+    "OuroModel",
+    "flops_per_token",
+    "count_parameters_on_meta",
+]

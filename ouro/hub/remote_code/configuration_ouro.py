@@ -42,7 +42,10 @@ class OuroConfig(PretrainedConfig):
         head_dim=None,
         **kwargs,
     ):
-        if rope_scaling not in (None, {}) and rope_scaling.get("rope_type", rope_scaling.get("type")) != "default":
+        if (
+            rope_scaling not in (None, {})
+            and rope_scaling.get("rope_type", rope_scaling.get("type")) != "default"
+        ):
             raise ValueError(f"rope_scaling {rope_scaling!r} is not supported by this Ouro remote code")
         if tie_word_embeddings:
             raise ValueError("Ouro models have an untied lm_head; tie_word_embeddings must be false")

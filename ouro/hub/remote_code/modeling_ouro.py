@@ -29,7 +29,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration_ouro import OuroConfig
 
 # transformers 5 renamed the cache field of model outputs from `past_key_values` to `cache`.
-CACHE_FIELD = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+CACHE_FIELD = (
+    "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+)
 
 
 @dataclass
@@ -86,7 +88,9 @@ def _rotate_half(x):
 
 def rope_cos_sin(positions, head_dim, theta, dtype):
     """cos/sin (batch, seq, head_dim) for integer positions (batch, seq), computed in fp32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    )
     with torch.autocast(device_type=positions.device.type, enabled=False):
         freqs = positions.float()[..., None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -122,8 +126,9 @@ class OuroAttention(nn.Module):
             repeat = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         causal = mask is None and seq > 1 and seq == k.shape[2]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim))
 
 
@@ -197,13 +202,17 @@ class OuroModel(OuroPreTrainedModel):
         if cache is None:
             return DynamicCache()
         if not isinstance(cache, Cache):
-            raise TypeError("Ouro needs a transformers Cache (e.g. DynamicCache()) as cache / past_key_values")
+            raise TypeError(
+                "Ouro needs a transformers Cache (e.g. DynamicCache()) as cache / past_key_values"
+            )
         grows = getattr(cache, "layer_class_to_replicate", None) is not None
         if grows or len(getattr(cache, "layers", [])) >= slots:
             return cache
         if cache.get_seq_length() > 0:
-            raise ValueError(f"this cache holds {len(cache.layers)} layers but Ouro needs total_ut_steps x "
-                             f"num_hidden_layers = {slots} slots; pass an empty DynamicCache()")
+            raise ValueError(
+                f"this cache holds {len(cache.layers)} layers but Ouro needs total_ut_steps x "
+                f"num_hidden_layers = {slots} slots; pass an empty DynamicCache()"
+            )
         return DynamicCache()
 
     @staticmethod
@@ -260,9 +269,20 @@ class OuroModel(OuroPreTrainedModel):
                     cache.update(target_k, target_v, dst)
 
     # ---------------------------------------------------------------------------------------------- forward
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, cache=None, exit_threshold=None, output_hidden_states=None,
-                return_dict=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        cache=None,
+        exit_threshold=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -303,10 +323,13 @@ class OuroModel(OuroPreTrainedModel):
             self._fill_skipped(cache, exit_steps, len(states), num_steps, num_layers)
             exit_steps = exit_steps[:, None]
         output = OuroModelOutput(
-            last_hidden_state=hidden, **{CACHE_FIELD: cache},
-            step_hidden_states=tuple(states), gate_logits=torch.cat(gates, dim=-1),
+            last_hidden_state=hidden,
+            **{CACHE_FIELD: cache},
+            step_hidden_states=tuple(states),
+            gate_logits=torch.cat(gates, dim=-1),
             exit_steps=exit_steps if skip else None,
-            hidden_states=tuple(states) if output_hidden_states else None)
+            hidden_states=tuple(states) if output_hidden_states else None,
+        )
         return output
 
 
@@ -334,20 +357,44 @@ class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
     def get_decoder(self):
         return self.model
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, cache=None, logits_to_keep=0,
-                exit_at_step=None, exit_threshold=None, output_hidden_states=None, return_dict=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        cache=None,
+        logits_to_keep=0,
+        exit_at_step=None,
+        exit_threshold=None,
+        output_hidden_states=None,
+        return_dict=None,
+        **kwargs,
+    ):
         threshold = self.config.early_exit_threshold if exit_threshold is None else float(exit_threshold)
         if exit_at_step is not None:
             threshold = 1.0  # a static exit computes every pass; only the chosen one feeds the head
         cache = cache if cache is not None else past_key_values
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         cache=cache, inputs_embeds=inputs_embeds,
-                         use_cache=use_cache if labels is None else False, exit_threshold=threshold,
-                         output_hidden_states=output_hidden_states)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache if labels is None else False,
+            exit_threshold=threshold,
+            output_hidden_states=output_hidden_states,
+        )
         states = out.step_hidden_states
         cache = getattr(out, CACHE_FIELD)
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep else slice(None)
+        keep = (
+            slice(-logits_to_keep, None)
+            if isinstance(logits_to_keep, int) and logits_to_keep
+            else slice(None)
+        )
         if isinstance(logits_to_keep, torch.Tensor):
             keep = logits_to_keep
         exit_probs = None
@@ -356,32 +403,48 @@ class OuroForCausalLM(OuroPreTrainedModel, GenerationMixin):
         if exit_at_step is not None:
             if not -len(states) <= exit_at_step < len(states):
                 raise ValueError(f"exit_at_step {exit_at_step} is out of range for {len(states)} passes")
-            steps = torch.full(states[0].shape[:2], exit_at_step % len(states), dtype=torch.long,
-                               device=states[0].device)
+            steps = torch.full(
+                states[0].shape[:2], exit_at_step % len(states), dtype=torch.long, device=states[0].device
+            )
         elif out.exit_steps is not None:
             steps = out.exit_steps
         else:
             steps = q_exit(exit_probs, threshold)
         steps = steps[:, keep]
         stacked = torch.stack([s[:, keep] for s in states], dim=2)  # batch, seq, computed steps, hidden
-        chosen = stacked.gather(2, steps.clamp(max=len(states) - 1)[..., None, None].expand(
-            -1, -1, 1, stacked.shape[-1])).squeeze(2)
+        chosen = stacked.gather(
+            2, steps.clamp(max=len(states) - 1)[..., None, None].expand(-1, -1, 1, stacked.shape[-1])
+        ).squeeze(2)
         logits = self.lm_head(chosen)
 
         loss = None
         if labels is not None:
             targets = labels[:, 1:].to(logits.device)
             valid = targets != -100
-            per_step = torch.stack([
-                F.cross_entropy(self.lm_head(s[:, :-1]).float().flatten(0, 1), targets.flatten(),
-                                ignore_index=-100, reduction="none").view_as(targets)
-                for s in states], dim=-1)
+            per_step = torch.stack(
+                [
+                    F.cross_entropy(
+                        self.lm_head(s[:, :-1]).float().flatten(0, 1),
+                        targets.flatten(),
+                        ignore_index=-100,
+                        reduction="none",
+                    ).view_as(targets)
+                    for s in states
+                ],
+                dim=-1,
+            )
             expected = (per_step * exit_probs[:, :-1]).sum(-1)
             loss = (expected * valid).sum() / valid.sum().clamp(min=1)
 
-        result = OuroCausalLMOutput(loss=loss, logits=logits, **{CACHE_FIELD: cache},
-                                    hidden_states=out.hidden_states, step_hidden_states=states,
-                                    exit_probs=exit_probs, exit_steps=steps)
+        result = OuroCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            **{CACHE_FIELD: cache},
+            hidden_states=out.hidden_states,
+            step_hidden_states=states,
+            exit_probs=exit_probs,
+            exit_steps=steps,
+        )
         if return_dict is False:
             return result.to_tuple()
         return result

@@ -159,11 +159,15 @@ class OuroLM(L.LightningModule):
 
     def initialize_from(self, source: str) -> None:
         """Load a new stage's starting weights (upcycling a shallower stack) from ``source``."""
-        from lightning.pytorch.utilities import rank_zero_info
+        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
         from ouro.stages import describe_transition, load_source, transfer_state
 
-        loaded = load_source(source, with_optimizer=self.init_optimizer_state)
+        loaded = load_source(source)
+        if self.init_optimizer_state and len(loaded.optimizer_states) > 1:
+            rank_zero_warn(
+                f"{loaded.path} holds {len(loaded.optimizer_states)} optimizers; only the first is taken"
+            )
         state = transfer_state(loaded, self.config, self.upcycle)
         self.net.load_state_dict(state, strict=True)
         if self.objective == "stage2":
@@ -183,7 +187,7 @@ class OuroLM(L.LightningModule):
             reference.load_state_dict(loaded.state_dict)
             self.__dict__["_upcycle_reference"] = reference.eval().requires_grad_(False)
         if self.init_optimizer_state:
-            if loaded.optimizer_state is None:
+            if not loaded.optimizer_states:
                 raise ValueError(
                     f"init_optimizer_state is true but {loaded.path} holds no optimizer state; "
                     "set model.init_optimizer_state: false"
@@ -193,7 +197,7 @@ class OuroLM(L.LightningModule):
                     "init_optimizer_state needs the same layer count and objective as init_from "
                     "(the AdamW moments follow the parameters); set model.init_optimizer_state: false"
                 )
-            self._pending_optimizer_state = loaded.optimizer_state
+            self._pending_optimizer_state = loaded.optimizer_states[0]
 
     def on_fit_start(self) -> None:
         if self._pending_optimizer_state is not None:

@@ -10,12 +10,12 @@ or sequence length needs no weight change; a deeper stack is upcycled by layer d
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
+from ouro.checkpoints import ModelSource, find_run_checkpoint, is_hub_repo_id, read_source
 from ouro.config import OuroConfig
 
 UpcycleMethod = Literal["stack", "interleave"]
@@ -33,31 +33,7 @@ class StageInitError(ValueError):
     """The stage cannot be initialised from its ``init_from``; the message says what to run or change."""
 
 
-@dataclass
-class SourceWeights:
-    """Everything a stage may take over from where it starts."""
-
-    config: OuroConfig
-    state_dict: dict[str, torch.Tensor]
-    path: str
-    optimizer_state: dict[str, Any] | None = None
-    final_lr: float | None = None
-    tokens_seen: int = 0
-    provenance: list[dict[str, Any]] = field(default_factory=list)
-    tokenizer_path: str | None = None
-
-
-# -------------------------------------------------------------------------------------------------- finding
-def find_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint a run directory resumes from (``checkpoints/last.ckpt``, else the newest), if any."""
-    from ouro.hub.load import SourceError, find_run_checkpoint
-
-    try:
-        return find_run_checkpoint(run_dir)
-    except SourceError:
-        return None
-
-
+# ------------------------------------------------------------------------------------------------- source
 def producing_recipe(path: str | Path, recipes_dir: str | Path = "recipes") -> str | None:
     """The recipe whose ``default_root_dir`` is ``path`` (to tell users what to run), if any."""
     target = Path(path).as_posix().rstrip("/")
@@ -69,23 +45,11 @@ def producing_recipe(path: str | Path, recipes_dir: str | Path = "recipes") -> s
     return None
 
 
-def _looks_like_repo_id(source: str) -> bool:
-    """ORG/NAME that is not a local path: no local parent folder, and no recipe writes it."""
-    if source.count("/") != 1 or source.startswith((".", "/", "~")) or source.endswith(".ckpt"):
-        return False
-    return not Path(source.split("/")[0]).is_dir() and producing_recipe(source) is None
-
-
-def load_source(source: str | Path, with_optimizer: bool = False) -> SourceWeights:
-    """Read the weights a stage starts from: a run directory, ``.ckpt``, exported folder or Hub repo id."""
-    from lightning.pytorch.utilities import rank_zero_warn
-
-    from ouro.callbacks.lr_schedule import final_lr_from_checkpoint
-    from ouro.hub.load import read_source
-
+def load_source(source: str | Path) -> ModelSource:
+    """Read the weights a stage starts from; a missing source names the recipe that produces it."""
     path = Path(source).expanduser()
-    if not path.exists() and not _looks_like_repo_id(str(source)):
-        recipe = producing_recipe(source)
+    recipe = None if path.exists() else producing_recipe(source)
+    if not path.exists() and (recipe or not is_hub_repo_id(source)):
         hint = (
             f"it is produced by {recipe}: run `ouro fit --config {recipe}` (or the pipeline that contains it) "
             "first"
@@ -93,26 +57,13 @@ def load_source(source: str | Path, with_optimizer: bool = False) -> SourceWeigh
             else "point init_from at a run directory, a .ckpt file, an exported folder or a Hub repo id"
         )
         raise StageInitError(f"init_from {str(source)!r} does not exist; {hint}")
-    if path.is_dir() and not (path / "config.json").is_file() and find_checkpoint(path) is None:
+    is_run_dir = path.is_dir() and path.suffix != ".ckpt" and not (path / "config.json").is_file()
+    if is_run_dir and find_run_checkpoint(path) is None:
         raise StageInitError(
             f"init_from {str(source)!r} is a folder without checkpoints/*.ckpt or config.json: the "
             "stage that writes it has not saved a checkpoint yet; run or finish it first"
         )
-    loaded = read_source(source)
-    checkpoint = loaded.checkpoint or {}
-    optimizer_states = checkpoint.get("optimizer_states") or []
-    if with_optimizer and len(optimizer_states) > 1:
-        rank_zero_warn(f"{loaded.path} holds {len(optimizer_states)} optimizers; only the first is taken")
-    return SourceWeights(
-        config=loaded.config,
-        state_dict=loaded.state_dict,
-        path=loaded.path,
-        optimizer_state=optimizer_states[0] if (with_optimizer and optimizer_states) else None,
-        final_lr=final_lr_from_checkpoint(checkpoint) if checkpoint else None,
-        tokens_seen=loaded.tokens_seen,
-        provenance=loaded.provenance,
-        tokenizer_path=loaded.tokenizer_path,
-    )
+    return read_source(source)
 
 
 # ----------------------------------------------------------------------------------------------- transforms
@@ -137,7 +88,7 @@ def upcycle_layer_map(source_layers: int, target_layers: int, method: UpcycleMet
 
 
 def transfer_state(
-    source: SourceWeights, target: OuroConfig, upcycle: UpcycleMethod = "stack"
+    source: ModelSource, target: OuroConfig, upcycle: UpcycleMethod = "stack"
 ) -> dict[str, torch.Tensor]:
     """The source weights rearranged for ``target``'s layer count; shape fields must agree."""
     for name in SHAPE_FIELDS:

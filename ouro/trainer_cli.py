@@ -10,9 +10,10 @@ from lightning import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from ouro.checkpoints import find_run_checkpoint
+from ouro.cli import configure_parsing
 from ouro.module import OuroLM
 from ouro.run_dir import FinalCheckpoint, RunConfigCallback, default_checkpoint, default_loggers
-from ouro.stages import find_checkpoint
 
 
 class OuroCLI(LightningCLI):
@@ -70,7 +71,7 @@ class OuroCLI(LightningCLI):
         root = Path(self.trainer.default_root_dir)
         ckpt_path = fit_config.get("ckpt_path")
         if ckpt_path is None:
-            found = find_checkpoint(root)
+            found = find_run_checkpoint(root)
             if found is not None:
                 ckpt_path = str(found)
                 fit_config["ckpt_path"] = ckpt_path
@@ -84,6 +85,7 @@ class OuroCLI(LightningCLI):
 
 
 def run_trainer_cli(args: list[str]) -> OuroCLI:
+    configure_parsing()
     try:
         return _build_cli(args)
     finally:

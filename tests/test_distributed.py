@@ -269,7 +269,7 @@ def test_lightning_fsdp_strategies_on_cpu(tmp_path: Path, single_run, strategy: 
         "__1_0.distcp",
     ]
     # The next stage (init_from) and `ouro export` read a sharded checkpoint folder as one full model.
-    from ouro.hub.load import read_source
+    from ouro.checkpoints import read_source
 
     loaded = read_source(sharded)
     reference = OuroForCausalLM(loaded.config).state_dict()

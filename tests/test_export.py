@@ -11,11 +11,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ouro.checkpoints import SourceError, read_source
 from ouro.cli import main
 from ouro.config import OuroConfig
 from ouro.hub.export import ExportError, export, parse_size
-from ouro.hub.load import SourceError, load_weights_for_init, read_source
 from ouro.model import OuroForCausalLM
+
+
+def config_and_state(source):
+    loaded = read_source(source)
+    return loaded.config, loaded.state_dict
+
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PROVENANCE = [
@@ -152,7 +158,7 @@ def test_sharded_export_has_an_index_and_loads(setup, tmp_path):
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and not (out / "model.safetensors").exists()
     assert set(index["weight_map"]) == set(model.state_dict())
-    config, state = load_weights_for_init(out)
+    config, state = config_and_state(out)
     assert config.replace(extra={}) == model.config.replace(bos_token_id=1, pad_token_id=0)
     for key, value in model.state_dict().items():
         assert torch.equal(state[key], value)
@@ -253,7 +259,7 @@ def test_official_folder_loads_for_further_training(tmp_path):
     expected = bf16_copy(model)
     ids = torch.randint(0, 512, (2, 11))
     loaded = OuroForCausalLM.from_pretrained(folder)
-    config, state = load_weights_for_init(folder)
+    config, state = config_and_state(folder)
     assert config.total_ut_steps == 4 and config.extra["transformers_version"] == "4.55.0"
     fresh = OuroForCausalLM(config)
     fresh.load_state_dict(state)
@@ -267,16 +273,16 @@ def test_official_folder_loads_for_further_training(tmp_path):
                 )
 
 
-def test_load_weights_for_init_reads_checkpoints_and_run_dirs(setup, tmp_path):
+def test_read_source_reads_checkpoints_and_run_dirs(setup, tmp_path):
     model, tok, ckpt = setup
     for source in (ckpt, tmp_path / "run"):
-        config, state = load_weights_for_init(source)
+        config, state = config_and_state(source)
         assert config == model.config
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     with pytest.raises(SourceError, match="checkpoints"):
-        load_weights_for_init(tmp_path / "tok")
+        config_and_state(tmp_path / "tok")
     with pytest.raises(SourceError, match="does not exist"):
-        load_weights_for_init(tmp_path / "missing")
+        config_and_state(tmp_path / "missing")
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(SourceError, match=".ckpt"):
-        load_weights_for_init(tmp_path / "notes.txt")
+        config_and_state(tmp_path / "notes.txt")

@@ -308,14 +308,14 @@ def test_callback_exports_and_pushes_at_the_end_of_a_stage(hub, tmp_path):
 
 
 def test_pushed_repo_loads_back_by_repo_id(hub, exported, tmp_path):
-    """export -> push -> `load_weights_for_init("org/name")` through the same endpoint (a fresh process, since
+    """export -> push -> `read_source("org/name")` through the same endpoint (a fresh process, since
     huggingface_hub reads HF_ENDPOINT when it is imported)."""
     push(str(exported), "org/round-trip")
     script = (
         "import sys, torch\n"
-        "from ouro.hub.load import load_weights_for_init\n"
-        "config, state = load_weights_for_init('org/round-trip')\n"
-        "torch.save({'layers': config.num_hidden_layers, 'state': state}, sys.argv[1])\n"
+        "from ouro.checkpoints import read_source\n"
+        "loaded = read_source('org/round-trip')\n"
+        "torch.save({'layers': loaded.config.num_hidden_layers, 'state': loaded.state_dict}, sys.argv[1])\n"
     )
     result_file = tmp_path / "loaded.pt"
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub_cache"), "HF_HUB_DISABLE_XET": "1"}

@@ -11,9 +11,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from ouro import OuroConfig, OuroForCausalLM  # noqa: E402
+from ouro.checkpoints import ModelSource  # noqa: E402
 from ouro.module import OuroLM  # noqa: E402
 from ouro.stages import (  # noqa: E402
-    SourceWeights,
     StageInitError,
     load_source,
     producing_recipe,
@@ -36,7 +36,7 @@ def test_upcycled_layers_are_exact_copies_in_order(method):
     source_config = OuroConfig.preset("tiny", num_hidden_layers=2, total_ut_steps=8)
     source = OuroForCausalLM(source_config)
     target_config = source_config.replace(num_hidden_layers=4, total_ut_steps=4)
-    state = transfer_state(SourceWeights(source_config, source.state_dict(), "mem"), target_config, method)
+    state = transfer_state(ModelSource(source_config, source.state_dict(), "mem"), target_config, method)
     target = OuroForCausalLM(target_config)
     target.load_state_dict(state, strict=True)
     order = [0, 1, 0, 1] if method == "stack" else [0, 0, 1, 1]
@@ -66,7 +66,7 @@ def test_stacked_pass_is_close_to_two_source_passes_but_not_equal():
     config = OuroConfig.preset("tiny", num_hidden_layers=2, total_ut_steps=2)
     source = OuroForCausalLM(config)
     stacked = OuroForCausalLM(config.replace(num_hidden_layers=4, total_ut_steps=1))
-    stacked.load_state_dict(transfer_state(SourceWeights(config, source.state_dict(), "mem"), stacked.config))
+    stacked.load_state_dict(transfer_state(ModelSource(config, source.state_dict(), "mem"), stacked.config))
     ids = torch.randint(0, config.vocab_size, (1, 12))
     two_passes = source.logits(source(ids))
     one_stacked = stacked.logits(stacked(ids))
@@ -86,7 +86,7 @@ def test_stacked_pass_is_close_to_two_source_passes_but_not_equal():
 
 def test_shape_mismatch_names_the_field():
     config = OuroConfig.preset("tiny")
-    source = SourceWeights(config, OuroForCausalLM(config).state_dict(), "runs/x")
+    source = ModelSource(config, OuroForCausalLM(config).state_dict(), "runs/x")
     with pytest.raises(StageInitError, match="model.hidden_size"):
         transfer_state(source, config.replace(hidden_size=128, intermediate_size=344))
 
@@ -132,7 +132,7 @@ def test_init_from_checkpoint_takes_weights_and_optimizer_state_not_data(tmp_pat
     config = OuroConfig.preset("tiny", total_ut_steps=3)
     first = OuroLM(config)
     _, ckpt = _fit_tiny(tmp_path, first, 5, "warmup")
-    source = load_source(tmp_path / "warmup", with_optimizer=True)
+    source = load_source(tmp_path / "warmup")
     assert source.tokens_seen == first.tokens_seen > 0
     assert source.final_lr == pytest.approx(first.optim.lr)
     assert source.provenance[-1]["tokens"] == first.tokens_seen

@@ -5,33 +5,23 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
-import torch
-
 
 def load_for_generation(
     model_path: str, tokenizer: str | None = None, dtype: str = "float32", device: str = "cpu"
 ):
-    """``(model, tokenizer)`` from any source `ouro.hub.load` reads."""
-    from tokenizers import Tokenizer
+    """``(model in eval mode, tokenizers.Tokenizer)`` from any source `ouro.checkpoints` reads; ``tokenizer``
+    overrides the one the source records."""
+    from ouro.checkpoints import load_model
+    from ouro.data.tokenizer import load_tokenizer
 
-    from ouro.hub.load import read_source
-    from ouro.hub.tokenizer_files import resolve_tokenizer_file
-    from ouro.model import OuroForCausalLM
-
-    loaded = read_source(model_path)
-    source = tokenizer or loaded.tokenizer_path
+    model, record = load_model(model_path, dtype, device)
+    source = tokenizer or record.tokenizer_path
     if source is None:
         raise ValueError(
             f"{model_path} records no tokenizer; pass --tokenizer with a tokenizer.json file, a folder "
             "that holds one or a Hub repo id"
         )
-    with torch.device("meta"):
-        model = OuroForCausalLM(loaded.config)
-    torch_dtype = getattr(torch, dtype)
-    model.load_state_dict(
-        {k: v.to(device=device, dtype=torch_dtype) for k, v in loaded.state_dict.items()}, assign=True
-    )
-    return model.eval(), Tokenizer.from_file(str(resolve_tokenizer_file(source)))
+    return model, load_tokenizer(source)
 
 
 def generate(

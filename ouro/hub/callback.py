@@ -49,8 +49,8 @@ class HubPushCallback(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.interrupted or not trainer.is_global_zero:
             return
+        from ouro.checkpoints import ModelSource
         from ouro.hub.export import export_source
-        from ouro.hub.load import ModelSource
         from ouro.hub.push import PushError, push
 
         meta: dict = {}
@@ -65,7 +65,7 @@ class HubPushCallback(Callback):
             config=pl_module.net.config,
             state_dict={k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()},
             path=str(trainer.default_root_dir),
-            kind="checkpoint",
+            kind="memory",
             tokens_seen=int(info.get("tokens_seen", getattr(pl_module, "tokens_seen", 0))),
             tokenizer_path=info.get("tokenizer_path"),
             provenance=list(info.get("provenance") or []),

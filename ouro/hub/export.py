@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from ouro.hub.load import PROVENANCE_FILE, ModelSource, SourceError, read_source
+from ouro.checkpoints import PROVENANCE_FILE, ModelSource, build_model, read_source
 
 REMOTE_CODE_DIR = Path(__file__).parent / "remote_code"
 REMOTE_CODE_FILES = ("configuration_ouro.py", "modeling_ouro.py")
@@ -100,7 +100,6 @@ def export_source(
 ) -> Path:
     """`export` for weights already in memory (used by `HubPushCallback`); same arguments as `export`."""
     from ouro.hub.tokenizer_files import resolve_tokenizer_file, write_tokenizer_files
-    from ouro.model import OuroForCausalLM
 
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not overwrite:
@@ -127,17 +126,7 @@ def export_source(
         if special["bos_token_id"] is not None and config.bos_token_id is None:
             changes["bos_token_id"] = special["bos_token_id"]
         config = config.replace(**changes) if changes else config
-        with torch.device("meta"):
-            model = OuroForCausalLM(config)
-        expected = set(model.state_dict())
-        missing = sorted(expected - set(loaded.state_dict))
-        unexpected = sorted(set(loaded.state_dict) - expected)
-        if missing or unexpected:
-            raise SourceError(
-                f"the weights of {loaded.path} do not match its config: missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}"
-            )
-        model.load_state_dict(loaded.state_dict, assign=True)
+        model = build_model(loaded, dtype=None, config=config)  # save_pretrained casts to `dtype`
         model.save_pretrained(tmp, dtype=DTYPES[dtype], max_shard_bytes=shard_bytes)
         _write_generation_config(tmp, config, special)
         for name in REMOTE_CODE_FILES:

@@ -212,9 +212,9 @@ class OuroForCausalLM(nn.Module):
     ) -> OuroForCausalLM:
         """Load an official-layout model: a folder with ``config.json`` and ``model.safetensors`` (or a sharded
         ``model.safetensors.index.json``), or a Hub repo id such as ``ByteDance/Ouro-1.4B``."""
-        from ouro.model.weights import load_model
+        from ouro.checkpoints import build_model, read_folder
 
-        return load_model(cls, path_or_repo, dtype=dtype, device=device, revision=revision)
+        return build_model(read_folder(path_or_repo, revision), dtype=dtype, device=device, model_class=cls)
 
     def save_pretrained(
         self,

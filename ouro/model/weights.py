@@ -1,4 +1,7 @@
-"""Reading and writing official-layout checkpoints (config.json + safetensors, optionally sharded)."""
+"""Safetensors I/O of official-layout weights: ``model.safetensors``, or shards plus an index.
+
+Reading a model from any source (and building it) is `ouro.checkpoints`.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +11,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ouro.config import OuroConfig
-
 if TYPE_CHECKING:
     from ouro.model.looped import OuroForCausalLM
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-
-
-def resolve_model_dir(path_or_repo: str | Path, revision: str | None = None) -> Path:
-    """A local folder as is; anything else is treated as a Hub repo id and downloaded (config + weights)."""
-    path = Path(path_or_repo).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise NotADirectoryError(
-                f"{path} is a file; expected a folder with config.json and model.safetensors"
-            )
-        return path
-    text = str(path_or_repo)
-    if text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise FileNotFoundError(f"{text} does not exist, and it is not a Hub repo id of the form ORG/NAME")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(text, revision=revision, allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as error:  # network, auth, missing repo
-        raise RuntimeError(
-            f"could not download {text} from the Hugging Face Hub ({type(error).__name__}: "
-            f"{error}); check the repo id, your network and HF_TOKEN, or pass a local folder"
-        ) from None
 
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
@@ -53,30 +31,6 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
             state.update(load_file(directory / shard))
         return state
     raise FileNotFoundError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}")
-
-
-def load_model(
-    cls: type[OuroForCausalLM],
-    path_or_repo: str | Path,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    revision: str | None = None,
-) -> OuroForCausalLM:
-    directory = resolve_model_dir(path_or_repo, revision)
-    config = OuroConfig.load(directory)
-    state = read_state_dict(directory)
-    with torch.device("meta"):
-        model = cls(config)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{directory} does not match its config.json: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]} (of {len(missing)} missing, {len(unexpected)} unexpected)"
-        )
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-    model.load_state_dict(state, assign=True)
-    return model
 
 
 def save_model(

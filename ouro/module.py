@@ -13,10 +13,9 @@ from torchmetrics import MeanMetric
 
 from ouro.config import OuroConfig
 from ouro.cross_entropy import IGNORE_INDEX, per_step_cross_entropy
-from ouro.model import AttentionLayout, OuroForCausalLM, flops_per_token
+from ouro.model import AttentionLayout, OuroForCausalLM, exit_distribution, flops_per_token
 from ouro.objective import (
     LoopLoss,
-    exit_distribution,
     q_exit_cross_entropy,
     stage1_loss_from_hidden,
     stage2_gate_loss,

@@ -1,7 +1,6 @@
-"""The LoopLM training objective (paper §3; ../shared/OURO.md §3).
+"""The LoopLM training objective (paper §3, arXiv 2510.25741).
 
-Exit distribution (survival form), T steps, λ_t = sigmoid(gate logit after pass t):
-    p(t) = λ_t Π_{j<t} (1 - λ_j)  for t < T,     p(T) = Π_{j<T} (1 - λ_j).
+The exit distribution p(t) over the T steps comes from the model package (`ouro.model.exit`).
 Stage I (pre-training, jointly with the LM), per token:  Σ_t p(t) L(t) - β H(p),  averaged over tokens.
 Stage II (gate only, LM frozen), with detached per-token losses:
     I(t) = max(0, L(t-1) - L(t)),  w(t) = sigmoid(k (I(t) - γ)),
@@ -19,31 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ouro.cross_entropy import cross_entropy_with_known_gradient, per_step_cross_entropy
-
-
-# ----------------------------------------------------------------------------------------- exit distribution
-def exit_log_distribution(gate_logits: torch.Tensor) -> torch.Tensor:
-    """log p(t) over the last dimension (steps), computed stably from gate logits with log-sigmoids."""
-    log_exit = F.logsigmoid(gate_logits.float())  # log λ_t
-    log_stay = F.logsigmoid(-gate_logits.float())  # log (1 - λ_t)
-    survive = torch.cumsum(log_stay, dim=-1) - log_stay  # Σ_{j<t} log(1 - λ_j)
-    log_p = survive + log_exit
-    return torch.cat([log_p[..., :-1], survive[..., -1:]], dim=-1)  # the last step takes what is left
-
-
-def exit_distribution(gate_logits: torch.Tensor) -> torch.Tensor:
-    """p(t) over the last dimension (steps); sums to 1."""
-    return exit_log_distribution(gate_logits).exp()
-
-
-def q_exit_steps(exit_probs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """0-based exit step per token: the first step whose CDF reaches ``threshold`` (q = 1 → the last step)."""
-    steps = exit_probs.shape[-1]
-    if threshold >= 1.0:
-        return torch.full(exit_probs.shape[:-1], steps - 1, dtype=torch.long, device=exit_probs.device)
-    reached = exit_probs.cumsum(-1) >= threshold
-    reached[..., -1] = True
-    return reached.float().argmax(-1)
+from ouro.model.exit import exit_distribution, exit_log_distribution, q_exit_steps
 
 
 # ------------------------------------------------------------------------------------------------- losses

@@ -1,4 +1,5 @@
-"""The LoopLM objective against naive implementations: full logits, F.cross_entropy and hand loops."""
+"""The LoopLM objective (and the model's exit distribution) against naive implementations: full logits,
+F.cross_entropy and hand loops."""
 
 import math
 
@@ -13,11 +14,9 @@ from ouro.cross_entropy import (
     cross_entropy_with_known_gradient,
     per_step_cross_entropy,
 )
+from ouro.model.exit import exit_distribution, exit_log_distribution, q_exit_steps
 from ouro.objective import (
-    exit_distribution,
-    exit_log_distribution,
     q_exit_cross_entropy,
-    q_exit_steps,
     stage1_loss,
     stage1_loss_from_hidden,
     stage2_gate_loss,

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ouro.generation.cache import LoopKVCache
-from ouro.model import AttentionLayout, OuroForCausalLM
-from ouro.objective import exit_distribution, q_exit_steps
+from ouro.model import AttentionLayout, ExitCDF, OuroForCausalLM, exit_distribution, q_exit_steps
 
 Prompt = str | Sequence[int]
 
@@ -272,14 +271,13 @@ class _CachedRun:
         """Prefill: every pass (up to a static exit) over the prompt; logits of the last position's exit."""
         net = self.model.model
         layout = padded_layout(self.valid)
-        hidden = net.embed_tokens(self.ids)
-        rope = net.rope(layout.positions, hidden.dtype)
+        hidden, rope = net.embed(self.ids, layout.positions)
         self.cache.begin(0, self.ids.shape[1])
         last_states, gates = [], []
         for step in range(self.max_steps):
-            hidden = net.run_pass(hidden, rope, layout, step, self.cache)
+            hidden, gate = net.step(hidden, rope, layout, step, self.cache)
             last_states.append(hidden[:, -1])
-            gates.append(net.early_exit_gate(hidden[:, -1]))
+            gates.append(gate[:, -1])
         if self.exit_step is not None:
             steps = torch.full((hidden.shape[0],), self.exit_step, dtype=torch.long, device=hidden.device)
         else:
@@ -294,32 +292,27 @@ class _CachedRun:
         rows = alive.nonzero().flatten()
         all_rows = len(rows) == alive.shape[0]
         self.key_valid[rows, column] = True
-        hidden = net.embed_tokens(tokens[rows])[:, None]
         positions = self.next_position[rows][:, None]
-        cos, sin = net.rope(positions, hidden.dtype)
+        hidden, (cos, sin) = net.embed(tokens[rows][:, None], positions)
         mask = self.key_valid[rows, None, None, : column + 1] if self.padded else None
         self.cache.begin(column, 1)
         count = len(rows)
         final = torch.empty(count, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
         exit_steps = torch.full((count,), self.max_steps - 1, dtype=torch.long, device=hidden.device)
         index = torch.arange(count, device=hidden.device)  # positions within `rows` still running
-        cdf = torch.zeros(count, device=hidden.device)
-        survive = torch.zeros(count, device=hidden.device)
+        cdf = ExitCDF((count,), hidden.device)
         early = self.exit_step is None and self.q < 1.0
         for step in range(self.max_steps):
             self.cache.rows = None if (all_rows and len(index) == count) else rows[index]
             layout = AttentionLayout(positions=positions, mask=mask, backend="sdpa")
-            hidden = net.run_pass(hidden, (cos, sin), layout, step, self.cache)
+            hidden, gate = net.step(hidden, (cos, sin), layout, step, self.cache)
             self.decode_passes += len(index)
             if step == self.max_steps - 1:
                 final[index] = hidden[:, 0]
                 break
             if not early:
                 continue
-            gate = net.early_exit_gate(hidden[:, 0, :]).float()[:, 0]
-            cdf = cdf + (survive + F.logsigmoid(gate)).exp()
-            survive = survive + F.logsigmoid(-gate)
-            done = cdf >= self.q
+            done = cdf.update(gate[:, 0, 0]) >= self.q
             if bool(done.any()):
                 final[index[done]] = hidden[done, 0]
                 exit_steps[index[done]] = step
@@ -327,7 +320,8 @@ class _CachedRun:
                 if not bool(keep.any()):
                     break
                 index, hidden, positions = index[keep], hidden[keep], positions[keep]
-                cos, sin, cdf, survive = cos[keep], sin[keep], cdf[keep], survive[keep]
+                cos, sin = cos[keep], sin[keep]
+                cdf.keep(keep)
                 mask = mask[keep] if mask is not None else None
         self.cache.commit(exit_steps, rows)
         self.next_position[rows] += 1

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ouro.config import OuroConfig
 from ouro.model.attention import Attention, AttentionLayout, KVCacheLike
+from ouro.model.exit import exit_distribution, q_exit_steps
 from ouro.model.layers import RMSNorm, SwiGLU, rope_cos_sin
 
 
@@ -82,6 +83,13 @@ class OuroModel(nn.Module):
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype)
 
+    def embed(
+        self, input_ids: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The input of the first pass and the RoPE tables every pass uses: the start of the loop."""
+        hidden = self.embed_tokens(input_ids)
+        return hidden, self.rope(positions, hidden.dtype)
+
     def run_pass(
         self,
         hidden: torch.Tensor,
@@ -98,6 +106,21 @@ class OuroModel(nn.Module):
                 hidden = layer(hidden, rope, layout, step, cache)
         return self.norm(hidden)
 
+    def step(
+        self,
+        hidden: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        layout: AttentionLayout,
+        index: int,
+        cache: KVCacheLike | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the loop: pass ``index`` (0-based) and the exit gate's logit after it (``..., 1``).
+
+        Training runs every step; generation runs them only for the tokens that have not exited yet.
+        """
+        hidden = self.run_pass(hidden, rope, layout, index, cache)
+        return hidden, self.early_exit_gate(hidden)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -109,13 +132,12 @@ class OuroModel(nn.Module):
         steps = num_steps or self.config.total_ut_steps
         if layout is None:
             layout = AttentionLayout.build(input_ids, doc_ids)
-        hidden = self.embed_tokens(input_ids)
-        rope = self.rope(layout.positions, hidden.dtype)
+        hidden, rope = self.embed(input_ids, layout.positions)
         states, gates = [], []
-        for step in range(steps):
-            hidden = self.run_pass(hidden, rope, layout, step, cache)
+        for t in range(steps):
+            hidden, gate = self.step(hidden, rope, layout, t, cache)
             states.append(hidden)
-            gates.append(self.early_exit_gate(hidden))
+            gates.append(gate)
         return LoopOutput(hidden_states=states, gate_logits=torch.cat(gates, dim=-1))
 
 
@@ -125,7 +147,8 @@ class OuroForCausalLM(nn.Module):
     ``forward(input_ids, doc_ids)`` returns a `LoopOutput` with every pass's normalised hidden state and gate
     logit. ``logits(output, step)`` gives one pass's logits, ``exit_distribution(output)`` the per-token exit
     probabilities p(t), and ``exit_logits(output, step=... | threshold=...)`` the logits of a static exit or of
-    Q-exit. Losses live in `ouro.objective` so the T x seq x vocab logits never exist at once.
+    Q-exit (`ouro.model.exit`). Losses live in `ouro.objective` so the T x seq x vocab logits never exist at
+    once.
     """
 
     def __init__(self, config: OuroConfig) -> None:
@@ -173,8 +196,6 @@ class OuroForCausalLM(nn.Module):
     @staticmethod
     def exit_distribution(output: LoopOutput) -> torch.Tensor:
         """Per-token exit probabilities p(t) (batch, seq, steps), summing to 1 over steps."""
-        from ouro.objective import exit_distribution
-
         return exit_distribution(output.gate_logits)
 
     def exit_logits(
@@ -186,8 +207,6 @@ class OuroForCausalLM(nn.Module):
         CDF reaches q (q = 1.0 is the last pass). With neither, ``config.early_exit_threshold`` is used. All
         passes were computed here; `ouro.generation` skips the passes after a token's exit.
         """
-        from ouro.objective import q_exit_steps
-
         hidden = torch.stack(output.hidden_states, dim=2)  # batch, seq, steps, hidden
         if step is not None:
             if not -output.num_steps <= step < output.num_steps:

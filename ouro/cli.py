@@ -23,12 +23,24 @@ def _tool_commands() -> dict[str, tuple[str, str]]:
         "export": ("ouro.hub.export:export", "Export a run or checkpoint in the official Ouro Hub layout."),
         "push": ("ouro.hub.push:push", "Upload an exported folder to the Hugging Face Hub."),
         "generate": ("ouro.generation.cli:generate", "Generate text with early exit and KV sharing."),
+        "eval": ("ouro.eval.cli:evaluate_model", "Run lm-eval tasks at every exit depth (one model load)."),
         "pipeline": (
             "ouro.pipeline:pipeline",
             "Run the stages of a pipeline file in order, resuming where it stopped.",
         ),
         "plot": ("ouro.plot:plot", "Write PNG charts (per-step loss, exit distribution, LR) of a run."),
     }
+
+
+def configure_parsing() -> None:
+    """jsonargparse settings of every ``ouro`` command: field docstrings in ``--help`` (dataclass attribute
+    docstrings, e.g. every ``OuroConfig`` field), and ``<<: !include FILE`` in recipes (`ouro.recipe_yaml`)."""
+    from jsonargparse import set_parsing_settings
+
+    from ouro.recipe_yaml import install
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    install()
 
 
 def _load(target: str) -> Callable:
@@ -105,6 +117,7 @@ def _dispatch(args: list[str]) -> None:
     if command in tools:
         from jsonargparse import auto_cli
 
+        configure_parsing()
         # Accept --repo-id as well as --repo_id: jsonargparse spells options with underscores.
         function = _load(tools[command][0])
         options = _bare_flags_to_true([_underscore_option(a) for a in args[1:]], function)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from ouro.recipe_yaml import read_recipe
 from ouro.run_dir import is_complete, mark_complete
 
 
@@ -57,7 +58,7 @@ def _recipe_value(recipes: list[str], dotted: str) -> str | None:
     """The last value of a dotted key (e.g. ``trainer.default_root_dir``) across the recipes, if set."""
     value = None
     for recipe in recipes:
-        node = yaml.safe_load(Path(recipe).read_text()) or {}
+        node = read_recipe(recipe) or {}
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:

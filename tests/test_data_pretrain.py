@@ -266,5 +266,5 @@ def test_hub_dataset_without_network_is_a_clear_error(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DataError, match="could not download Hub data set 'nobody/nothing'"):
+    with pytest.raises(DataError, match="could not list Hub data set 'nobody/nothing'"):
         prepare(["hf://nobody/nothing"], str(tmp_path / "out"), tokenizer=str(tmp_path / "t.json"))

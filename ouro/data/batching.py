@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 IGNORE_INDEX = -100
@@ -48,7 +49,8 @@ class BlockCollate:
     doc_masking: bool = True
 
     def __call__(self, samples: list[dict]) -> dict:
-        blocks = torch.stack([torch.as_tensor(s["tokens"]) for s in samples])
+        # uint16 or int32 shards: the model gets int64 either way
+        blocks = torch.from_numpy(np.stack([np.asarray(s["tokens"]) for s in samples]).astype(np.int64))
         batch = blocks_to_batch(blocks, self.eos_id, self.sft, self.doc_masking)
         batch["source"] = torch.tensor([int(s["source"]) for s in samples])
         return batch

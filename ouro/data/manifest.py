@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ouro.atomic import atomic_write_text
 from ouro.data.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -39,28 +40,47 @@ class Manifest:
     """SFT only: conversations longer than a block, cut to fit."""
     text_field: str = "text"
     """JSONL / parquet field read (``messages`` for SFT)."""
-    version: int = 1
-    """Manifest format version."""
+    token_dtype: str = "int32"
+    """Integer type of the stored values: ``uint16`` when they fit (vocabulary <= 65,536; SFT: <= 32,768),
+    else ``int32`` (the only type of version-1 manifests). The loader hands the model int64 either way."""
+    chunk_tokens: int | None = None
+    """Tokens per chunk file (the last chunk of each unit of input files is shorter)."""
+    version: int = 2
+    """Manifest format version (1: int32 shards written by litdata's optimize)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
 
     def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / MANIFEST
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
+        return atomic_write_text(Path(directory) / MANIFEST, self.to_json())
 
     @classmethod
-    def load(cls, directory: str | Path) -> Manifest:
-        path = Path(directory) / MANIFEST
-        if not path.is_file():
+    def from_text(cls, text: str, where: str) -> Manifest:
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, json.JSONDecodeError) as err:
+            raise DataError(
+                f"{where} is unreadable ({err}); rerun `ouro prepare` with --overwrite true"
+            ) from None
+
+    @classmethod
+    def load(cls, directory: str | Path, scratch: str | Path | None = None) -> Manifest:
+        """Read the manifest of a local folder or of an object-storage URL (fetched through ``scratch``)."""
+        from ouro.data import remote
+
+        if remote.is_remote(directory):
+            text = remote.read_text(
+                str(directory), MANIFEST, Path(scratch or remote.cache_dir(str(directory)))
+            )
+        else:
+            path = Path(directory) / MANIFEST
+            text = path.read_text() if path.is_file() else None
+        if text is None:
             raise DataError(
                 f"{directory} holds no {MANIFEST}: it is not a prepared shard folder, or its "
                 "`ouro prepare` did not finish; run `ouro prepare` for it (again)"
             )
-        try:
-            return cls(**json.loads(path.read_text()))
-        except (TypeError, json.JSONDecodeError) as err:
-            raise DataError(
-                f"{path} is unreadable ({err}); rerun `ouro prepare` with --overwrite true"
-            ) from None
+        return cls.from_text(text, f"{directory}/{MANIFEST}")
 
     def check_model(self, vocab_size: int, eos_token_id: int | None, where: str) -> None:
         """Refuse shards whose tokenizer does not fit the model.

@@ -14,6 +14,7 @@ from ouro.data.errors import DataError
 from ouro.data.manifest import Manifest, check_same_tokenizer
 
 BUILTIN = "builtin"
+AUTO = "auto"
 
 
 def _source_dataset_class():
@@ -93,7 +94,7 @@ class PretrainDataModule(L.LightningDataModule):
         self,
         sources: list[str] | str = BUILTIN,
         weights: list[float] | None = None,
-        val_source: str | None = BUILTIN,
+        val_source: str | None = AUTO,
         seq_len: int = 4096,
         batch_size: int = 1,
         num_workers: int = 1,
@@ -101,13 +102,16 @@ class PretrainDataModule(L.LightningDataModule):
         shuffle: bool = True,
         doc_masking: bool = True,
         prepare_workers: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         """
         Args:
-            sources: Shard folders written by ``ouro prepare``, or ``builtin`` (the offline standard-library corpus,
-                prepared on first use).
+            sources: Shard folders written by ``ouro prepare`` (local paths or s3:// / gs:// / az:// URLs), or
+                ``builtin`` (the offline standard-library corpus, prepared on first use).
             weights: Sampling weight of each source (normalised); default: proportional to their sizes.
-            val_source: Shard folder for validation, ``builtin`` (the built-in corpus's held-out split) or null.
+            val_source: Shard folder (or URL) for validation, ``builtin`` (the built-in corpus's held-out split),
+                null, or ``auto``: the built-in held-out split when the sources are the built-in corpus, else none
+                (said at start: another corpus's tokenizer would not fit your model).
             seq_len: Tokens per training sequence (blocks of seq_len + 1). Changing the attribute takes effect when
                 the train loader is rebuilt (a new stage, or ``reload_dataloaders_every_n_epochs``).
             batch_size: Micro-batch size per device.
@@ -117,11 +121,14 @@ class PretrainDataModule(L.LightningDataModule):
             doc_masking: Emit ``doc_ids`` so attention never crosses documents and the prediction across a
                 boundary does not count; false trains on the raw stream.
             prepare_workers: Processes that tokenize the built-in corpus on first use (default: one per CPU).
+            cache_dir: Local folder for the chunks streamed from object storage (default
+                ``$OURO_CACHE/chunks``, i.e. ``~/.cache/ouro/chunks``); one subfolder per URL.
         """
         super().__init__()
         self.sources = [sources] if isinstance(sources, str) else list(sources)
         self.weights = list(weights) if weights is not None else None
-        self.val_source = val_source
+        self.val_source = self._default_val_source() if val_source == AUTO else val_source
+        self.cache_dir = cache_dir
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -142,11 +149,24 @@ class PretrainDataModule(L.LightningDataModule):
         self.manifests: dict[str, Manifest] = {}
         self.tokenizer_path: str | None = None
         self.eos_id: int | None = None
-        self._train_dirs: list[Path] = []
-        self._val_dir: Path | None = None
+        self._train_dirs: list[Path | str] = []
+        self._val_dir: Path | str | None = None
         self._builtin_dirs: dict[str, Path] | None = None
 
     format = "pretrain"
+
+    def _default_val_source(self) -> str | None:
+        """``auto``: the built-in held-out split for built-in sources; none for the user's own shards."""
+        names = set(self.sources)
+        if len(names) == 1 and next(iter(names)).startswith(BUILTIN) and not Path(next(iter(names))).exists():
+            return next(iter(names))
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(
+            "data.val_source: none (the sources are your own shards, and the built-in validation set was made "
+            "with another tokenizer); set data.val_source to a folder prepared like the sources to validate"
+        )
+        return None
 
     # ------------------------------------------------------------------------------------------- preparation
     def _builtin(self) -> dict[str, Path]:
@@ -160,7 +180,11 @@ class PretrainDataModule(L.LightningDataModule):
         if BUILTIN in self.sources or self.val_source == BUILTIN:
             self._builtin()
 
-    def _resolve(self, source: str, split: str) -> Path:
+    def _resolve(self, source: str, split: str) -> Path | str:
+        from ouro.data import remote
+
+        if remote.is_remote(source):
+            return remote.litdata_url(source)
         if source == BUILTIN:
             if self.format != "pretrain":
                 raise DataError(
@@ -180,7 +204,7 @@ class PretrainDataModule(L.LightningDataModule):
         self._train_dirs = [self._resolve(s, "train") for s in self.sources]
         self._val_dir = self._resolve(self.val_source, "val") if self.val_source else None
         dirs = self._train_dirs + ([self._val_dir] if self._val_dir else [])
-        self.manifests = {str(d): Manifest.load(d) for d in dirs}
+        self.manifests = {str(d): Manifest.load(d, self._cache(d)) for d in dirs}
         first = check_same_tokenizer(self.manifests)
         for directory, manifest in self.manifests.items():
             if manifest.format != self.format:
@@ -189,8 +213,8 @@ class PretrainDataModule(L.LightningDataModule):
                     f"{self.format!r}; prepare it with --format {self.format}"
                 )
         self.eos_id = first.eos_token_id
-        shipped = self._train_dirs[0] / "tokenizer.json"
-        self.tokenizer_path = str(shipped) if shipped.is_file() else first.tokenizer
+        shipped = self._shipped_tokenizer(self._train_dirs[0])
+        self.tokenizer_path = str(shipped) if shipped is not None else first.tokenizer
         self._check_block_size()
         module = self.trainer.lightning_module if self.trainer is not None else None
         config = getattr(module, "config", None)
@@ -202,7 +226,21 @@ class PretrainDataModule(L.LightningDataModule):
     def _check_block_size(self) -> None:
         """Pretraining shards serve any ``seq_len``; SFT overrides this."""
 
-    def _blocks(self, directory: Path) -> int:
+    def _cache(self, directory: Path | str) -> Path | None:
+        from ouro.data import remote
+
+        return remote.cache_dir(str(directory), self.cache_dir) if remote.is_remote(directory) else None
+
+    def _shipped_tokenizer(self, directory: Path | str) -> Path | None:
+        """The ``tokenizer.json`` a prepared folder ships (fetched into the cache for a URL)."""
+        from ouro.data import remote
+
+        if not remote.is_remote(directory):
+            path = Path(directory) / "tokenizer.json"
+            return path if path.is_file() else None
+        return remote.download(str(directory), "tokenizer.json", self._cache(directory) / "tokenizer.json")
+
+    def _blocks(self, directory: Path | str) -> int:
         return self.manifests[str(directory)].tokens // (self.seq_len + 1)
 
     def _normalised_weights(self) -> list[float]:
@@ -228,11 +266,13 @@ class PretrainDataModule(L.LightningDataModule):
             )
 
     # ------------------------------------------------------------------------------------------------ loaders
-    def _dataset(self, directory: Path, index: int, shuffle: bool, drop_last: bool):
+    def _dataset(self, directory: Path | str, index: int, shuffle: bool, drop_last: bool):
         from litdata import TokensLoader
+        from litdata.streaming.resolver import Dir
 
+        cache = self._cache(directory)
         return _source_dataset_class()(
-            str(directory),
+            Dir(path=str(cache / "chunks"), url=str(directory)) if cache else str(directory),
             item_loader=TokensLoader(block_size=self.seq_len + 1),
             shuffle=shuffle,
             drop_last=drop_last,

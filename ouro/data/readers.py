@@ -1,4 +1,5 @@
-"""Read documents from ``.txt``, ``.jsonl`` / ``.jsonl.gz`` and ``.parquet`` files, folders, globs or Hub data sets.
+"""Read documents from ``.txt``, ``.jsonl`` / ``.jsonl.gz`` and ``.parquet`` files, folders, globs or Hub data
+sets (streamed through ``huggingface_hub.HfFileSystem``, never downloaded whole).
 
 Every error names the file and the line (JSONL, text) or row (parquet). With ``skip_bad`` the bad record (a
 whole file when the file itself is unreadable) is skipped and counted instead.
@@ -33,33 +34,57 @@ def _supported(path: Path) -> bool:
     return path.name.endswith(SUFFIXES)
 
 
-def _hub_files(spec: str) -> list[Path]:
-    """Download the parquet / JSONL files of a Hub data set (``hf://org/name`` or ``hf://datasets/org/name``)."""
-    repo_id = spec[len(HUB_PREFIX) :].removeprefix("datasets/").strip("/")
-    from huggingface_hub import snapshot_download
+def _hub_filesystem():
+    """The Hub as an fsspec filesystem (``huggingface_hub.HfFileSystem``): files are read in ranges, on demand."""
+    from huggingface_hub import HfFileSystem
 
+    return HfFileSystem()
+
+
+def _hub_files(spec: str) -> list[str]:
+    """The parquet / JSONL / text files of a Hub data set (``hf://org/name`` or ``hf://datasets/org/name``), as
+    ``hf://datasets/...`` URLs that the workers stream; nothing is downloaded whole."""
+    repo_id = spec[len(HUB_PREFIX) :].removeprefix("datasets/").strip("/")
     try:
-        folder = snapshot_download(
-            repo_id=repo_id,
-            repo_type="dataset",
-            allow_patterns=["*.parquet", "*.jsonl", "*.jsonl.gz", "*.txt"],
-        )
+        names = _hub_filesystem().find(f"datasets/{repo_id}")
     except Exception as err:
         raise DataError(
-            f"could not download Hub data set {repo_id!r} ({type(err).__name__}: {err}); check the name "
-            "and your network, or download it and pass the local folder"
+            f"could not list Hub data set {repo_id!r} ({type(err).__name__}: {err}); check the name "
+            "and your network (and HF_TOKEN for a gated set), or download it and pass the local folder"
         ) from None
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and _supported(p))
+    files = sorted(HUB_PREFIX + n for n in names if n.endswith(SUFFIXES))
     if not files:
         raise DataError(f"Hub data set {repo_id!r} has no {'/'.join(SUFFIXES)} files")
     return files
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files behind a list of files, folders (searched recursively), globs and ``hf://`` data sets."""
+def input_size(name: str) -> int:
+    """Bytes of an input file (local path or ``hf://`` URL): what the work is split by."""
+    if name.startswith(HUB_PREFIX):
+        return int(_hub_filesystem().info(name[len(HUB_PREFIX) :])["size"])
+    return Path(name).stat().st_size
+
+
+def input_stamp(name: str) -> list:
+    """Size and modification time of a local input (size alone for the Hub): what tells an edited file."""
+    if name.startswith(HUB_PREFIX):
+        return [name, input_size(name)]
+    stat = Path(name).stat()
+    return [name, stat.st_size, stat.st_mtime_ns]
+
+
+def _open(name: str):
+    if name.startswith(HUB_PREFIX):
+        return _hub_filesystem().open(name[len(HUB_PREFIX) :], "rb")
+    return open(name, "rb")
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[str]:
+    """Files behind a list of files, folders (searched recursively), globs and ``hf://`` data sets: absolute
+    paths, and ``hf://datasets/...`` URLs, in a fixed order (sorted within each item, items as given)."""
     if not inputs:
         raise DataError("no inputs given: pass files, folders, globs or hf://<org>/<dataset>")
-    files: list[Path] = []
+    files: list[str] = []
     for item in map(str, inputs):
         if item.startswith(HUB_PREFIX):
             files += _hub_files(item)
@@ -70,21 +95,21 @@ def expand_inputs(inputs: list[str | Path]) -> list[Path]:
             found = [m for m in matches if m.is_file() and _supported(m)]
             if not found:
                 raise FileNotFoundError(f"the glob {item!r} matches no {'/'.join(SUFFIXES)} file")
-            files += found
+            files += [str(f.resolve()) for f in found]
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and _supported(p))
             if not found:
                 raise DataError(f"the folder {path} holds no {'/'.join(SUFFIXES)} file")
-            files += found
+            files += [str(f.resolve()) for f in found]
         elif path.is_file():
             if not _supported(path):
                 raise DataError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
-            files.append(path)
+            files.append(str(path.resolve()))
         else:
             raise FileNotFoundError(
                 f"input {item!r} does not exist (for a Hub data set write hf://<org>/<name>)"
             )
-    return list(dict.fromkeys(f.resolve() for f in files))
+    return list(dict.fromkeys(files))
 
 
 def _bad(message: str, skip_bad: bool, stats: ReadStats) -> None:
@@ -93,8 +118,9 @@ def _bad(message: str, skip_bad: bool, stats: ReadStats) -> None:
     stats.skipped += 1
 
 
-def _read_txt(path: Path, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[Any, str]]:
-    data = path.read_bytes()
+def _read_txt(path: str, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[Any, str]]:
+    with _open(path) as handle:
+        data = handle.read()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -104,11 +130,13 @@ def _read_txt(path: Path, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[An
     yield text, f"{path}"
 
 
-def _read_jsonl(path: Path, field: str, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[Any, str]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
+def _read_jsonl(path: str, field: str, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[Any, str]]:
     lineno = 0
     try:
-        with opener(path, "rb") as handle:
+        with (
+            _open(path) as raw_handle,
+            gzip.open(raw_handle, "rb") if path.endswith(".gz") else raw_handle as handle,
+        ):
             for lineno, raw in enumerate(handle, 1):
                 if not raw.strip():
                     continue
@@ -133,12 +161,12 @@ def _read_jsonl(path: Path, field: str, skip_bad: bool, stats: ReadStats) -> Ite
         _bad(f"{path}:{lineno + 1}: unreadable ({err})", skip_bad, stats)
 
 
-def _read_parquet(path: Path, field: str, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[Any, str]]:
+def _read_parquet(path: str, field: str, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[Any, str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(_open(path) if path.startswith(HUB_PREFIX) else path)
     except (pa.ArrowException, OSError) as err:
         _bad(f"{path}: not a readable parquet file ({err})", skip_bad, stats)
         return
@@ -161,13 +189,13 @@ def _read_parquet(path: Path, field: str, skip_bad: bool, stats: ReadStats) -> I
 
 def read_records(path: str | Path, field: str, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[Any, str]]:
     """``(value of field, location)`` for every record of a file; a ``.txt`` file is one record (its text)."""
-    path = Path(path)
-    if not path.is_file():
+    path = str(path)
+    if not path.startswith(HUB_PREFIX) and not Path(path).is_file():
         _bad(f"{path}: file not found", skip_bad, stats)
         return
-    if path.name.endswith(".txt"):
+    if path.endswith(".txt"):
         reader = _read_txt(path, skip_bad, stats)
-    elif path.name.endswith(".parquet"):
+    elif path.endswith(".parquet"):
         reader = _read_parquet(path, field, skip_bad, stats)
     else:
         reader = _read_jsonl(path, field, skip_bad, stats)

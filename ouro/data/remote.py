@@ -1,0 +1,176 @@
+"""Shard folders on object storage (``s3://``, ``gs://``, ``az://``), through litdata's own clients.
+
+Training streams chunks with litdata's ``StreamingDataset`` (remote URL + a local cache folder); this module
+only moves the small files around it (``manifest.json``, ``tokenizer.json``, the prepare's unit records) and
+uploads what ``ouro prepare`` writes, with litdata's ``FsProvider`` for the URL's scheme. Credentials and
+endpoints come from where the providers' SDKs look: for S3 boto3's chain (``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws/``, instance roles) and ``AWS_ENDPOINT_URL`` for an
+S3-compatible server; for GCS Application Default Credentials; for Azure the ``AZURE_STORAGE_*`` variables.
+Nothing here prints or stores a credential; errors name the URL and what to check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ouro.data.errors import DataError
+
+REMOTE_SCHEMES = ("s3://", "gs://", "az://", "azure://")
+#: Schemes litdata can write to (``litdata.constants._SUPPORTED_PROVIDERS``).
+WRITABLE_SCHEMES = ("s3://", "gs://")
+
+
+def is_remote(path: str | Path) -> bool:
+    """Whether ``path`` is an object-storage URL."""
+    return str(path).startswith(REMOTE_SCHEMES)
+
+
+def litdata_url(url: str) -> str:
+    """The URL as litdata spells it (``az://`` is litdata's ``azure://``), without a trailing slash."""
+    url = str(url).rstrip("/")
+    return "azure://" + url[len("az://") :] if url.startswith("az://") else url
+
+
+def join(url: str, name: str) -> str:
+    return f"{litdata_url(url)}/{name}"
+
+
+def cache_dir(url: str, root: str | Path | None = None) -> Path:
+    """The local folder that caches a remote shard folder's chunks (one per URL).
+
+    Default root: ``$OURO_CACHE/chunks`` (``~/.cache/ouro/chunks``), never the system temp dir.
+    """
+    base = Path(root).expanduser() if root else _ouro_cache() / "chunks"
+    digest = hashlib.sha256(litdata_url(url).encode()).hexdigest()[:16]
+    return base / f"{Path(litdata_url(url)).name}-{digest}"
+
+
+def _ouro_cache() -> Path:
+    return Path(os.environ.get("OURO_CACHE", "~/.cache/ouro")).expanduser()
+
+
+def _small_file_options(url: str) -> dict[str, Any]:
+    """Few retries for the small files: a wrong endpoint fails in seconds, not after litdata's 1000 attempts."""
+    if not litdata_url(url).startswith("s3://"):
+        return {}
+    import botocore.config
+
+    return {"config": botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"})}
+
+
+def _provider(url: str):
+    from litdata.streaming.fs_provider import _get_fs_provider
+
+    url = litdata_url(url)
+    if not url.startswith(WRITABLE_SCHEMES):
+        raise DataError(
+            f"{url}: litdata reads but cannot write or list this storage; prepare into a local folder and copy "
+            "it there with the provider's tool (e.g. azcopy), then train from the URL"
+        )
+    try:
+        return _get_fs_provider(url, _small_file_options(url))
+    except Exception as err:
+        raise DataError(explain(err, url)) from None
+
+
+def explain(err: BaseException, url: str) -> str:
+    """One line for a storage failure: which URL, what went wrong, what to check. Never a credential."""
+    name = type(err).__name__
+    code = ""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+    bucket = litdata_url(url).split("://", 1)[-1].split("/", 1)[0]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    where = f" at {endpoint}" if endpoint and url.startswith("s3://") else ""
+    if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError") or (
+        "credential" in str(err).lower() and not code
+    ):
+        return (
+            f"{url}: no credentials found for the storage; set them the provider's usual way (S3: "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials)"
+        )
+    if code in ("NoSuchBucket",) or name == "NoSuchBucket":
+        return f"{url}: the bucket {bucket!r} does not exist{where}; check the URL (and AWS_ENDPOINT_URL)"
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"):
+        return f"{url}: access denied{where} ({code}); check the credentials and the bucket's permissions"
+    if name in ("EndpointConnectionError", "ConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):
+        return f"{url}: cannot reach the storage endpoint{where} ({name}); check AWS_ENDPOINT_URL and the network"
+    return (
+        f"{url}: storage request failed ({name}{': ' + code if code else ''}); check the URL and credentials"
+    )
+
+
+def _is_missing(err: BaseException) -> bool:
+    response = getattr(err, "response", None)
+    code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+    return code in ("404", "NoSuchKey", "NotFound") or isinstance(err, FileNotFoundError)
+
+
+def download(url: str, name: str, target: Path) -> Path | None:
+    """Download ``url/name`` to ``target``; None when the object does not exist."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part")
+    try:
+        _provider(url).download_file(join(url, name), str(partial))
+    except DataError:
+        raise
+    except Exception as err:
+        partial.unlink(missing_ok=True)
+        if _is_missing(err):
+            return None
+        raise DataError(explain(err, url)) from None
+    os.replace(partial, target)
+    return target
+
+
+def read_text(url: str, name: str, scratch: Path) -> str | None:
+    """The text of ``url/name`` (None when missing), fetched through ``scratch``."""
+    path = download(url, name, scratch / name.replace("/", "_"))
+    if path is None:
+        return None
+    text = path.read_text()
+    path.unlink()
+    return text
+
+
+def upload(local: Path, url: str, name: str) -> None:
+    try:
+        _provider(url).upload_file(str(local), join(url, name))
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(explain(err, url)) from None
+
+
+def list_names(url: str, prefix: str = "") -> list[str]:
+    """Names (relative to ``url``) of the objects under ``url/prefix``."""
+    provider = _provider(url)
+    base = litdata_url(url).split("://", 1)[1]
+    bucket, _, root = base.partition("/")
+    key_prefix = f"{root}/{prefix}" if root else prefix
+    names: list[str] = []
+    try:
+        if litdata_url(url).startswith("s3://"):
+            paginator = provider.client.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
+                names += [obj["Key"] for obj in page.get("Contents", [])]
+        else:
+            names = [blob.name for blob in provider.client.bucket(bucket).list_blobs(prefix=key_prefix)]
+    except Exception as err:
+        raise DataError(explain(err, url)) from None
+    strip = len(root) + 1 if root else 0
+    return sorted(n[strip:] for n in names)
+
+
+def delete(url: str, name: str) -> None:
+    try:
+        _provider(url).delete_file_or_directory(join(url, name))
+    except DataError:
+        raise
+    except Exception as err:
+        if not _is_missing(err):
+            raise DataError(explain(err, url)) from None

@@ -1,0 +1,221 @@
+"""The built-in offline evaluation suite: generators, training split, lm-eval task files, direct scoring."""
+
+from __future__ import annotations
+
+import json
+import operator
+import random
+import re
+
+import pytest
+import torch
+
+from ouro.config import OuroConfig
+from ouro.eval.suite import (
+    FAMILIES,
+    eval_questions,
+    family,
+    materialize,
+    score_questions,
+    task_names,
+    training_documents,
+)
+from ouro.eval.suite.questions import curriculum_difficulty
+from ouro.model import OuroForCausalLM
+
+
+@pytest.fixture(scope="module")
+def builtin_tokenizer():
+    from tokenizers import Tokenizer
+
+    from ouro.data.builtin import builtin_tokenizer_path
+
+    return Tokenizer.from_file(str(builtin_tokenizer_path()))
+
+
+# ------------------------------------------------------------------------------ independent reference solvers
+def _solve_binding(statements: str, asked: str) -> tuple[str, int]:
+    table = dict(s.split(" = ") for s in re.findall(r"[a-z] = \w", statements))
+    hops, value = 0, asked
+    while not value.isdigit():
+        value, hops = table[value], hops + 1
+    return value, hops
+
+
+def _solve_arith(expression: str) -> str:
+    tokens = expression.split()
+    value = int(tokens[0])
+    ops = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+    for op, operand in zip(tokens[1::2], tokens[2::2]):
+        value = ops[op](value, int(operand))
+    return str(value % 10)
+
+
+def _solve_lookup(table: str, start: str, times: int) -> str:
+    function = dict(pair.split(" > ") for pair in re.findall(r"[a-z] > [a-z]", table))
+    for _ in range(times):
+        start = function[start]
+    return start
+
+
+def _solve(prompt: str) -> tuple[str, int]:
+    """(answer, number of steps) of a prompt, computed from its text alone."""
+    kind, body = prompt.split(": ", 1)
+    if kind == "bind":
+        statements, asked = re.fullmatch(r"(.*) \? ([a-z]) =", body).groups()
+        return _solve_binding(statements, asked)
+    if kind == "arith":
+        expression = body.removesuffix(" =")
+        return _solve_arith(expression), len(expression.split()) // 2
+    table, start, times = re.fullmatch(r"(.*) \? ([a-z]) (\d+) =", body).groups()
+    return _solve_lookup(table, start, int(times)), int(times)
+
+
+def _queries(name: str, text: str) -> list[tuple[str, str]]:
+    """Every (prompt, answer) a training document asks and answers, as prompts of `question` form."""
+    if name == "arith":
+        return [(f"arith: {e.strip()} =", a) for e, a in re.findall(r"([\d +\-*]+) = (\d)", text[7:])]
+    head, *asked = text.split(" ? ")
+    return [(f"{head} ? {q.rsplit(' = ', 1)[0]} =", q.rsplit(" = ", 1)[1]) for q in asked]
+
+
+# --------------------------------------------------------------------------------------------- generators
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_questions_are_deterministic_right_and_as_hard_as_their_difficulty(name):
+    for difficulty in FAMILIES[name].difficulties:
+        questions = eval_questions(name, difficulty, 40)
+        assert questions == eval_questions(name, difficulty, 40)
+        for q in questions:
+            answer, steps = _solve(q.prompt)
+            assert (q.answer, steps, q.difficulty) == (answer, difficulty, difficulty)
+            assert q.choices[q.label] == q.answer
+        assert len({q.prompt for q in questions}) > 30  # not one question repeated
+    if name == "binding":  # the distractor chain ends in another constant: copying a digit is not enough
+        for q in eval_questions(name, 3, 40):
+            digits = re.findall(r"= (\d)", q.prompt)
+            assert len(set(digits)) == 2 and q.answer in digits
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_training_documents_answer_right_and_never_start_with_an_eval_question(name):
+    difficulties = list(FAMILIES[name].difficulties)[:3]
+    documents = training_documents(name, 300, difficulties)
+    assert documents == training_documents(name, 300, difficulties)
+    assert documents != training_documents(name, 300, difficulties, seed=1)
+    held_out = {q.prompt for d in difficulties for q in eval_questions(name, d)}
+    for difficulty, text in documents:
+        queries = _queries(name, text)
+        assert len(queries) > 1  # several answered queries per document
+        assert queries[0][0] not in held_out
+        for prompt, answer in queries:
+            assert _solve(prompt)[0] == answer, (prompt, answer)
+        assert _solve(queries[0][0])[1] == difficulty
+
+
+def test_curriculum_goes_from_easy_to_hard_and_keeps_rehearsing():
+    rng = random.Random(0)
+    drawn = [curriculum_difficulty(i, 400, [1, 2, 3, 4], rng) for i in range(400)]
+    phases = [drawn[k * 100 : (k + 1) * 100] for k in range(4)]
+    assert set(phases[0]) == {1}
+    for k, phase in enumerate(phases[1:], start=1):
+        assert max(phase) == k + 1 and 30 < phase.count(k + 1) < 80
+    assert set(phases[3]) == {1, 2, 3, 4}
+    uniform = [d for d, _ in training_documents("binding", 200, [1, 2], curriculum=False)]
+    assert uniform[:100].count(2) > 25
+
+
+def test_bad_family_or_difficulty_says_what_exists():
+    with pytest.raises(ValueError, match="unknown built-in eval family 'nope'.*binding"):
+        family("nope")
+    with pytest.raises(ValueError, match="difficulty 9 is outside 'binding'"):
+        eval_questions("binding", 9)
+
+
+# ------------------------------------------------------------------------------------------- lm-eval files
+def test_materialize_is_deterministic_and_idempotent(tmp_path):
+    root = materialize(tmp_path / "a", size=10)
+    files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    expected = {f"{t}.{ext}" for t in task_names() for ext in ("yaml", "jsonl")}
+    assert {p.name for p in files} == expected | {f"_ouro_{f}.yaml" for f in FAMILIES}
+    mtimes = {p: (root / p).stat().st_mtime_ns for p in files}
+    assert materialize(tmp_path / "a", size=10) == root
+    assert mtimes == {p: (root / p).stat().st_mtime_ns for p in files}  # nothing rewritten
+    other = materialize(tmp_path / "b", size=10)
+    for p in files:
+        if p.suffix == ".jsonl":
+            assert (other / p).read_bytes() == (root / p).read_bytes()
+    rows = [
+        json.loads(line) for line in (root / "binding" / "ouro_binding_d2.jsonl").read_text().splitlines()
+    ]
+    assert [r["prompt"] for r in rows] == [q.prompt for q in eval_questions("binding", 2, 10)]
+
+
+def test_lm_eval_loads_the_tasks_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from lm_eval.tasks import TaskManager
+
+    root = materialize(tmp_path, size=5)
+    manager = TaskManager(include_path=str(root), include_defaults=False)
+    loaded = manager.load(["ouro_binding_d3", "ouro_lookup"])
+    tasks = loaded["tasks"]
+    assert set(tasks) == {"ouro_binding_d3"} | {f"ouro_lookup_d{d}" for d in FAMILIES["lookup"].difficulties}
+    assert "ouro_lookup" in {str(getattr(g, "group", g)) for g in loaded["groups"]} | set(
+        map(str, loaded["group_map"])
+    )
+    task = tasks["ouro_binding_d3"]
+    docs = list(task.test_docs())
+    question = eval_questions("binding", 3, 5)[0]
+    assert task.doc_to_text(docs[0]) == question.prompt
+    assert task.doc_to_choice(docs[0]) == list(question.choices)
+    assert task.doc_to_target(docs[0]) == question.label
+    assert len(docs) == 5
+
+
+# ------------------------------------------------------------------------------------------- direct scoring
+def _reference_scores(model, tokenizer, questions, thresholds):
+    """One question at a time, no padding: arg-max over the choices' log-probabilities at each step."""
+    from ouro.objective import exit_distribution
+
+    steps = model.config.total_ut_steps
+    hits = torch.zeros(steps)
+    q_hits, q_depth = torch.zeros(len(thresholds)), torch.zeros(len(thresholds))
+    for q in questions:
+        ids = torch.tensor([tokenizer.encode(q.prompt).ids])
+        out = model(ids)
+        choice_ids = [tokenizer.encode(" " + c).ids[0] for c in q.choices]
+        step_hit = []
+        for t in range(steps):
+            logprobs = torch.log_softmax(model.logits(out, t)[0, -1], -1)
+            step_hit.append(int(logprobs[choice_ids].argmax()) == q.label)
+        hits += torch.tensor(step_hit, dtype=torch.float)
+        p = exit_distribution(out.gate_logits[0, -1])
+        for i, threshold in enumerate(thresholds):
+            exit_step = next(t for t in range(steps) if p[: t + 1].sum() >= threshold or t == steps - 1)
+            q_hits[i] += step_hit[exit_step]
+            q_depth[i] += exit_step + 1
+    n = len(questions)
+    result = {f"step{t + 1}": float(hits[t]) / n for t in range(steps)}
+    for i, threshold in enumerate(thresholds):
+        result[f"q{threshold:g}"], result[f"q{threshold:g}/depth"] = (
+            float(q_hits[i]) / n,
+            float(q_depth[i]) / n,
+        )
+    return result
+
+
+def test_direct_scores_equal_one_question_at_a_time(builtin_tokenizer):
+    torch.manual_seed(0)
+    config = OuroConfig.preset("tiny", vocab_size=builtin_tokenizer.get_vocab_size(), total_ut_steps=3)
+    model = OuroForCausalLM(config).eval()
+    with torch.no_grad():
+        model.model.early_exit_gate.bias.fill_(-0.5)  # spread the exits so Q-exit differs between thresholds
+    questions = [q for d in (1, 3) for q in eval_questions("binding", d, 12)] + eval_questions("lookup", 2, 8)
+    thresholds = (0.3, 0.6, 1.0)
+    with torch.no_grad():
+        expected = _reference_scores(model, builtin_tokenizer, questions, thresholds)
+    got = score_questions(model, builtin_tokenizer, questions, thresholds, batch_size=5)
+    assert got.keys() == expected.keys()
+    for key in got:
+        assert got[key] == pytest.approx(expected[key]), key
+    assert expected["q1/depth"] == 3 and expected["q0.3/depth"] < 3

@@ -1,0 +1,217 @@
+"""`evaluate`: lm-eval tasks on an in-memory Ouro model at several depth settings, with one model and one
+scoring forward per request for the whole sweep.
+
+The tasks are loaded once; lm-eval's ``evaluate`` then runs once per depth setting with the same `OuroLM`,
+whose active setting changes between runs. The first run scores every log-likelihood request at every setting
+(one forward up to the deepest pass); the later runs read those scores from the backend's cache, so they cost
+lm-eval's bookkeeping and metrics, not forwards. Generation tasks run per setting.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ouro.eval.backend import DepthStats, OuroLM
+from ouro.eval.results import DepthResult, EvalResults
+from ouro.eval.scoring import depth_settings
+from ouro.model import OuroForCausalLM
+
+#: lm-eval output keys that do not depend on the depth setting (copied into results.json once).
+LM_EVAL_KEYS = ("group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
+
+
+def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
+    """Task names from ``"a,b"`` or a list."""
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
+    if not names:
+        raise ValueError("--tasks: name at least one lm-eval task (e.g. --tasks mmlu or --tasks my_task)")
+    return names
+
+
+def suite_include_path() -> str | None:
+    """The folder of the built-in offline tasks (`ouro.eval.suite`), written on first use; None without it."""
+    try:
+        from ouro.eval.suite import materialize
+    except ImportError:
+        return None
+    from ouro.data.builtin import cache_dir
+
+    return str(materialize(cache_dir() / "eval-suite"))
+
+
+@functools.lru_cache(maxsize=4)
+def _task_manager(include_paths: tuple[str, ...]):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(include_paths) or None)
+
+
+def task_manager(include_path: str | Sequence[str] | None = None):
+    """lm-eval's TaskManager over its own tasks, the built-in suite and ``include_path`` (cached: indexing
+    lm-eval's task folder takes seconds)."""
+    paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path or [])
+    for path in paths:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"--include_path {path} is not a folder of lm-eval task YAML files")
+    suite = suite_include_path()
+    return _task_manager(tuple(str(Path(p).resolve()) for p in paths) + ((suite,) if suite else ()))
+
+
+def check_task_names(manager, names: Sequence[str]) -> None:
+    """One clear error for names that are neither a task, group or tag of ``manager`` nor a YAML file."""
+    known = set(manager.all_tasks)
+    unknown = [n for n in names if n not in known and not Path(n).is_file()]
+    if unknown:
+        raise ValueError(
+            f"--tasks: unknown lm-eval task {', '.join(map(repr, unknown))}; list the tasks with "
+            "`lm-eval ls tasks`, or add a folder of task YAMLs with --include_path"
+        )
+
+
+def load_tasks(manager, names: Sequence[str]) -> dict[str, Any]:
+    """lm-eval's ``TaskManager.load`` after `check_task_names`."""
+    check_task_names(manager, names)
+    return manager.load(list(names))
+
+
+def evaluate(
+    model: OuroForCausalLM,
+    tokenizer: Any,
+    tasks: str | Sequence[str],
+    depths: str | int | Sequence[int] | None = None,
+    exit_thresholds: str | float | Sequence[float] | None = (),
+    use_gate: bool = False,
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    include_path: str | Sequence[str] | None = None,
+    num_fewshot: int | None = None,
+    max_length: int | None = None,
+    kv_sharing: str = "full",
+    fewshot_seed: int = 1234,
+    bootstrap_iters: int = 0,
+    progress: bool = True,
+) -> EvalResults:
+    """Evaluate ``model`` on lm-eval ``tasks`` at every depth setting.
+
+    Args:
+        model: The looped model (its train/eval mode is restored afterwards).
+        tokenizer: Its `tokenizers.Tokenizer` (or a transformers tokenizer).
+        tasks: lm-eval task or group names (``"a,b"`` or a list); the built-in suite's and ``include_path``'s
+            tasks included.
+        depths: Static exit steps, 1-based (``"1-8"``, ``"1,2,4"``, a list); may exceed the trained steps.
+        exit_thresholds: Q-exit thresholds in (0, 1] (``"0.5,0.7,0.9"`` or a list).
+        use_gate: Also evaluate Q-exit at the config's ``early_exit_threshold`` (the gate as trained).
+        limit: At most this many documents per task (a fraction below 1).
+        batch_size: Sequences per forward.
+        include_path: Extra folder(s) of lm-eval task YAMLs.
+        num_fewshot: Few-shot examples (default: each task's own).
+        max_length: Longest sequence the model reads (default ``max_position_embeddings``).
+        kv_sharing: Decode-time KV cache of generation tasks: full, last or mean.
+        fewshot_seed: Seed of the few-shot sampler.
+        bootstrap_iters: lm-eval's bootstrap iterations for standard errors (0: skip them).
+        progress: Show progress bars.
+
+    With no depth setting given, every trained step 1..T is evaluated.
+    """
+    from lm_eval.evaluator import evaluate as lm_eval_evaluate
+
+    settings = depth_settings(depths, exit_thresholds, use_gate, model.config.total_ut_steps)
+    names = parse_tasks(tasks)
+    loaded = load_tasks(task_manager(include_path), names)
+    for task in loaded["tasks"].values():
+        if num_fewshot is not None and task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+        elif task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=fewshot_seed)
+
+    was_training = model.training
+    lm = OuroLM(
+        model=model,
+        tokenizer=tokenizer,
+        settings=settings,
+        batch_size=batch_size,
+        max_length=max_length,
+        kv_sharing=kv_sharing,
+        progress=progress,
+    )
+    raw: dict[str, dict[str, Any]] = {}
+    quiet = logging.getLogger("lm_eval")
+    level = quiet.level
+    try:
+        for setting in settings:
+            lm.active = setting
+            raw[setting.key] = lm_eval_evaluate(
+                lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False
+            )
+            quiet.setLevel(logging.WARNING)  # lm-eval's per-run logging once is enough
+    finally:
+        quiet.setLevel(level)
+        model.train(was_training)
+    return _collect(raw, settings, lm, names)
+
+
+def _collect(raw: dict[str, dict[str, Any]], settings, lm: OuroLM, names: list[str]) -> EvalResults:
+    first = raw[settings[0].key]
+    subtasks: dict[str, list[str]] = first.get("group_subtasks", {})
+    tasks: dict[str, dict[str, DepthResult]] = {}
+    reported = list(first["results"])
+    for name in reported:
+        tasks[name] = {}
+        for setting in settings:
+            stats = _stats_of(name, setting.key, lm.stats, subtasks)
+            tasks[name][setting.key] = DepthResult(
+                metrics=dict(raw[setting.key]["results"][name]),
+                mean_depth=stats.mean_depth,
+                tokens_per_second=stats.tokens_per_second,
+                requests=stats.requests,
+            )
+    generation = None
+    if "generate_until" in lm.request_types.values():
+        generation = {
+            "early_exit": "real: passes after a token's exit are not run (ouro.generation.generate)",
+            "kv_sharing": lm.kv_sharing,
+            "settings": {s.key: _generation_mode(lm, s) for s in settings},
+        }
+    config = lm.model.config
+    return EvalResults(
+        settings=list(settings),
+        tasks=tasks,
+        lm_eval={k: first[k] for k in LM_EVAL_KEYS if k in first},
+        model={
+            "parameters": lm.model.num_parameters(),
+            "total_ut_steps": config.total_ut_steps,
+            "early_exit_threshold": config.early_exit_threshold,
+            "num_hidden_layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size,
+        },
+        request_types=dict(lm.request_types),
+        generation=generation,
+    )
+
+
+def _stats_of(name: str, key: str, stats: dict, subtasks: dict[str, list[str]]) -> DepthStats:
+    """A task's stats, or the sum over a group's subtasks."""
+    if (name, key) in stats:
+        return stats[(name, key)]
+    total = DepthStats()
+    for sub in subtasks.get(name, []):
+        part = _stats_of(sub, key, stats, subtasks)
+        total.add(part)
+    return total
+
+
+def _generation_mode(lm: OuroLM, setting) -> str:
+    previous, lm.active = lm.active, setting
+    try:
+        arguments = lm.generation_arguments()
+    finally:
+        lm.active = previous
+    if "exit_step" in arguments:
+        passes = arguments["exit_step"] + 1
+        return f"static exit: every new token runs {passes} pass{'es' if passes > 1 else ''}"
+    return f"Q-exit at q = {arguments['exit_threshold']:g} over {lm.model.config.total_ut_steps} passes"

@@ -24,7 +24,6 @@ def _tool_commands() -> dict[str, tuple[str, str]]:
         "push": ("ouro.hub.push:push", "Upload an exported folder to the Hugging Face Hub."),
         "generate": ("ouro.generation.cli:generate", "Generate text with early exit and KV sharing."),
         "eval": ("ouro.eval.cli:evaluate_model", "Run lm-eval tasks at every exit depth (one model load)."),
-        "eval": ("ouro.eval.cli:evaluate_model", "Run lm-eval tasks at every exit depth (one model load)."),
         "pipeline": (
             "ouro.pipeline:pipeline",
             "Run the stages of a pipeline file in order, resuming where it stopped.",

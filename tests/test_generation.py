@@ -7,8 +7,9 @@ import io
 import pytest
 import torch
 
+from ouro.chat import format_chat
 from ouro.config import OuroConfig
-from ouro.generation import LoopKVCache, format_chat, generate
+from ouro.generation import LoopKVCache, generate
 from ouro.generation.stream import TextStreamer
 from ouro.model import OuroForCausalLM
 

@@ -12,7 +12,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-EOS, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+from ouro.chat import SPECIAL_TOKENS
+
 #: Vocabulary of the built-in tokenizer (special tokens included): small so a tiny model trains in minutes.
 BUILTIN_VOCAB_SIZE = 4096
 _SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
@@ -107,7 +108,7 @@ def train_tokenizer(files: list[Path], vocab_size: int = BUILTIN_VOCAB_SIZE):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS, IM_START, IM_END],
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

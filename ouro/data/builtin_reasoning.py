@@ -17,6 +17,7 @@ import random
 import re
 from pathlib import Path
 
+from ouro.chat import format_chat
 from ouro.data.builtin import builtin_tokenizer_path, cache_dir
 from ouro.data.pretrain import PretrainDataModule
 from ouro.data.sft import SFTDataModule
@@ -65,10 +66,6 @@ def conversations(split: str, seed: int = 0) -> list[list[dict[str, str]]]:
     return result
 
 
-def _as_text(messages: list[dict[str, str]]) -> str:
-    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-
-
 def ensure_reasoning_shards(format: str, seq_len: int = 256) -> dict[str, Path]:
     """Prepared ``{"train": ..., "val": ...}`` shard folders of the built-in conversations (built on first use)."""
     from ouro.data.prepare import prepare
@@ -81,7 +78,14 @@ def ensure_reasoning_shards(format: str, seq_len: int = 256) -> dict[str, Path]:
         if not jsonl.is_file():
             jsonl.parent.mkdir(parents=True, exist_ok=True)
             rows = conversations(split)
-            lines = [json.dumps({"messages": m} if format == "sft" else {"text": _as_text(m)}) for m in rows]
+            lines = [
+                json.dumps(
+                    {"messages": m}
+                    if format == "sft"
+                    else {"text": format_chat(m, add_generation_prompt=False)}
+                )
+                for m in rows
+            ]
             tmp = jsonl.with_suffix(".tmp")
             tmp.write_text("\n".join(lines) + "\n")
             tmp.replace(jsonl)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ouro.chat import chat_token_ids  # noqa: F401 (ChatML lives in ouro.chat; prepare imports it here)
 from ouro.data.errors import DataError
 
 #: Ouro's tokenizer (SmolLM2): 49,152 tokens, ``<|endoftext|>`` = 0.
 OURO_TOKENIZER = "HuggingFaceTB/SmolLM2-135M"
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
-CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 
 
 def resolve_tokenizer_file(name_or_path: str | Path) -> Path:
@@ -72,14 +72,3 @@ def eos_token_id(tokenizer) -> int:
     raise DataError(
         f"the tokenizer has none of the end-of-document tokens {EOS_CANDIDATES}; add one as a special token"
     )
-
-
-def chat_token_ids(tokenizer) -> tuple[int, int]:
-    """Ids of ``<|im_start|>`` and ``<|im_end|>`` (needed by the ChatML format)."""
-    ids = [tokenizer.token_to_id(t) for t in CHAT_TOKENS]
-    if None in ids:
-        raise DataError(
-            f"the tokenizer lacks the ChatML special tokens {CHAT_TOKENS}; use a chat tokenizer "
-            f"(e.g. {OURO_TOKENIZER} or 'builtin')"
-        )
-    return ids[0], ids[1]

@@ -24,6 +24,14 @@ def load_for_generation(
     return model, load_tokenizer(source)
 
 
+def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    """Token ids of ``ouro generate --chat``: an optional system turn, the user turn, the opened assistant turn."""
+    from ouro.chat import ChatRenderer
+
+    messages = [{"role": "system", "content": system}] if system else []
+    return ChatRenderer(tokenizer).render_prompt([*messages, {"role": "user", "content": prompt}])
+
+
 def generate(
     model_path: str,
     prompt: str | list[str],
@@ -62,7 +70,7 @@ def generate(
         stream: Print the first prompt's text as it is generated.
         stats: Print the mean exit depth and the KV-cache size to stderr.
     """
-    from ouro.generation.chat import END_OF_TEXT, IM_END, format_chat
+    from ouro.chat import END_OF_TEXT, IM_END
     from ouro.generation.generate import generate as run_generate
     from ouro.generation.stream import TextStreamer
 
@@ -72,8 +80,7 @@ def generate(
         raise ValueError("pass at least one --prompt")
     eos = None
     if chat:
-        messages = [[{"role": "system", "content": system}] if system else [] for _ in prompts]
-        prompts = [format_chat(m + [{"role": "user", "content": p}]) for m, p in zip(messages, prompts)]
+        prompts = [chat_prompt_ids(tok, p, system) for p in prompts]
         eos = [
             i
             for i in (tok.token_to_id(IM_END), tok.token_to_id(END_OF_TEXT), model.config.eos_token_id)

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ouro.chat import CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START
 from ouro.data.tokenizer import resolve_tokenizer_file
-from ouro.generation.chat import CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START
 
 __all__ = ["resolve_tokenizer_file", "special_token_ids", "write_tokenizer_files"]
 

@@ -89,8 +89,8 @@ def _print_help() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``ouro`` console script. Errors in user input end with one message and exit code 2
-    (set ``OURO_DEBUG=1`` for the traceback)."""
+    """Entry point of the ``ouro`` console script. Errors in user input end with one message and exit code 2,
+    OS errors (a full disk) with one message and exit code 1 (set ``OURO_DEBUG=1`` for the traceback)."""
     import os
 
     try:
@@ -98,14 +98,26 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if os.environ.get("OURO_DEBUG") or not _is_user_error(error):
             raise
-        print(f"ouro: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        from ouro.errors import plain_message
+
+        print(f"ouro: error: {plain_message(error)}", file=sys.stderr)
+        raise SystemExit(_exit_code(error)) from None
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError)
 
 
 def _is_user_error(error: Exception) -> bool:
-    """Bad input (a file, a value, a recipe) rather than a bug: those end with one message, no traceback."""
-    user_types = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError)
-    return isinstance(error, user_types) or type(error).__module__.startswith("ouro.")
+    """Bad input (a file, a value, a recipe) or a fault of the machine (a full disk) rather than a bug: those end
+    with one message, no traceback."""
+    return isinstance(error, (*USER_ERRORS, OSError)) or type(error).__module__.startswith("ouro.")
+
+
+def _exit_code(error: Exception) -> int:
+    """2 for input to fix; 1 for a failure of the machine (an OS error such as a full disk)."""
+    if hasattr(error, "exit_code"):
+        return int(error.exit_code)
+    return 1 if isinstance(error, OSError) and not isinstance(error, USER_ERRORS) else 2
 
 
 def _dispatch(args: list[str]) -> None:

@@ -7,11 +7,18 @@ Layout of ``trainer.default_root_dir`` (one per stage)::
     logs/version_N/          CSV metrics (metrics.csv) and the config of attempt N (resumes add a version)
     tensorboard/version_N/   TensorBoard events
     stage_complete.json      written when the stage finished (the pipeline skips such stages)
+    .tmp/                    temporary files of the running attempt (removed at its end, emptied at the next start)
+    cache/                   torch.compile caches (kept for resumes)
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from ouro.atomic import atomic_write_text
+
 COMPLETE_MARKER = "stage_complete.json"
+#: Temporary files of a run (emptied at each start: a killed run leaves nothing in the system temp dir).
+TEMP_DIR = ".tmp"
+#: Compiler caches of a run (kept: a resumed run reuses them).
+CACHE_DIR = "cache"
+#: Longest temp-dir path kept under the run directory: multiprocessing puts Unix sockets (at most 107 bytes of
+#: path) at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX.
+MAX_SCRATCH_PATH = 70
 
 
 def default_loggers(root: str | Path) -> list:
@@ -33,7 +49,11 @@ def default_loggers(root: str | Path) -> list:
 
 
 def default_checkpoint(root: str | Path, every_n_train_steps: int | None = None) -> ModelCheckpoint:
-    """``checkpoints/last.ckpt`` kept up to date (plus step-numbered files when an interval is set)."""
+    """``checkpoints/last.ckpt`` kept up to date (plus step-numbered files when an interval is set).
+
+    A checkpoint saved again under an existing name replaces it (atomically) instead of adding ``-v1`` copies,
+    so a run folder holds one ``last.ckpt`` and one file per step.
+    """
     return ModelCheckpoint(
         dirpath=str(Path(root) / "checkpoints"),
         filename="step-{step:08d}",
@@ -41,6 +61,7 @@ def default_checkpoint(root: str | Path, every_n_train_steps: int | None = None)
         save_top_k=-1 if every_n_train_steps else 0,
         every_n_train_steps=every_n_train_steps,
         auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
 
 
@@ -61,19 +82,51 @@ class RunConfigCallback(SaveConfigCallback):
     """Also keep the resolved config at the top of the run directory (overwritten by each attempt)."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        root = Path(trainer.default_root_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, str(root / "config.yaml"), skip_none=False, overwrite=True)
+        if trainer.is_global_zero:
+            text = self.parser.dump(self.config, skip_none=False)
+            atomic_write_text(Path(trainer.default_root_dir) / "config.yaml", text)
 
 
 def mark_complete(root: str | Path, info: dict[str, Any]) -> Path:
     """Write ``stage_complete.json`` atomically."""
-    path = Path(root) / COMPLETE_MARKER
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    record = {**info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return atomic_write_text(Path(root) / COMPLETE_MARKER, json.dumps(record, indent=2) + "\n")
 
 
 def is_complete(root: str | Path) -> bool:
+    """Whether the stage of run directory ``root`` finished (its ``stage_complete.json`` exists)."""
     return (Path(root) / COMPLETE_MARKER).is_file()
+
+
+def use_run_scratch(root: str | Path, rank: int = 0) -> Path:
+    """Send this process's temporary files and compiler caches into the run directory.
+
+    ``TMPDIR`` (Python's ``tempfile``, loader workers, litdata, fsspec) becomes ``ROOT/.tmp/rank<N>``, emptied
+    first, since what a killed run left there goes at the next start, and removed when the process exits.
+    Where that path is too long for the Unix sockets that multiprocessing puts in the temp dir, a folder named
+    after the run in the system temp dir takes its place (emptied and removed the same way). torch.compile's
+    caches (inductor, triton) go to ``ROOT/cache`` unless the user chose a place (``TORCHINDUCTOR_CACHE_DIR``,
+    ``TRITON_CACHE_DIR``). Child processes inherit the environment.
+    """
+    root = Path(root).absolute()
+    scratch = root / TEMP_DIR / f"rank{rank}"
+    if len(str(scratch)) > MAX_SCRATCH_PATH:
+        digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+        scratch = Path(tempfile.gettempdir()) / f"ouro-run-{digest}" / f"rank{rank}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = str(scratch)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / CACHE_DIR / "torchinductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / CACHE_DIR / "triton"))
+    atexit.register(clear_run_scratch, scratch)
+    return scratch
+
+
+def clear_run_scratch(scratch: Path) -> None:
+    """Remove a run's temporary folder (see `use_run_scratch`), and its parent once no other rank uses it."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        scratch.parent.rmdir()
+    except OSError:
+        pass

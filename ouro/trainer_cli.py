@@ -10,10 +10,18 @@ from lightning import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from ouro.checkpoints import find_run_checkpoint
+from ouro.checkpoint_io import with_atomic_checkpoint_io
 from ouro.cli import configure_parsing
 from ouro.module import OuroLM
-from ouro.run_dir import FinalCheckpoint, RunConfigCallback, default_checkpoint, default_loggers
+from ouro.preflight import check_recipe_syntax, check_sequence_fits
+from ouro.resume import ResumeSettings, data_settings, resume_checkpoint
+from ouro.run_dir import (
+    FinalCheckpoint,
+    RunConfigCallback,
+    default_checkpoint,
+    default_loggers,
+    use_run_scratch,
+)
 
 
 class OuroCLI(LightningCLI):
@@ -27,6 +35,8 @@ class OuroCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser) -> None:
+        # The default OuroConfig() lists 24 layer types; left null, they follow the recipe's layer count.
+        parser.set_defaults({"model.model.layer_types": None})
         parser.add_argument(
             "--checkpoint_every_n_steps",
             type=int | None,
@@ -51,6 +61,10 @@ class OuroCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         root = Path(config.get("default_root_dir") or "runs/default")
         config["default_root_dir"] = str(root)
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        use_run_scratch(root, rank_zero_only.rank)
+        config["plugins"] = with_atomic_checkpoint_io(config.get("plugins"), config.get("strategy"))
         if config.get("logger") in (None, True):
             config["logger"] = default_loggers(root)
         callbacks = config.get("callbacks") or []
@@ -69,13 +83,12 @@ class OuroCLI(LightningCLI):
     def before_fit(self) -> None:
         fit_config = self.config_init["fit"]
         root = Path(self.trainer.default_root_dir)
-        ckpt_path = fit_config.get("ckpt_path")
-        if ckpt_path is None:
-            found = find_run_checkpoint(root)
-            if found is not None:
-                ckpt_path = str(found)
-                fit_config["ckpt_path"] = ckpt_path
-                print(f"ouro: resuming {root} from {found}", file=sys.stderr)
+        check_sequence_fits(
+            self.model.config.max_position_embeddings, self.datamodule, self.trainer.callbacks
+        )
+        ckpt_path = resume_checkpoint(root, fit_config.get("ckpt_path"), self.datamodule)
+        fit_config["ckpt_path"] = ckpt_path
+        self.trainer.callbacks.append(ResumeSettings(data_settings(self.datamodule)))
         if fit_config.get("weights_only") is None:
             fit_config["weights_only"] = True
         self.model.resuming = ckpt_path is not None
@@ -86,6 +99,7 @@ class OuroCLI(LightningCLI):
 
 def run_trainer_cli(args: list[str]) -> OuroCLI:
     configure_parsing()
+    check_recipe_syntax(args)
     try:
         return _build_cli(args)
     finally:

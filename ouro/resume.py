@@ -1,0 +1,219 @@
+"""Which checkpoint a run directory resumes from, when its newest one may be damaged.
+
+A run's checkpoints are ``checkpoints/last.ckpt`` and any numbered ``checkpoints/*.ckpt`` (files, or folders for
+sharded FSDP checkpoints). `newest_readable_checkpoint` tries ``last.ckpt`` first, then the others newest first,
+and takes the first one that opens: ``torch.load(..., weights_only=True, mmap=True)`` reads the checkpoint's
+structure without reading its tensors, so the check costs little even at scale. A sharded folder also needs its
+completion marker (`ouro.checkpoint_io.SHARDED_MARKER`). Each damaged checkpoint is named in one line; when the
+run resumes into the same folder it is moved aside (``last.ckpt.unreadable-<time>``), never deleted, because
+the resumed run writes a new ``last.ckpt``. A checkpoint that ``weights_only`` refuses is not damaged but
+untrusted: the run stops and says so instead of silently using an older one.
+
+`ResumeSettings` records the data settings a resume must keep (``seq_len``, ``batch_size``, ``num_workers``) in
+every checkpoint; `check_resume_settings` refuses a resume that changed one of them, naming it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import Callback
+
+from ouro.atomic import remove_stale_temporaries
+from ouro.checkpoint_io import SHARDED_MARKER
+from ouro.errors import ResumeError
+
+#: Lightning's metadata file inside a sharded checkpoint folder.
+SHARDED_METADATA = "meta.pt"
+#: Data settings the loader state depends on (litdata refuses or silently misplaces a resume that changes them).
+RESUME_SETTINGS = ("seq_len", "batch_size", "num_workers")
+
+
+class UntrustedCheckpointError(ResumeError):
+    """``torch.load(weights_only=True)`` refuses the checkpoint: it holds objects that are not plain data."""
+
+
+@dataclass
+class Inspection:
+    """What opening a checkpoint told: its metadata (tensors not read), or why it cannot be used."""
+
+    path: Path
+    checkpoint: dict[str, Any] | None = None
+    problem: str | None = None
+
+
+def _load_structure(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+
+
+def inspect_checkpoint(path: str | Path) -> Inspection:
+    """Open ``path`` as a resumable Lightning checkpoint; raise `UntrustedCheckpointError` if ``weights_only``
+    refuses it."""
+    path = Path(path)
+    target = path
+    if path.is_dir():
+        if not (path / SHARDED_MARKER).is_file():
+            return Inspection(
+                path, problem=f"sharded checkpoint folder without {SHARDED_MARKER}: not finished"
+            )
+        target = path / SHARDED_METADATA
+        if not target.is_file():
+            return Inspection(path, problem=f"sharded checkpoint folder without {SHARDED_METADATA}")
+    try:
+        checkpoint = _load_structure(target)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "Weights only load failed" in str(error):
+            raise UntrustedCheckpointError(
+                f"{path} was not loaded: torch.load(weights_only=True) refuses it (it holds pickled objects, "
+                "not only tensors and plain data). If you trust the file, rerun with --weights_only false; "
+                "otherwise move it out of the folder to resume from the checkpoint before it"
+            ) from None
+        return Inspection(path, problem=f"{type(error).__name__}: {reason[:160]}")
+    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+        return Inspection(path, problem="not a Lightning checkpoint (no global_step)")
+    return Inspection(path, checkpoint=checkpoint)
+
+
+def candidates(run_dir: str | Path) -> list[Path]:
+    """A run's checkpoints in the order they are tried: ``last.ckpt``, then the others newest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    others = [p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"]
+    found = [folder / "last.ckpt"] if (folder / "last.ckpt").exists() else []
+    return found + sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _move_aside(path: Path) -> Path:
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+    path.rename(aside)
+    return aside
+
+
+def _say(line: str) -> None:
+    print(f"ouro: {line}", file=sys.stderr, flush=True)
+
+
+def newest_readable_checkpoint(
+    run_dir: str | Path, move_aside: bool = False, quiet: bool = False
+) -> Inspection | None:
+    """The checkpoint ``run_dir`` resumes from (see the module docstring); None if it has none.
+
+    Args:
+        run_dir: The run directory (its ``checkpoints/`` folder is searched).
+        move_aside: Rename each unreadable checkpoint to ``<name>.unreadable-<time>`` (the run will write a new
+            ``last.ckpt`` into this folder) and remove temporary files left by interrupted writes.
+        quiet: Do not print the line about each unreadable checkpoint.
+
+    Raises:
+        ResumeError: checkpoints exist but none is readable (the message names each and why).
+        UntrustedCheckpointError: the newest readable candidate is one ``weights_only`` refuses.
+    """
+    if move_aside:
+        remove_stale_temporaries(Path(run_dir) / "checkpoints")
+    tried: list[Inspection] = []
+    for path in candidates(run_dir):
+        inspection = inspect_checkpoint(path)
+        if inspection.problem is None:
+            return inspection
+        tried.append(inspection)
+        where = ""
+        if move_aside:
+            where = f"; moved it to {_move_aside(path).name}"
+        if not quiet:
+            _say(f"checkpoint {path} is unreadable ({inspection.problem}){where}")
+    if tried:
+        names = "; ".join(f"{i.path.name} ({i.problem})" for i in tried)
+        raise ResumeError(
+            f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}: {names}. Start the stage again in a new "
+            "run directory, or pass --ckpt_path with a good checkpoint"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------- settings of a resume
+def data_settings(datamodule: Any) -> dict[str, int]:
+    """The values of `RESUME_SETTINGS` a DataModule has (the ones it does not have are left out)."""
+    values = {}
+    for name in RESUME_SETTINGS:
+        value = getattr(datamodule, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            values[name] = value
+    return values
+
+
+class ResumeSettings(Callback):
+    """Keeps the recipe's data settings (`RESUME_SETTINGS`) in every checkpoint, so that `check_resume_settings`
+    can tell a resume that changed one of them."""
+
+    def __init__(self, settings: dict[str, int]) -> None:
+        """
+        Args:
+            settings: The recipe's values (``data_settings(datamodule)`` before training starts).
+        """
+        self.settings = dict(settings)
+
+    @property
+    def state_key(self) -> str:
+        return "OuroResumeSettings"
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the recipe's values win, and `check_resume_settings` ran before fit."""
+
+
+def check_resume_settings(
+    checkpoint: dict[str, Any], current: dict[str, int], path: Path, run_dir: Path
+) -> None:
+    """Refuse to resume ``checkpoint`` with data settings other than the ones it was trained with."""
+    recorded = (checkpoint.get("callbacks") or {}).get("OuroResumeSettings")
+    if not recorded:
+        return  # written before settings were recorded
+    changed = [
+        f"data.{name} is {current[name]} but {path.name} was trained with {recorded[name]}"
+        for name in RESUME_SETTINGS
+        if name in current and name in recorded and current[name] != recorded[name]
+    ]
+    if changed:
+        raise ResumeError(
+            f"cannot resume {run_dir}: {'; '.join(changed)}. The data-loader position only resumes with the "
+            "same values: keep the old value(s), or start a new stage in another run directory with "
+            f"--model.init_from {run_dir}"
+        )
+
+
+def resume_checkpoint(run_dir: str | Path, ckpt_path: str | None, datamodule: Any) -> str | None:
+    """The checkpoint ``ouro fit`` resumes from: ``--ckpt_path`` if given, else the run directory's newest
+    readable checkpoint (rank 0 moves unreadable ones aside); None starts the stage. Refuses a checkpoint
+    ``weights_only`` rejects and a resume with changed data settings."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    rank_zero = rank_zero_only.rank == 0
+    run_dir = Path(run_dir)
+    if ckpt_path is None:
+        found = newest_readable_checkpoint(run_dir, move_aside=rank_zero, quiet=not rank_zero)
+        if found is None:
+            return None
+        if rank_zero:
+            _say(f"resuming {run_dir} from {found.path}")
+    elif Path(ckpt_path).exists():
+        found = inspect_checkpoint(ckpt_path)
+        if found.problem is not None:
+            raise ResumeError(f"--ckpt_path {ckpt_path} is unreadable ({found.problem})")
+    else:
+        return ckpt_path  # "last", "hpc", a remote URL: Lightning resolves it
+    check_resume_settings(found.checkpoint, data_settings(datamodule), found.path, run_dir)
+    return str(found.path)

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ouro.model import AttentionLayout, OuroForCausalLM
-from ouro.objective import exit_distribution, q_exit_steps
+from ouro.model import AttentionLayout, OuroForCausalLM, exit_distribution, q_exit_steps
 
 
 @dataclass(frozen=True)
@@ -188,20 +187,19 @@ def score_sequences(
     net = model.model
     layout = AttentionLayout.build(ids)
     start_time = time.perf_counter()
-    hidden = net.embed_tokens(ids)
-    rope = net.rope(layout.positions, hidden.dtype)
+    hidden, rope = net.embed(ids, layout.positions)
     logprob_at: dict[int, torch.Tensor] = {}  # 1-based step -> (tokens,) target log-probabilities
     greedy_at: dict[int, torch.Tensor] = {}
     gate_logits, elapsed = [], []
     for step in range(1, deepest + 1):
-        hidden = net.run_pass(hidden, rope, layout, step - 1)
+        hidden, gate = net.step(hidden, rope, layout, step - 1)
         scored = hidden[rows_t, positions_t]
         if step in static or (needs_exit and step <= trained):
             logprobs = F.log_softmax(model.lm_head(scored).float(), dim=-1)
             logprob_at[step] = logprobs.gather(-1, targets_t[:, None])[:, 0]
             greedy_at[step] = logprobs.argmax(-1) == targets_t
         if needs_exit and step <= trained:
-            gate_logits.append(net.early_exit_gate(scored).float())
+            gate_logits.append(gate[rows_t, positions_t].float())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed.append(time.perf_counter() - start_time)

@@ -187,3 +187,63 @@ def test_missing_and_empty_inputs(tmp_path, tokenizer_file):
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         prepare([str(tmp_path / "blank.jsonl")], str(tmp_path / "out"), tokenizer=str(tmp_path / "tok.json"))
     assert not (tmp_path / "out").exists()
+
+
+def _old_int32_prepare(path: Path, out: Path, tokenizer_file: Path) -> None:
+    """The shards a version-1 prepare wrote: litdata's optimize of int32 arrays, and a version-1 manifest."""
+    from litdata import TokensLoader, optimize
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    docs = [json.loads(line)["text"] for line in path.read_text().splitlines()]
+    ids = [t for d in docs for t in tokenizer.encode(d, add_special_tokens=False).ids + [0]]
+    optimize(_int32_tokens, [ids], str(out), chunk_size=1 << 20, item_loader=TokensLoader(), num_workers=1)
+    manifest = Manifest.load(out.parent / "new")
+    fields = {**manifest.__dict__, "version": 1}
+    fields.pop("token_dtype"), fields.pop("chunk_tokens")
+    (out / "manifest.json").write_text(json.dumps(fields))
+
+
+def _int32_tokens(ids):
+    import numpy as np
+
+    yield np.asarray(ids, dtype=np.int32)
+
+
+def test_uint16_tokens_and_old_int32_shards_load_alike(tmp_path, tokenizer_file):
+    import torch
+
+    from ouro.data.pretrain import PretrainDataModule
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": _text(i)}) + "\n" for i in range(40)))
+    manifest = prepare([str(path)], str(tmp_path / "new"), tokenizer=str(tokenizer_file))
+    assert manifest.token_dtype == "uint16" and manifest.version == 2
+    index = json.loads((tmp_path / "new" / "index.json").read_text())
+    assert index["config"]["data_format"] == ["no_header_numpy:5"]
+    chunk_bytes = sum((tmp_path / "new" / c["filename"]).stat().st_size for c in index["chunks"])
+    assert chunk_bytes == 12 * len(index["chunks"]) + 2 * manifest.tokens, "2 bytes per token"
+    _old_int32_prepare(path, tmp_path / "old", tokenizer_file)
+    assert Manifest.load(tmp_path / "old").token_dtype == "int32"
+    batches = []
+    for folder in ("new", "old"):
+        dm = PretrainDataModule(
+            sources=[str(tmp_path / folder)], seq_len=31, batch_size=2, num_workers=0, shuffle=False
+        )
+        dm.setup("fit")
+        batches.append(list(dm.train_dataloader()))
+    assert len(batches[0]) == len(batches[1]) > 3
+    for new, old in zip(*batches):
+        assert new["input_ids"].dtype == torch.long
+        assert torch.equal(new["input_ids"], old["input_ids"]) and torch.equal(new["labels"], old["labels"])
+    assert max(int(b["input_ids"].max()) for b in batches[0]) < manifest.vocab_size
+
+
+def test_token_dtype_follows_the_vocabulary():
+    from ouro.data.shards import token_dtype
+
+    assert token_dtype(49_152, "pretrain") == "uint16"  # Ouro / SmolLM2
+    assert token_dtype(65_536, "pretrain") == "uint16"
+    assert token_dtype(65_537, "pretrain") == "int32"
+    assert token_dtype(32_768, "sft") == "uint16"  # SFT stores id * 2 + trained
+    assert token_dtype(49_152, "sft") == "int32"

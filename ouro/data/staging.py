@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ouro.atomic import atomic_write_text, fsync_directory, replace_directory
+from ouro.atomic import atomic_write_text, fsync_directory, remove_stale_temporaries, replace_directory
 from ouro.data import remote
 from ouro.data.errors import DataError
 from ouro.data.manifest import MANIFEST
@@ -70,6 +70,9 @@ class LocalStaging:
         elif old is None and self.folder.exists() and exclusive:
             shutil.rmtree(self.folder)
         (self.folder / WORK / "units").mkdir(parents=True, exist_ok=True)
+        if exclusive:  # (another node may be writing: its temporaries and merge lock are live)
+            remove_stale_temporaries(self.folder)  # what a write cut short by a kill left behind
+            shutil.rmtree(self.folder / WORK / "merge.lock", ignore_errors=True)
         if old != plan:
             atomic_write_text(self.folder / PLAN, plan)
 
@@ -97,11 +100,12 @@ class LocalStaging:
             return False
 
     def finish(self, index: str, tokenizer_file: Path, manifest: str) -> None:
+        remove_stale_temporaries(self.folder)  # every unit is done: no write is live
         atomic_write_text(self.folder / "index.json", index)
         atomic_write_text(self.folder / "tokenizer.json", Path(tokenizer_file).read_text())
-        shutil.rmtree(self.folder / WORK)
-        fsync_directory(self.folder)
         atomic_write_text(self.folder / MANIFEST, manifest)
+        shutil.rmtree(self.folder / WORK)  # after the manifest: a rerun after a kill here only merges again
+        fsync_directory(self.folder)
         replace_directory(self.folder, self.output)
 
     def describe(self) -> str:

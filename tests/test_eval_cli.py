@@ -1,0 +1,181 @@
+"""``ouro eval`` end to end on local lm-eval tasks (YAML over JSONL, no network), and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ouro.cli import main  # noqa: E402
+from ouro.config import OuroConfig  # noqa: E402
+from ouro.data.tokenizer import load_tokenizer  # noqa: E402
+from ouro.model import OuroForCausalLM  # noqa: E402
+
+DOCS = [
+    {"question": "The capital of France is", "choices": ["Paris", "London", "Rome"], "answer": 0},
+    {"question": "Two plus two equals", "choices": ["four", "five", "three"], "answer": 0},
+    {"question": "The sky on a clear day is", "choices": ["green", "blue", "red"], "answer": 1},
+    {"question": "Water is", "choices": ["dry", "solid", "wet"], "answer": 2},
+    {"question": "Fire is", "choices": ["hot", "cold", "quiet"], "answer": 0},
+]
+MC_TASK = """task: toy_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+"""
+GEN_TASK = """task: toy_answer
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{choices[answer]}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 4
+metric_list:
+  - metric: exact_match
+"""
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tasks")
+    data = folder / "docs.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (folder / "toy_choice.yaml").write_text(MC_TASK.format(data=data))
+    (folder / "toy_answer.yaml").write_text(GEN_TASK.format(data=data))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny exported model folder (config.json, model.safetensors, tokenizer.json)."""
+    folder = tmp_path_factory.mktemp("model")
+    tokenizer = load_tokenizer("builtin")
+    torch.manual_seed(0)
+    model = OuroForCausalLM(OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size()))
+    torch.nn.init.normal_(model.model.early_exit_gate.weight, std=0.5)
+    model.save_pretrained(folder, dtype=torch.float32)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder, model.eval(), tokenizer
+
+
+@torch.no_grad()
+def reference_accuracy(model, tokenizer, passes: int) -> float:
+    """Multiple-choice accuracy from ``model.forward``: argmax over choices of the summed log-probabilities
+    of " <choice>" after the question, at pass ``passes``."""
+    correct = 0
+    for doc in DOCS:
+        scores = []
+        for choice in doc["choices"]:
+            context = tokenizer.encode(doc["question"], add_special_tokens=False).ids
+            whole = tokenizer.encode(doc["question"] + " " + choice, add_special_tokens=False).ids
+            n = len(whole) - len(context)
+            out = model(torch.tensor([whole[:-1]]), num_steps=passes)
+            logprobs = torch.log_softmax(model.logits(out, passes - 1)[0].float(), -1)[-n:]
+            scores.append(float(logprobs.gather(-1, torch.tensor(whole[-n:])[:, None]).sum()))
+        correct += int(max(range(len(scores)), key=scores.__getitem__) == doc["answer"])
+    return correct / len(DOCS)
+
+
+def test_ouro_eval_runs_local_tasks_at_every_depth(tasks, exported, tmp_path, capsys):
+    folder, model, tokenizer = exported
+    out = tmp_path / "results"
+    main(
+        [
+            "eval",
+            str(folder),
+            "--tasks",
+            "toy_choice,toy_answer",
+            "--include_path",
+            str(tasks),
+            "--depths",
+            "1-5",
+            "--exit_thresholds",
+            "0.5",
+            "--gate",
+            "--out",
+            str(out),
+            "--progress",
+            "false",
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    keys = ["step1", "step2", "step3", "step4", "step5", "q0.5", "gate"]
+    assert [s["key"] for s in results["depth_settings"]] == keys
+    for step in range(1, 6):
+        entry = results["results"]["toy_choice"][f"step{step}"]
+        assert entry["acc,none"] == pytest.approx(reference_accuracy(model, tokenizer, step))
+        assert entry["mean_depth"] == step and entry["tokens_per_second"] > 0
+    assert 1 <= results["results"]["toy_choice"]["q0.5"]["mean_depth"] < 4
+    assert results["results"]["toy_choice"]["gate"]["mean_depth"] == 4  # early_exit_threshold 1.0
+    assert set(results["results"]["toy_answer"]) == set(keys)
+    assert results["request_types"] == {"toy_choice": "loglikelihood", "toy_answer": "generate_until"}
+    assert results["generation"]["settings"]["q0.5"].startswith("Q-exit at q = 0.5")
+    assert "toy_choice" in results["configs"] and "toy_choice" in results["versions"]  # lm-eval's own keys
+    assert (out / "results.md").read_text().count("| toy_choice |") == len(keys)
+    assert (out / "accuracy_vs_step.png").stat().st_size > 0
+    assert (out / "accuracy_vs_depth.png").stat().st_size > 0
+    assert "| toy_answer | q0.5 | exact_match,none |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--tasks", "no_such_task"], "--tasks: unknown lm-eval task 'no_such_task'"),
+        (["--tasks", "toy_choice", "--depths", "0"], "--depths: exit steps count passes from 1"),
+        (["--tasks", "toy_choice", "--depths", "0-3"], "--depths: exit steps count passes from 1"),
+        (["--tasks", "toy_choice", "--exit_thresholds", "0.5,1.5"], "--exit_thresholds: a Q-exit threshold"),
+    ],
+)
+def test_bad_options_end_with_one_line(tasks, exported, tmp_path, capsys, options, message):
+    folder, _, _ = exported
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(folder), "--include_path", str(tasks), "--out", str(tmp_path / "r"), *options])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"ouro: error: {message}") and "\n" not in error
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_folder_without_a_model_ends_with_one_line(tasks, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(empty), "--tasks", "toy_choice", "--include_path", str(tasks)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("ouro: error:") and str(empty) in error and "\n" not in error
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    for option in (
+        "--tasks",
+        "--depths",
+        "--exit_thresholds",
+        "--gate",
+        "--limit",
+        "--include_path",
+        "--out",
+    ):
+        assert option in text
+    assert "beyond the trained" in text and "Q-exit" in text

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from lightning import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from ouro.callbacks.progress import StageProgress
 from ouro.checkpoint_io import with_atomic_checkpoint_io
 from ouro.cli import configure_parsing
+from ouro.library_warnings import filter_harmless_warnings
 from ouro.module import OuroLM
 from ouro.preflight import check_recipe_syntax, check_sequence_fits
 from ouro.resume import ResumeSettings, data_settings, resume_checkpoint
@@ -77,6 +79,10 @@ class OuroCLI(LightningCLI):
             callbacks.append(default_checkpoint(root, every))
         if config.get("enable_checkpointing") is not False:
             callbacks.append(FinalCheckpoint())
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(StageProgress())
         config["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
@@ -99,6 +105,7 @@ class OuroCLI(LightningCLI):
 
 def run_trainer_cli(args: list[str]) -> OuroCLI:
     configure_parsing()
+    filter_harmless_warnings()
     check_recipe_syntax(args)
     try:
         return _build_cli(args)

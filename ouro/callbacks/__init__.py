@@ -9,6 +9,7 @@ from ouro.callbacks.long_context import LongContextSchedule
 from ouro.callbacks.loop_metrics import LoopMetrics
 from ouro.callbacks.loop_schedule import LoopSchedule
 from ouro.callbacks.lr_schedule import WarmupStableDecay, final_lr_from_checkpoint
+from ouro.callbacks.progress import StageProgress
 from ouro.callbacks.throughput import Throughput
 from ouro.callbacks.token_budget import TokenBudget
 
@@ -17,6 +18,7 @@ __all__ = [
     "LongContextSchedule",
     "LoopMetrics",
     "LoopSchedule",
+    "StageProgress",
     "Throughput",
     "TokenBudget",
     "WarmupStableDecay",

@@ -21,6 +21,9 @@ class TokenBudget(L.Callback):
 
     The marker is written only after the checkpoint is on disk (atomically), so an interrupted stage never
     looks finished. A run resumed past its budget stops before training another step.
+
+    ``trainer.max_steps`` still applies: whichever of the two comes first ends the run, and both are said at
+    start. A run that ``max_steps`` ends before the budget is not marked complete.
     """
 
     def __init__(
@@ -59,6 +62,11 @@ class TokenBudget(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._session_start = time.monotonic()
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            rank_zero_info(
+                f"TokenBudget: the stage ends at {self.max_tokens:,} tokens, or at trainer.max_steps="
+                f"{trainer.max_steps} if that comes first (then it is not marked complete)"
+            )
         if tokens_seen(pl_module) >= self.max_tokens:
             rank_zero_info(
                 f"TokenBudget: {tokens_seen(pl_module)} tokens already trained (budget "
@@ -77,6 +85,16 @@ class TokenBudget(L.Callback):
         stepped = self._step_before is not None and trainer.global_step > self._step_before
         if stepped and not self.completed and tokens_seen(pl_module) >= self.max_tokens:
             self._finish(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.completed or trainer.max_steps is None or trainer.max_steps < 1:
+            return
+        if trainer.global_step >= trainer.max_steps:
+            rank_zero_info(
+                f"TokenBudget: trainer.max_steps={trainer.max_steps} stopped the stage at "
+                f"{tokens_seen(pl_module):,} of {self.max_tokens:,} tokens; it is not marked complete "
+                "(raise --trainer.max_steps, or set it to -1, and rerun to finish it)"
+            )
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.completed = True

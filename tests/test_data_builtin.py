@@ -61,3 +61,59 @@ def test_builtin_tokenizer_and_shards(small_cache):
 
     first = stamps()
     assert stamps() == first, "second use rebuilds nothing"
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+def _toy_source(dirs: dict, format: str, seq_len: int | None, workers: int | None) -> dict:
+    """A built-in source's prepare function: module level, so the DataModule stays picklable."""
+    return dirs
+
+
+@pytest.fixture()
+def toy_shards(tmp_path):
+    """Two tiny prepared pretraining sources (train and val) with a small BPE tokenizer."""
+    from ouro.data.prepare import prepare
+
+    texts = [f"def f{i}(x):\n    return x + {i}\n" for i in range(200)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text(builtin.train_tokenizer([tmp_path / "corpus.jsonl"], vocab_size=300).to_str())
+    out = {}
+    for split in ("train", "val"):
+        out[split] = tmp_path / split
+        prepare(str(tmp_path / "corpus.jsonl"), str(out[split]), tokenizer=str(tokenizer), num_workers=1)
+    return out
+
+
+def test_a_new_builtin_source_is_one_registration_and_the_loaders_pickle(toy_shards, monkeypatch):
+    import functools
+    import pickle
+
+    from ouro.data.builtin_sources import SOURCES, BuiltinSource
+
+    toy = BuiltinSource("toy", ("pretrain",), functools.partial(_toy_source, toy_shards), "a toy source")
+    monkeypatch.setitem(SOURCES, "toy", toy)  # what `register(toy)` does, undone after the test
+    dm = PretrainDataModule(
+        sources=["toy", str(toy_shards["val"])], val_source="toy", seq_len=16, num_workers=0
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm._train_dirs[0] == toy_shards["train"] and dm._val_dir == toy_shards["val"]
+    loader = dm.train_dataloader()
+    # Spawned loader workers receive the dataset by pickle: every class in it must live at module level.
+    dataset = pickle.loads(pickle.dumps(loader.dataset))
+    assert type(dataset) is type(loader.dataset) and [type(d) for d in dataset._datasets] == [
+        type(d) for d in loader.dataset._datasets
+    ]
+    assert pickle.loads(pickle.dumps(dm.val_dataloader().dataset)).source_index == 0
+    assert isinstance(pickle.loads(pickle.dumps(dm)), PretrainDataModule)
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape == (1, 16)
+
+
+def test_a_builtin_source_without_the_format_says_which_ones_have_it():
+    from ouro.data.errors import DataError
+    from ouro.data.sft import SFTDataModule
+
+    with pytest.raises(DataError, match=r"'builtin' .* has no 'sft' data.*\['builtin-reasoning'\]"):
+        SFTDataModule(sources="builtin", val_source=None).setup("fit")

@@ -7,7 +7,8 @@ tokenized with the built-in tokenizer and prepared on first use, under the same 
 * ``format: sft`` — packed conversations with assistant-only labels (Reasoning SFT);
 * ``format: pretrain`` — the same conversations rendered as ChatML text documents (mid-training's SFT-style data).
 
-Use the source name ``builtin-reasoning`` in `ReasoningSFTDataModule` / `ReasoningPretrainDataModule`.
+Registered as the built-in source ``builtin-reasoning`` (`ouro.data.builtin_sources`): name it in the ``sources``
+of an `SFTDataModule` or a `PretrainDataModule`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ from pathlib import Path
 
 from ouro.chat import format_chat
 from ouro.data.builtin import builtin_tokenizer_path, cache_dir
-from ouro.data.pretrain import PretrainDataModule
-from ouro.data.sft import SFTDataModule
 from ouro.data.synthetic import make_example
 
-REASONING = "builtin-reasoning"
 _VERSION = 1
 _SIZES = {"train": 6000, "val": 200}
 _SYSTEM = "Resolve the variable. Arithmetic is modulo 10."
@@ -102,30 +100,3 @@ def ensure_reasoning_shards(format: str, seq_len: int = 256) -> dict[str, Path]:
             )
         out[split] = target
     return out
-
-
-class _WithBuiltinReasoning:
-    """Lets a DataModule name ``builtin-reasoning`` among its sources (prepared on first use)."""
-
-    def _reasoning_dirs(self) -> dict[str, Path]:
-        pack = getattr(self, "_seq_len_given", None) or 256
-        return ensure_reasoning_shards(self.format, pack)
-
-    def prepare_data(self) -> None:
-        if REASONING in self.sources or self.val_source == REASONING:
-            self._reasoning_dirs()
-        if any(s != REASONING for s in self.sources):
-            super().prepare_data()
-
-    def _resolve(self, source: str, split: str) -> Path:
-        if source == REASONING:
-            return self._reasoning_dirs()[split]
-        return super()._resolve(source, split)
-
-
-class ReasoningSFTDataModule(_WithBuiltinReasoning, SFTDataModule):
-    """`SFTDataModule` that also accepts the built-in reasoning conversations (source ``builtin-reasoning``)."""
-
-
-class ReasoningPretrainDataModule(_WithBuiltinReasoning, PretrainDataModule):
-    """`PretrainDataModule` that also accepts ``builtin-reasoning`` (the conversations as ChatML text)."""

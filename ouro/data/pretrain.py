@@ -10,70 +10,12 @@ from typing import Any
 import lightning as L
 
 from ouro.data.batching import BlockCollate
+from ouro.data.builtin_sources import builtin_dirs, is_builtin
 from ouro.data.errors import DataError
 from ouro.data.manifest import Manifest, check_same_tokenizer
 
 BUILTIN = "builtin"
 AUTO = "auto"
-
-
-def _source_dataset_class():
-    from litdata import StreamingDataset
-
-    class SourceDataset(StreamingDataset):
-        """A StreamingDataset whose samples say which mixture source they came from."""
-
-        def __init__(self, *args: Any, source_index: int = 0, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.source_index = source_index
-
-        def __getitem__(self, index: Any) -> dict:
-            return {"tokens": super().__getitem__(index), "source": self.source_index}
-
-    return SourceDataset
-
-
-def _mixture_class():
-    from litdata import CombinedStreamingDataset
-
-    class WeightedMixture(CombinedStreamingDataset):
-        """litdata's weighted ``CombinedStreamingDataset`` with a length: the expected number of samples until the
-        first source runs out. Lightning prefetches one batch from a loader without length and then saves a loader
-        state one batch ahead (resume would skip a batch); with a length it does not prefetch. The epoch ends at
-        that length or when a source runs out, whichever comes first."""
-
-        def get_len(self, num_workers: int, batch_size: int) -> int:
-            self.num_workers, self.batch_size = num_workers, batch_size
-            sizes = [d.get_len(num_workers, batch_size) for d in self._datasets]
-            return int(min(size / weight for size, weight in zip(sizes, self._weights)))
-
-        def __len__(self) -> int:
-            return self.get_len(1, 1)
-
-    return WeightedMixture
-
-
-def _loader_class():
-    from litdata import StreamingDataLoader
-
-    class ResumableLoader(StreamingDataLoader):
-        """litdata's loader, fixed for resume across epochs: after ``load_state_dict`` it replays the restored epoch
-        once, but it clears that flag only when an epoch runs to exhaustion. Lightning ends an epoch after
-        ``len(loader)`` batches without exhausting it, so the next epoch would replay the restored one again."""
-
-        _replayed = False
-
-        def load_state_dict(self, obj: dict[str, Any]) -> None:
-            super().load_state_dict(obj)
-            self._replayed = False
-
-        def __iter__(self) -> Any:
-            if self.restore and self._replayed:
-                self.restore = False
-            self._replayed = self.restore
-            return super().__iter__()
-
-    return ResumableLoader
 
 
 class PretrainDataModule(L.LightningDataModule):
@@ -107,7 +49,8 @@ class PretrainDataModule(L.LightningDataModule):
         """
         Args:
             sources: Shard folders written by ``ouro prepare`` (local paths or s3:// / gs:// / az:// URLs), or
-                ``builtin`` (the offline standard-library corpus, prepared on first use).
+                a built-in source prepared offline on first use (`ouro.data.builtin_sources`): ``builtin`` (the
+                standard-library corpus), ``builtin-reasoning`` (multi-hop conversations as ChatML text).
             weights: Sampling weight of each source (normalised); default: proportional to their sizes.
             val_source: Shard folder (or URL) for validation, ``builtin`` (the built-in corpus's held-out split),
                 null, or ``auto``: the built-in held-out split when the sources are the built-in corpus, else none
@@ -151,14 +94,17 @@ class PretrainDataModule(L.LightningDataModule):
         self.eos_id: int | None = None
         self._train_dirs: list[Path | str] = []
         self._val_dir: Path | str | None = None
-        self._builtin_dirs: dict[str, Path] | None = None
+        self._builtin_dirs: dict[str, dict[str, Path]] = {}
 
     format = "pretrain"
+    #: Packing length that SFT shards of a built-in source must have (None: any; pretraining shards serve every
+    #: ``seq_len``). `SFTDataModule` sets it from its ``seq_len``.
+    packed_seq_len: int | None = None
 
     def _default_val_source(self) -> str | None:
         """``auto``: the built-in held-out split for built-in sources; none for the user's own shards."""
         names = set(self.sources)
-        if len(names) == 1 and next(iter(names)).startswith(BUILTIN) and not Path(next(iter(names))).exists():
+        if len(names) == 1 and is_builtin(next(iter(names))):
             return next(iter(names))
         from lightning.pytorch.utilities import rank_zero_info
 
@@ -169,29 +115,26 @@ class PretrainDataModule(L.LightningDataModule):
         return None
 
     # ------------------------------------------------------------------------------------------- preparation
-    def _builtin(self) -> dict[str, Path]:
-        if self._builtin_dirs is None:
-            from ouro.data.builtin import ensure_builtin_corpus
-
-            self._builtin_dirs = ensure_builtin_corpus(self.prepare_workers)
-        return self._builtin_dirs
+    def _builtin(self, name: str) -> dict[str, Path]:
+        """The train and val folders of a built-in source (`ouro.data.builtin_sources`), built on first use."""
+        if name not in self._builtin_dirs:
+            self._builtin_dirs[name] = builtin_dirs(
+                name, self.format, self.packed_seq_len, self.prepare_workers
+            )
+        return self._builtin_dirs[name]
 
     def prepare_data(self) -> None:
-        if BUILTIN in self.sources or self.val_source == BUILTIN:
-            self._builtin()
+        for name in dict.fromkeys([*self.sources, self.val_source]):
+            if is_builtin(name):
+                self._builtin(name)
 
     def _resolve(self, source: str, split: str) -> Path | str:
         from ouro.data import remote
 
         if remote.is_remote(source):
             return remote.litdata_url(source)
-        if source == BUILTIN:
-            if self.format != "pretrain":
-                raise DataError(
-                    "the built-in corpus is pretraining text; give SFT shards from `ouro prepare "
-                    "--format sft`"
-                )
-            return self._builtin()[split]
+        if is_builtin(source):
+            return self._builtin(source)[split]
         path = Path(source).expanduser()
         if not path.is_dir():
             raise DataError(
@@ -270,8 +213,14 @@ class PretrainDataModule(L.LightningDataModule):
         from litdata import TokensLoader
         from litdata.streaming.resolver import Dir
 
+        from ouro.data.streaming import SourceDataset
+
         cache = self._cache(directory)
-        return _source_dataset_class()(
+        if cache:
+            from ouro.data.remote import allow_plain_http_endpoint
+
+            allow_plain_http_endpoint()
+        return SourceDataset(
             Dir(path=str(cache / "chunks"), url=str(directory)) if cache else str(directory),
             item_loader=TokensLoader(block_size=self.seq_len + 1),
             shuffle=shuffle,
@@ -284,14 +233,16 @@ class PretrainDataModule(L.LightningDataModule):
         return BlockCollate(self.eos_id, sft=self.format == "sft", doc_masking=self.doc_masking)
 
     def train_dataloader(self):
+        from ouro.data.streaming import ResumableLoader, WeightedMixture
+
         datasets = [self._dataset(d, i, self.shuffle, True) for i, d in enumerate(self._train_dirs)]
         if len(datasets) == 1:
             dataset = datasets[0]
         else:
-            dataset = _mixture_class()(
+            dataset = WeightedMixture(
                 datasets, seed=self.seed, weights=self._normalised_weights(), iterate_over_all=False
             )
-        return _loader_class()(
+        return ResumableLoader(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
@@ -335,7 +286,7 @@ class PretrainDataModule(L.LightningDataModule):
 
     def _source_name(self, index: int) -> str:
         name = self.sources[index]
-        return name if name == BUILTIN else Path(name).name
+        return name if is_builtin(name) else Path(name).name
 
     def state_dict(self) -> dict[str, Any]:
         return {"tokens_per_source": list(self.tokens_per_source), "sources": list(self.sources)}

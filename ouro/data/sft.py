@@ -35,9 +35,10 @@ class SFTDataModule(PretrainDataModule):
     ) -> None:
         """
         Args:
-            sources: Shard folders written by ``ouro prepare --format sft``.
+            sources: Shard folders written by ``ouro prepare --format sft``, or a built-in source with SFT data
+                (``builtin-reasoning``; see `ouro.data.builtin_sources`).
             weights: Sampling weight of each source (normalised); default: proportional to their sizes.
-            val_source: Shard folder of held-out conversations, or null.
+            val_source: Shard folder of held-out conversations, a built-in source, or null.
             seq_len: Tokens per sequence; must match the prepared blocks (default: read from the manifest).
             batch_size: Micro-batch size per device.
             num_workers: Loader worker processes per device (resume needs the same value).
@@ -55,7 +56,7 @@ class SFTDataModule(PretrainDataModule):
             shuffle=shuffle,
             doc_masking=True,
         )
-        self._seq_len_given = seq_len
+        self.packed_seq_len = seq_len
 
     def _check_block_size(self) -> None:
         sizes = {m.block_size for m in self.manifests.values()}
@@ -65,10 +66,10 @@ class SFTDataModule(PretrainDataModule):
                 "prepare them all with the same --seq_len"
             )
         packed = sizes.pop() - 1
-        if self._seq_len_given is not None and self._seq_len_given != packed:
+        if self.packed_seq_len is not None and self.packed_seq_len != packed:
             raise DataError(
-                f"seq_len is {self._seq_len_given} but the SFT shards were packed for seq_len {packed}; "
+                f"seq_len is {self.packed_seq_len} but the SFT shards were packed for seq_len {packed}; "
                 f"set data.seq_len to {packed} or rerun `ouro prepare --format sft --seq_len "
-                f"{self._seq_len_given}`"
+                f"{self.packed_seq_len}`"
             )
         self.seq_len = packed

@@ -1,0 +1,226 @@
+"""In-training evaluation: chosen tasks every N tokens, at every exit step and under Q-exit, within a budget."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from ouro.callbacks.schedule import check_token_count, tokens_seen
+
+_BUILTIN = re.compile(r"^ouro_([a-z]+)(?:_d(\d+))?$")
+
+
+class EvalInTraining(L.Callback):
+    """Every ``every_tokens`` trained tokens, score ``tasks`` at every exit step 1..T and under each Q-exit
+    threshold, and log ``eval/<task>/step<k>``, ``eval/<task>/q<q>`` and ``eval/<task>/q<q>/depth`` (the mean
+    number of passes under that threshold). ``ouro plot`` draws them.
+
+    Built-in tasks (``ouro_<family>_d<k>``, or ``ouro_<family>`` for every difficulty) are scored directly, one
+    forward per batch for all exit settings; any other name is an lm-eval task run through
+    `ouro.eval.runner.evaluate`. A budget keeps evaluation from dominating training: at most ``limit``
+    questions per task, at most ``max_tokens`` prompt tokens per evaluation, and no new task once
+    ``max_seconds`` have passed; whatever the budget cut is said in the log.
+    """
+
+    def __init__(
+        self,
+        tasks: list[str] | str = "ouro_binding",
+        every_tokens: int = 1_000_000,
+        exit_thresholds: list[float] | None = None,
+        limit: int = 100,
+        max_tokens: int = 200_000,
+        max_seconds: float = 60.0,
+        batch_size: int = 32,
+        tokenizer: str = "builtin",
+        include_path: str | None = None,
+        at_end: bool = True,
+    ) -> None:
+        """
+        Args:
+            tasks: Task names: built-in ``ouro_<family>_d<k>`` / ``ouro_<family>`` (families binding, arith,
+                lookup), or lm-eval tasks and groups (``arc_easy``, tasks under ``include_path``).
+            every_tokens: Evaluate each time this many more tokens are trained.
+            exit_thresholds: Q-exit thresholds q in (0, 1] scored besides every static exit step (default 0.5,
+                0.9).
+            limit: Questions (lm-eval: documents) per task.
+            max_tokens: Prompt tokens per evaluation over all built-in tasks; questions beyond it are cut.
+            max_seconds: Wall-clock seconds per evaluation; once over, the remaining tasks are cut.
+            batch_size: Questions per forward.
+            tokenizer: The model's tokenizer: ``builtin``, a ``tokenizer.json`` (or its folder) or a Hub id.
+            include_path: Folder of extra lm-eval task YAMLs.
+            at_end: Also evaluate when training ends (if not just done at that token count).
+        """
+        self.tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+        if not self.tasks or any(not t for t in self.tasks):
+            raise ValueError(f"EvalInTraining: tasks must name at least one task, got {tasks!r}")
+        self.every_tokens = check_token_count(type(self).__name__, "every_tokens", every_tokens, 1)
+        self.exit_thresholds = list(exit_thresholds if exit_thresholds is not None else (0.5, 0.9))
+        for q in self.exit_thresholds:
+            if not 0.0 < q <= 1.0:
+                raise ValueError(f"EvalInTraining: exit_thresholds must lie in (0, 1], got {q}")
+        if limit < 1 or batch_size < 1:
+            raise ValueError(
+                f"EvalInTraining: limit and batch_size must be >= 1, got {limit} and {batch_size}"
+            )
+        self.limit, self.batch_size = limit, batch_size
+        self.max_tokens = check_token_count(type(self).__name__, "max_tokens", max_tokens, 1)
+        if max_seconds <= 0:
+            raise ValueError(f"EvalInTraining: max_seconds must be > 0, got {max_seconds}")
+        self.max_seconds = float(max_seconds)
+        self.tokenizer_name, self.include_path, self.at_end = tokenizer, include_path, at_end
+        self._builtin = {t: self._builtin_questions(t) for t in self.tasks if _BUILTIN.match(t)}
+        self._tokenizer = None
+        self.last_tokens = -1  # tokens seen at the last evaluation
+        self.history: list[dict[str, Any]] = []  # what each evaluation scored and cut (this session)
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__
+
+    def _builtin_questions(self, task: str) -> list[tuple[str, list]]:
+        """``(task name, questions)`` per difficulty of a built-in task or family group."""
+        from ouro.eval.suite import FAMILIES, eval_questions, task_name
+
+        name, difficulty = _BUILTIN.match(task).groups()
+        if name not in FAMILIES:
+            raise ValueError(
+                f"EvalInTraining: unknown built-in task {task!r}; families are {sorted(FAMILIES)} "
+                "(ouro_<family> or ouro_<family>_d<k>)"
+            )
+        known = FAMILIES[name].difficulties
+        if difficulty and int(difficulty) not in known:
+            raise ValueError(
+                f"EvalInTraining: {task!r} does not exist; {name} has difficulties {known.start}..{known.stop - 1}"
+            )
+        difficulties = [int(difficulty)] if difficulty else list(known)
+        # A group spreads its limit over its difficulties, easiest first, so a cut drops the hardest.
+        per = self.limit if difficulty else max(1, self.limit // len(difficulties))
+        return [(task_name(name, d), eval_questions(name, d, per)) for d in difficulties]
+
+    # ------------------------------------------------------------------------------------------- hooks
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        seen = tokens_seen(pl_module)
+        if seen // self.every_tokens > max(self.last_tokens, 0) // self.every_tokens:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_end and tokens_seen(pl_module) != self.last_tokens:
+            self.evaluate(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_tokens": self.last_tokens}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_tokens = int(state_dict.get("last_tokens", -1))
+
+    # ---------------------------------------------------------------------------------------- evaluation
+    def _tokenizer_instance(self):
+        if self._tokenizer is None:
+            from ouro.data.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Score every task now, log the metrics and return them."""
+        model, tokenizer = pl_module.net, self._tokenizer_instance()
+        start, spent_tokens = time.monotonic(), 0
+        metrics: dict[str, float] = {}
+        cut: list[str] = []
+
+        def over_time() -> (
+            bool
+        ):  # decided on rank 0, so every rank cuts the same tasks; the first part always runs
+            late = bool(metrics) and time.monotonic() - start > self.max_seconds
+            return trainer.strategy.broadcast(late, src=0)
+
+        for task in self.tasks:
+            if over_time():
+                cut.append(f"{task} (over {self.max_seconds:g} s)")
+                continue
+            if task in self._builtin:
+                scores, spent_tokens = self._score_builtin(
+                    model, tokenizer, task, spent_tokens, cut, over_time, metrics
+                )
+            else:
+                scores = self._lm_eval(model, tokenizer, task)
+            metrics.update({f"eval/{key}": value for key, value in scores.items()})
+        seconds = time.monotonic() - start
+        metrics["eval/seconds"] = seconds
+        self.last_tokens = tokens_seen(pl_module)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        self.history.append({"tokens": self.last_tokens, "metrics": metrics, "cut": cut})
+        last = f"/step{model.config.total_ut_steps}"
+        summary = ", ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items() if k.endswith(last))
+        rank_zero_info(
+            f"EvalInTraining at {self.last_tokens:,} tokens ({seconds:.1f} s): {summary or 'nothing scored'}"
+            + (f"; cut by the budget: {'; '.join(cut)}" if cut else "")
+        )
+        return metrics
+
+    def _score_builtin(
+        self, model, tokenizer, task: str, spent_tokens: int, cut: list[str], over_time, metrics: dict
+    ) -> tuple[dict[str, float], int]:
+        """Scores of a built-in task; a family group also logs each difficulty into ``metrics`` as it goes, and
+        returns their mean weighted by questions."""
+        from ouro.eval.suite import score_questions
+        from ouro.eval.suite.score import encode
+
+        scores: dict[str, float] = {}
+        totals: dict[str, float] = {}
+        scored = 0
+        for name, all_questions in self._builtin[task]:
+            if over_time():
+                cut.append(f"{name} (over {self.max_seconds:g} s)")
+                continue
+            questions = []
+            for q in all_questions:
+                size = len(encode(tokenizer, q.prompt))
+                if spent_tokens + size > self.max_tokens:
+                    break
+                questions.append(q)
+                spent_tokens += size
+            if len(questions) < len(all_questions):
+                dropped = len(all_questions) - len(questions)
+                cut.append(
+                    f"{name} ({dropped} of {len(all_questions)} questions, over {self.max_tokens} tokens)"
+                )
+            if not questions:
+                continue
+            result = score_questions(model, tokenizer, questions, self.exit_thresholds, self.batch_size)
+            if name != task:
+                metrics.update({f"eval/{name}/{key}": value for key, value in result.items()})
+            for key, value in result.items():
+                totals[key] = totals.get(key, 0.0) + value * len(questions)
+            scored += len(questions)
+        if scored:
+            scores.update({f"{task}/{key}": value / scored for key, value in totals.items()})
+        return scores, spent_tokens
+
+    def _lm_eval(self, model, tokenizer, task: str) -> dict[str, float]:
+        from ouro.eval.runner import evaluate
+
+        results = evaluate(
+            model,
+            tokenizer,
+            task,
+            exit_thresholds=self.exit_thresholds,
+            limit=self.limit,
+            batch_size=self.batch_size,
+            include_path=self.include_path,
+            progress=False,
+        )
+        scores: dict[str, float] = {}
+        for name, per_setting in results.tasks.items():
+            for key, result in per_setting.items():
+                scores[f"{name}/{key}"] = results.metric(name, key)
+                if not key.startswith("step"):
+                    scores[f"{name}/{key}/depth"] = result.mean_depth
+        return scores

@@ -1,0 +1,139 @@
+"""EvalInTraining: the logged keys and values, the token and time budget, resume state, bad settings."""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from ouro.callbacks import EvalInTraining
+from ouro.config import OuroConfig
+from ouro.eval.suite import eval_questions, score_questions
+from ouro.module import OptimizerConfig, OuroLM
+from tests.toy_data import ToyDataModule
+
+TOKENS_PER_STEP = 4 * 32  # ToyDataModule: batch 4 x seq 32
+
+
+def _module() -> OuroLM:
+    config = OuroConfig.preset(
+        "tiny", vocab_size=4096, hidden_size=32, intermediate_size=64, total_ut_steps=2
+    )
+    return OuroLM(model=config, optimizer=OptimizerConfig(lr=3e-3))
+
+
+def _fit(tmp_path, callback: EvalInTraining, steps: int) -> tuple[L.Trainer, OuroLM]:
+    torch.manual_seed(0)
+    module = _module()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        default_root_dir=tmp_path,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=1,
+        callbacks=[callback],
+    )
+    trainer.fit(module, datamodule=ToyDataModule(vocab_size=512))
+    return trainer, module
+
+
+def _rows(tmp_path) -> list[dict[str, str]]:
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("eval/seconds")]
+
+
+def test_logs_every_exit_step_and_q_exit_every_n_tokens_and_at_the_end(tmp_path):
+    callback = EvalInTraining(
+        tasks=["ouro_binding_d2", "ouro_arith"], every_tokens=2 * TOKENS_PER_STEP, limit=12, batch_size=5
+    )
+    trainer, module = _fit(tmp_path, callback, steps=5)
+    assert [h["tokens"] for h in callback.history] == [
+        2 * TOKENS_PER_STEP,
+        4 * TOKENS_PER_STEP,
+        5 * TOKENS_PER_STEP,
+    ]
+    rows = _rows(tmp_path)
+    assert [int(r["step"]) for r in rows] == [2, 4, 5]
+    keys = {k for k, v in rows[-1].items() if v}
+    for task in ["ouro_binding_d2", "ouro_arith", "ouro_arith_d1", "ouro_arith_d6"]:
+        for key in ["step1", "step2", "q0.5", "q0.5/depth", "q0.9", "q0.9/depth"]:
+            assert f"eval/{task}/{key}" in keys, (task, key)
+    # The last row holds the final model's scores: the same numbers scored afresh.
+    from ouro.data.tokenizer import load_tokenizer
+
+    expected = score_questions(
+        module.net, load_tokenizer("builtin"), eval_questions("binding", 2, 12), (0.5, 0.9)
+    )
+    for key, value in expected.items():
+        assert float(rows[-1][f"eval/ouro_binding_d2/{key}"]) == pytest.approx(value)
+    per_difficulty = [float(rows[-1][f"eval/ouro_arith_d{d}/step2"]) for d in range(1, 7)]
+    assert float(rows[-1]["eval/ouro_arith/step2"]) == pytest.approx(sum(per_difficulty) / 6)
+    assert all(1 <= float(rows[-1][f"eval/ouro_arith/q{q}/depth"]) <= 2 for q in ("0.5", "0.9"))
+    assert module.training  # evaluation leaves the model as it found it
+
+
+def test_token_and_time_budgets_cut_questions_and_tasks_and_say_so(tmp_path, caplog):
+    from ouro.data.tokenizer import load_tokenizer
+    from ouro.eval.suite.score import encode
+
+    tokenizer = load_tokenizer("builtin")
+    sizes = [len(encode(tokenizer, q.prompt)) for q in eval_questions("lookup", 1, 10)]
+    budget = sum(sizes[:4])  # room for exactly four lookup questions
+    callback = EvalInTraining(
+        tasks=["ouro_lookup_d1", "ouro_binding_d1"], every_tokens=10**9, limit=10, max_tokens=budget
+    )
+    with caplog.at_level(logging.INFO):
+        _fit(tmp_path / "tokens", callback, steps=1)
+    assert callback.history[-1]["cut"] == [
+        f"ouro_lookup_d1 (6 of 10 questions, over {budget} tokens)",
+        f"ouro_binding_d1 (10 of 10 questions, over {budget} tokens)",
+    ]
+    metrics = callback.history[-1]["metrics"]
+    assert "eval/ouro_lookup_d1/step1" in metrics and "eval/ouro_binding_d1/step1" not in metrics
+    assert "cut by the budget: ouro_lookup_d1 (6 of 10 questions" in caplog.text
+
+    slow = EvalInTraining(tasks=["ouro_binding", "ouro_arith_d1"], every_tokens=10**9, max_seconds=1e-9)
+    _fit(tmp_path / "time", slow, steps=1)
+    cut = slow.history[-1]["cut"]
+    # The first difficulty starts before any time has passed; everything after it is cut.
+    assert cut == [f"ouro_binding_d{d} (over 1e-09 s)" for d in range(2, 7)] + [
+        "ouro_arith_d1 (over 1e-09 s)"
+    ]
+    assert {k.split("/")[1] for k in slow.history[-1]["metrics"] if k != "eval/seconds"} == {
+        "ouro_binding_d1",
+        "ouro_binding",
+    }
+
+
+def test_resume_state_and_schedule():
+    callback = EvalInTraining(every_tokens=1000)
+    callback.load_state_dict({"last_tokens": 2500})
+    assert callback.state_dict() == {"last_tokens": 2500}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"exit_thresholds": [1.5]}, r"exit_thresholds must lie in \(0, 1\], got 1.5"),
+        (
+            {"tasks": "ouro_nope"},
+            r"unknown built-in task 'ouro_nope'; families are \['arith', 'binding', 'lookup'\]",
+        ),
+        ({"tasks": "ouro_binding_d9"}, r"'ouro_binding_d9' does not exist; binding has difficulties 1..6"),
+        ({"every_tokens": 0}, r"every_tokens must be >= 1"),
+        ({"max_seconds": 0}, r"max_seconds must be > 0"),
+        ({"tasks": []}, r"tasks must name at least one task"),
+    ],
+)
+def test_bad_settings_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EvalInTraining(**kwargs)

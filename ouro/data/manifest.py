@@ -72,6 +72,8 @@ class Manifest:
             text = remote.read_text(
                 str(directory), MANIFEST, Path(scratch or remote.cache_dir(str(directory)))
             )
+            if text is None:
+                remote.check_bucket(str(directory))
         else:
             path = Path(directory) / MANIFEST
             text = path.read_text() if path.is_file() else None

@@ -61,7 +61,23 @@ def _small_file_options(url: str) -> dict[str, Any]:
     return {"config": botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"})}
 
 
+_PROVIDERS: dict[tuple[int, str, str], Any] = {}
+#: What a client depends on: a change (a test, another profile) builds a new one.
+_CLIENT_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+
+
 def _provider(url: str):
+    """litdata's FsProvider for the URL's scheme, one per process (building a boto3 client takes a while)."""
     from litdata.streaming.fs_provider import _get_fs_provider
 
     url = litdata_url(url)
@@ -70,10 +86,31 @@ def _provider(url: str):
             f"{url}: litdata reads but cannot write or list this storage; prepare into a local folder and copy "
             "it there with the provider's tool (e.g. azcopy), then train from the URL"
         )
-    try:
-        return _get_fs_provider(url, _small_file_options(url))
-    except Exception as err:
-        raise DataError(explain(err, url)) from None
+    settings = [os.environ.get(k, "") for k in _CLIENT_ENV]
+    key = (os.getpid(), url.split("://")[0], hashlib.sha256(repr(settings).encode()).hexdigest())
+    if key not in _PROVIDERS:
+        try:
+            _PROVIDERS[key] = _get_fs_provider(url, _small_file_options(url))
+        except Exception as err:
+            raise DataError(explain(err, url)) from None
+    return _PROVIDERS[key]
+
+
+def allow_plain_http_endpoint() -> None:
+    """Let litdata's chunk downloads reach an ``http://`` S3-compatible endpoint (MinIO, moto, a cluster gateway).
+
+    litdata fetches chunks with obstore, which refuses plain HTTP unless its client options say ``allow_http``;
+    litdata passes fixed options without it (botocore, used for everything else, has no such rule). Only an
+    ``AWS_ENDPOINT_URL`` that starts with ``http://`` turns this on. Call before the loader workers start.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    if not endpoint.startswith("http://"):
+        return
+    from litdata.streaming import downloader
+
+    options = getattr(downloader, "_OBSTORE_CLIENT_OPTIONS", None)
+    if isinstance(options, dict) and not options.get("allow_http"):
+        downloader._OBSTORE_CLIENT_OPTIONS = {**options, "allow_http": True}
 
 
 def explain(err: BaseException, url: str) -> str:
@@ -84,8 +121,7 @@ def explain(err: BaseException, url: str) -> str:
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
     bucket = litdata_url(url).split("://", 1)[-1].split("/", 1)[0]
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    where = f" at {endpoint}" if endpoint and url.startswith("s3://") else ""
+    where = _endpoint_note(url)
     if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError") or (
         "credential" in str(err).lower() and not code
     ):
@@ -108,6 +144,30 @@ def _is_missing(err: BaseException) -> bool:
     response = getattr(err, "response", None)
     code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
     return code in ("404", "NoSuchKey", "NotFound") or isinstance(err, FileNotFoundError)
+
+
+def check_bucket(url: str) -> None:
+    """Raise the one-line error when the URL's bucket is missing or unreachable (S3; others pass)."""
+    url = litdata_url(url)
+    if not url.startswith("s3://"):
+        return
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    try:
+        _provider(url).client.client.head_bucket(Bucket=bucket)
+    except DataError:
+        raise
+    except Exception as err:
+        if _is_missing(err):
+            raise DataError(
+                f"{url}: the bucket {bucket!r} does not exist{_endpoint_note(url)}; check the URL (and "
+                "AWS_ENDPOINT_URL)"
+            ) from None
+        raise DataError(explain(err, url)) from None
+
+
+def _endpoint_note(url: str) -> str:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return f" at {endpoint}" if endpoint and litdata_url(url).startswith("s3://") else ""
 
 
 def download(url: str, name: str, target: Path) -> Path | None:

@@ -134,3 +134,58 @@ def test_missing_init_from_is_a_clear_error(tmp_path):
     result = ouro("fit", "--config", "stable.yaml", "--model.init_from", "runs/warmup", cwd=tmp_path)
     assert result.returncode == 2
     assert "recipes/warmup.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def _attribute_docstrings(cls) -> dict[str, str]:
+    """field -> docstring written under it in the class body (read from the source, independently of
+    jsonargparse)."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _help(args: list[str], capsys) -> str:
+    from ouro.trainer_cli import run_trainer_cli
+
+    with pytest.raises(SystemExit) as stop:
+        run_trainer_cli(args)
+    assert stop.value.code in (0, None)
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_fit_help_shows_every_model_and_optimizer_field_docstring(capsys):
+    import dataclasses
+
+    from ouro.config import OuroConfig
+    from ouro.module import OptimizerConfig
+
+    text = _help(["fit", "--help"], capsys)
+    for prefix, cls in (("model.model", OuroConfig), ("model.optimizer", OptimizerConfig)):
+        docs = _attribute_docstrings(cls)
+        assert len(docs) == len(dataclasses.fields(cls))
+        for name, doc in docs.items():
+            option = f"--{prefix}.{name} "
+            own_help = text[text.rindex(option) :].split("(type:", 1)[0]  # the last mention: its help entry
+            assert doc in own_help, (option, doc)
+    assert "Width of the residual stream. (type: int, default: 2048)" in text
+    assert "Peak learning rate." in text
+
+
+def test_data_help_shows_the_datamodule_arguments(capsys):
+    import inspect
+    import re
+
+    from ouro.data import PretrainDataModule
+
+    doc = inspect.getdoc(PretrainDataModule.__init__)
+    text = _help(["fit", "--data.help", "ouro.data.PretrainDataModule"], capsys)
+    for name in ("seq_len", "batch_size", "num_workers"):
+        first_sentence = re.search(rf"^\s*{name}: ([^.]*\.)", doc, re.M).group(1)
+        assert f"--data.{name}" in text and " ".join(first_sentence.split()) in text

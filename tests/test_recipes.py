@@ -112,3 +112,71 @@ def test_stages_chain_through_init_from(capsys, monkeypatch):
     assert big["model"]["model"]["num_hidden_layers"] == 48 and big["model"]["upcycle"] == "stack"
     assert big["model"]["init_from"] == "runs/warmup"
     assert resolved([RECIPES / "gate.yaml"], capsys)["model"]["objective"] == "stage2"
+
+
+ARCHITECTURE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+ARCHITECTURE += ("num_key_value_heads", "max_position_embeddings", "eos_token_id")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_recipes_compose_the_official_architectures(stage, capsys, monkeypatch):
+    from ouro.config import OuroConfig
+
+    monkeypatch.chdir(ROOT)
+    combos = [([RECIPES / f"{stage}.yaml"], "ouro-1.4b")]
+    if stage != "warmup":  # the 2.6B branch upcycles the warmup model
+        combos.append(([RECIPES / f"{stage}.yaml", RECIPES / "ouro-2.6b" / f"{stage}.yaml"], "ouro-2.6b"))
+    for paths, preset in combos:
+        composed = resolved(paths, capsys)["model"]["model"]
+        official = OuroConfig.preset(preset, eos_token_id=0)
+        assert {k: composed[k] for k in ARCHITECTURE} == {k: getattr(official, k) for k in ARCHITECTURE}
+        assert composed["layer_types"] is None  # filled from num_hidden_layers, not 24 defaults
+        assert OuroConfig(**composed).layer_types == ["full_attention"] * official.num_hidden_layers
+
+
+def test_architectures_are_written_once_in_recipes_models():
+    """No stage recipe repeats an architecture: they include recipes/models/*.yaml."""
+    for path in sorted(RECIPES.rglob("*.yaml")):
+        if path.parent.name == "models" or path.name == "quickstart.yaml" or "pipelines" in path.parts:
+            continue
+        assert "hidden_size" not in path.read_text(), path
+        if path.parent.name != "ouro-2.6b":
+            assert "<<: !include " in path.read_text(), path
+
+
+def test_tiny_recipes_compose_the_tiny_model(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    small = resolved([RECIPES / "tiny" / "warmup.yaml"], capsys)["model"]["model"]
+    big = resolved([RECIPES / "tiny" / "stable.yaml", RECIPES / "tiny" / "ouro-2.6b" / "stable.yaml"], capsys)
+    assert (small["hidden_size"], small["num_hidden_layers"], small["vocab_size"]) == (64, 2, 4096)
+    assert (small["total_ut_steps"], small["rope_theta"]) == (8, 10000.0)
+    assert big["model"]["model"]["num_hidden_layers"] == 4 and big["model"]["model"]["hidden_size"] == 64
+
+
+def test_include_is_relative_to_the_including_file_and_local_keys_win(tmp_path, capsys, monkeypatch):
+    from ouro.recipe_yaml import read_recipe
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "models" / "base.yaml").write_text("vocab_size: 512\nhidden_size: 64\nnum_hidden_layers: 2\n")
+    (tmp_path / "models" / "deep.yaml").write_text("<<: !include base.yaml\nnum_hidden_layers: 3\n")
+    recipe = tmp_path / "stages" / "s.yaml"
+    recipe.write_text(
+        "trainer: {default_root_dir: runs/s}\n"
+        "model:\n  model:\n    <<: !include ../models/deep.yaml\n    hidden_size: 32\n"
+        "data: {class_path: toy_data.ToyDataModule}\n"
+    )
+    expected = {"vocab_size": 512, "hidden_size": 32, "num_hidden_layers": 3}
+    assert read_recipe(recipe)["model"]["model"] == expected
+    monkeypatch.chdir(tmp_path / "models")  # jsonargparse resolves the include against the recipe, not cwd
+    model = resolved([recipe], capsys)["model"]["model"]
+    assert {k: model[k] for k in expected} == expected
+
+
+def test_missing_include_names_the_file(tmp_path, capsys):
+    from ouro.recipe_yaml import RecipeError, read_recipe
+
+    recipe = tmp_path / "s.yaml"
+    recipe.write_text("model:\n  model:\n    <<: !include nowhere.yaml\n")
+    with pytest.raises(RecipeError, match="nowhere.yaml"):
+        read_recipe(recipe)

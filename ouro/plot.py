@@ -9,6 +9,7 @@ from bisect import bisect_right
 from pathlib import Path
 
 _STEP_METRIC = re.compile(r"^(train|val)/(ce|exit_prob)_step(\d+)$")
+_EVAL_METRIC = re.compile(r"^eval/(.+)/(step(\d+)|q([\d.]+))$")  # EvalInTraining's accuracies
 
 
 def find_metrics_files(run_dir: Path) -> list[Path]:
@@ -79,8 +80,21 @@ def _step_keys(rows: list[dict[str, float]], split: str, kind: str) -> list[str]
     return [found[t] for t in sorted(found)]
 
 
+def _eval_keys(rows: list[dict[str, float]]) -> dict[str, list[str]]:
+    """``{task: [eval/<task>/step1, ..., eval/<task>/q<q>, ...]}``: exit steps in order, then Q-exit."""
+    found: dict[str, dict[tuple[int, float], str]] = {}
+    for row in rows:
+        for key in row:
+            match = _EVAL_METRIC.match(key)
+            if match:
+                order = (0, int(match.group(3))) if match.group(3) else (1, float(match.group(4)))
+                found.setdefault(match.group(1), {})[order] = key
+    return {task: [keys[o] for o in sorted(keys)] for task, keys in sorted(found.items())}
+
+
 def plot(run_dir: str, out: str | None = None) -> list[str]:
-    """Write PNG charts of a run: per-step loss, exit distribution and learning rate against tokens seen.
+    """Write PNG charts of a run: per-step loss, exit distribution, learning rate and in-training evaluation
+    accuracy per exit step (``EvalInTraining``, one chart per task) against tokens seen.
 
     Args:
         run_dir: A stage's run directory (or a folder holding ``metrics.csv``); every
@@ -169,6 +183,22 @@ def plot(run_dir: str, out: str | None = None) -> list[str]:
         ax.plot(xs, ys, linewidth=1.5)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
         save(fig, "lr.png")
+
+    for task, keys in _eval_keys(rows).items():
+        fig, ax = axes(f"{task}: accuracy per exit step (in-training evaluation)", "accuracy")
+        for key in keys:
+            xs, ys = series(rows, key)
+            setting = key.rsplit("/", 1)[1]
+            if setting.startswith("step"):
+                label, style = f"step {setting[4:]}", "-"
+            else:
+                _, depths = series(rows, f"{key}/depth")
+                mean_depth = f", depth {depths[-1]:.2f}" if depths else ""
+                label, style = f"Q-exit q={setting[1:]}{mean_depth}", "--"
+            ax.plot(xs, ys, style, label=label, marker="o", markersize=3, linewidth=1)
+        ax.set_ylim(0, 1)
+        ax.legend()
+        save(fig, f"eval_{task.replace('/', '_')}.png")
 
     if not written:
         raise ValueError(f"{files[-1]} holds none of train/ce_step*, train/exit_prob_step*, val/ce_step*, lr")

@@ -80,6 +80,11 @@ def test_logs_every_exit_step_and_q_exit_every_n_tokens_and_at_the_end(tmp_path)
     assert all(1 <= float(rows[-1][f"eval/ouro_arith/q{q}/depth"]) <= 2 for q in ("0.5", "0.9"))
     assert module.training  # evaluation leaves the model as it found it
 
+    from ouro.plot import plot
+
+    written = {p.rsplit("/", 1)[1] for p in plot(str(tmp_path), str(tmp_path / "plots"))}
+    assert {"eval_ouro_binding_d2.png", "eval_ouro_arith.png", "eval_ouro_arith_d6.png"} <= written
+
 
 def test_token_and_time_budgets_cut_questions_and_tasks_and_say_so(tmp_path, caplog):
     from ouro.data.tokenizer import load_tokenizer

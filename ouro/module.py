@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -20,6 +19,7 @@ from ouro.objective import (
     stage1_loss_from_hidden,
     stage2_gate_loss,
 )
+from ouro.stages import StageStart
 
 
 @dataclass
@@ -83,6 +83,11 @@ class OuroLM(L.LightningModule):
                 (0..n-1, 0..n-1), ``interleave`` repeats each layer in place (0, 0, 1, 1, ...).
         """
         super().__init__()
+        # A checkpoint's hyperparameters hold plain dicts (what `load_from_checkpoint(weights_only=True)` reads).
+        if isinstance(model, dict):
+            model = OuroConfig(**model)
+        if isinstance(optimizer, dict):
+            optimizer = OptimizerConfig(**{**optimizer, "betas": tuple(optimizer.get("betas", (0.9, 0.95)))})
         self.config = model if model is not None else OuroConfig()
         self.objective = objective
         self.entropy_coef = entropy_coef
@@ -128,7 +133,8 @@ class OuroLM(L.LightningModule):
         #: Learning rate the ``init_from`` checkpoint ended with (annealing stages may start from it).
         self.previous_stage_final_lr: float | None = None
         self.tokenizer_path: str | None = None
-        self._pending_optimizer_state: dict[str, Any] | None = None
+        #: What this stage took over from ``init_from`` (`ouro.stages.StageStart`); None when resuming or fresh.
+        self.stage_start: StageStart | None = None
         # Validation means, created on first use so a loop count that changes mid-stage is reported correctly.
         self.val_metrics = torch.nn.ModuleDict()
         self.flops_per_batch = 0.0
@@ -154,77 +160,48 @@ class OuroLM(L.LightningModule):
     # --------------------------------------------------------------------------------------- stage start
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.init_from and not self.resuming:
-            self.initialize_from(self.init_from)
+            self.start_from(self.init_from)
 
-    def initialize_from(self, source: str) -> None:
-        """Load a new stage's starting weights (upcycling a shallower stack) from ``source``."""
-        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-
-        from ouro.stages import describe_transition, load_source, transfer_state
-
-        loaded = load_source(source)
-        if self.init_optimizer_state and len(loaded.optimizer_states) > 1:
-            rank_zero_warn(
-                f"{loaded.path} holds {len(loaded.optimizer_states)} optimizers; only the first is taken"
-            )
-        state = transfer_state(loaded, self.config, self.upcycle)
-        self.net.load_state_dict(state, strict=True)
+    def start_from(self, init_from: str) -> None:
+        """Take a new stage's starting weights from ``init_from`` (see `ouro.stages.StageStart`)."""
+        start = StageStart.load(
+            init_from,
+            self.net,
+            self.upcycle,
+            with_optimizer=self.init_optimizer_state,
+            same_objective=self.objective != "stage2",
+        )
         if self.objective == "stage2":
             self.freeze_language_model()
-        changes = describe_transition(loaded.config, self.config)
-        rank_zero_info(
-            f"ouro: initialised from {loaded.path} ({loaded.tokens_seen:,} tokens)"
-            + (f"; changes: {', '.join(changes)}" if changes else "")
-        )
-        self.previous_stage_final_lr = loaded.final_lr
-        self.provenance = loaded.provenance
-        self.tokenizer_path = self.tokenizer_path or loaded.tokenizer_path
-        self._init_tokenizer = loaded.tokenizer_path
-        if loaded.config.num_hidden_layers != self.config.num_hidden_layers:
-            # Kept (outside the module tree) until the first validation reports old vs upcycled loss.
-            reference = OuroForCausalLM(loaded.config)
-            reference.load_state_dict(loaded.state_dict)
-            self.__dict__["_upcycle_reference"] = reference.eval().requires_grad_(False)
-        if self.init_optimizer_state:
-            if not loaded.optimizer_states:
-                raise ValueError(
-                    f"init_optimizer_state is true but {loaded.path} holds no optimizer state; "
-                    "set model.init_optimizer_state: false"
-                )
-            if loaded.config.num_hidden_layers != self.config.num_hidden_layers or self.objective == "stage2":
-                raise ValueError(
-                    "init_optimizer_state needs the same layer count and objective as init_from "
-                    "(the AdamW moments follow the parameters); set model.init_optimizer_state: false"
-                )
-            self._pending_optimizer_state = loaded.optimizer_states[0]
+        self.previous_stage_final_lr = start.source.final_lr
+        self.provenance = start.source.provenance
+        self.tokenizer_path = self.tokenizer_path or start.source.tokenizer_path
+        self.stage_start = start
 
     def on_fit_start(self) -> None:
-        if self._pending_optimizer_state is not None:
-            self.trainer.optimizers[0].load_state_dict(self._pending_optimizer_state)
-            self._pending_optimizer_state = None
         datamodule = getattr(self.trainer, "datamodule", None)
-        self._check_tokenizer_matches_data(datamodule)
+        if self.stage_start is not None:
+            self.stage_start.on_fit_start(self.trainer.optimizers[0], datamodule)
         self.tokenizer_path = getattr(datamodule, "tokenizer_path", None) or self.tokenizer_path
         if self.tokenizer_path is not None:
             self.tokenizer_path = str(self.tokenizer_path)
 
-    def _check_tokenizer_matches_data(self, datamodule: Any) -> None:
-        """Refuse data tokenized with another tokenizer than the one ``init_from`` was trained with."""
-        source = getattr(self, "_init_tokenizer", None)
-        manifests = getattr(datamodule, "manifests", None) or {}
-        if not source or not manifests or not Path(str(source)).exists():
-            return
-        from ouro.data.tokenizer import load_tokenizer, tokenizer_hash
+    # ---------------------------------------------------------------------------------- schedule controls
+    def set_loop_count(self, steps: int) -> None:
+        """Train and validate with ``steps`` recurrent passes from now on (`ouro.callbacks.LoopSchedule`)."""
+        if self.objective == "stage2" and steps < 2:
+            raise ValueError(f"objective 'stage2' needs at least 2 recurrent steps, got {steps}")
+        self.net.set_loop_count(steps)
 
-        expected = tokenizer_hash(load_tokenizer(source))
-        for directory, manifest in manifests.items():
-            if manifest.tokenizer_hash != expected:
-                raise ValueError(
-                    f"data {directory} was tokenized with {manifest.tokenizer!r} (hash "
-                    f"{manifest.tokenizer_hash[:12]}) but init_from {self.init_from} was trained with "
-                    f"{source} (hash {expected[:12]}); prepare the data with that tokenizer "
-                    f"(`ouro prepare ... --tokenizer {source}`)"
-                )
+    def set_rope_base(self, theta: float) -> None:
+        """Use RoPE base ``theta`` from now on (`ouro.callbacks.LongContextSchedule`)."""
+        self.net.set_rope_base(theta)
+
+    def set_entropy_coef(self, beta: float) -> None:
+        """Stage I's entropy coefficient β from now on (`ouro.callbacks.LoopSchedule`)."""
+        if beta < 0:
+            raise ValueError(f"entropy_coef must be >= 0, got {beta}")
+        self.entropy_coef = float(beta)
 
     def configure_model(self) -> None:
         if self.compile_layers:
@@ -311,12 +288,16 @@ class OuroLM(L.LightningModule):
             q_ce, depth = q_exit_cross_entropy(ce, probs, mask, q)
             self._val_update(f"loss_q{q:g}", q_ce, count)
             self._val_update(f"depth_q{q:g}", depth, count)
-        if self.__dict__.get("_upcycle_reference") is not None:
-            self._val_update("upcycle_source_ce_last", self._upcycle_reference_ce(batch), count)
+        reference = self._upcycle_reference()
+        if reference is not None:
+            self._val_update("upcycle_source_ce_last", self._reference_ce(reference, batch), count)
 
-    def _upcycle_reference_ce(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _upcycle_reference(self) -> OuroForCausalLM | None:
+        return None if self.stage_start is None else self.stage_start.reference
+
+    def _reference_ce(self, reference: OuroForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean last-step cross-entropy of the pre-upcycling model on the same validation batch."""
-        reference = self.__dict__["_upcycle_reference"].to(self.device)
+        reference = reference.to(self.device)
         out = reference(batch["input_ids"], doc_ids=batch.get("doc_ids"))
         targets = batch["labels"].reshape(-1)
         hidden = out.hidden_states[-1].reshape(-1, out.hidden_states[-1].shape[-1])
@@ -342,7 +323,7 @@ class OuroLM(L.LightningModule):
                 f"(model before upcycling: {float(values['upcycle_source_ce_last']):.4f})"
             )
             if not self.trainer.sanity_checking:
-                self.__dict__["_upcycle_reference"] = None
+                self.stage_start.reference = None
 
     # ---------------------------------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Stage initialisation: where a stage's weights come from, and the transforms between stages.
+"""Stage start: where a stage's weights come from, the transforms between stages, and what else a new stage
+takes over (`StageStart`: optimizer state, tokenizer check, the model before upcycling).
 
 A stage either resumes its own run directory (handled by the CLI through ``ckpt_path``) or starts from
 ``init_from``: a previous stage's run directory or Lightning checkpoint, an exported official-format folder, or a
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ouro.checkpoints import ModelSource, find_run_checkpoint, is_hub_repo_id, read_source
 from ouro.config import OuroConfig
+
+if TYPE_CHECKING:
+    from ouro.model import OuroForCausalLM
 
 UpcycleMethod = Literal["stack", "interleave"]
 #: Config fields that must agree between a source and a stage for weights to transfer.
@@ -124,3 +128,105 @@ def describe_transition(source: OuroConfig, target: OuroConfig) -> list[str]:
         if before != after:
             changes.append(f"{name}: {before} -> {after}")
     return changes
+
+
+# ---------------------------------------------------------------------------------------------- stage start
+class StageStart:
+    """What a new stage takes over from its ``init_from`` (a stage that resumes its own run directory has none).
+
+    Built when the stage is set up: the source's weights, rearranged for this stage's layer count, go into the
+    model. The rest waits for the Trainer: `on_fit_start` hands over the optimizer state and refuses data
+    tokenized with another tokenizer than the source's. After upcycling, `reference` is the model before
+    upcycling, whose validation loss the first validation reports next to the new one.
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        init_from: str,
+        optimizer_state: dict[str, Any] | None = None,
+        reference: OuroForCausalLM | None = None,
+    ) -> None:
+        self.source = source
+        """The record read from ``init_from``."""
+        self.init_from = init_from
+        """``init_from`` as the recipe wrote it."""
+        self.optimizer_state = optimizer_state
+        """AdamW state to load into the stage's optimizer (None: start fresh)."""
+        self.reference = reference
+        """The model before upcycling, until the first validation has reported its loss."""
+
+    @classmethod
+    def load(
+        cls,
+        init_from: str,
+        net: OuroForCausalLM,
+        upcycle: UpcycleMethod = "stack",
+        with_optimizer: bool = False,
+        same_objective: bool = True,
+    ) -> StageStart:
+        """Read ``init_from`` and load its weights into ``net`` (upcycled to ``net``'s layer count).
+
+        ``with_optimizer`` also takes the source's AdamW state, which needs the same layer count and objective
+        (``same_objective``: the parameters that train are the same ones).
+        """
+        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+        from ouro.model import OuroForCausalLM
+
+        source = load_source(init_from)
+        net.load_state_dict(transfer_state(source, net.config, upcycle), strict=True)
+        changes = describe_transition(source.config, net.config)
+        rank_zero_info(
+            f"ouro: initialised from {source.path} ({source.tokens_seen:,} tokens)"
+            + (f"; changes: {', '.join(changes)}" if changes else "")
+        )
+        upcycled = source.config.num_hidden_layers != net.config.num_hidden_layers
+        reference = None
+        if upcycled:
+            reference = OuroForCausalLM(source.config)
+            reference.load_state_dict(source.state_dict)
+            reference = reference.eval().requires_grad_(False)
+        optimizer_state = None
+        if with_optimizer:
+            if not source.optimizer_states:
+                raise StageInitError(
+                    f"init_optimizer_state is true but {source.path} holds no optimizer state; "
+                    "set model.init_optimizer_state: false"
+                )
+            if upcycled or not same_objective:
+                raise StageInitError(
+                    "init_optimizer_state needs the same layer count and objective as init_from "
+                    "(the AdamW moments follow the parameters); set model.init_optimizer_state: false"
+                )
+            if len(source.optimizer_states) > 1:
+                rank_zero_warn(
+                    f"{source.path} holds {len(source.optimizer_states)} optimizers; only the first is taken"
+                )
+            optimizer_state = source.optimizer_states[0]
+        return cls(source, init_from, optimizer_state, reference)
+
+    def on_fit_start(self, optimizer: torch.optim.Optimizer, datamodule: Any) -> None:
+        """Hand the optimizer state over (once) and check the data's tokenizer against the source's."""
+        if self.optimizer_state is not None:
+            optimizer.load_state_dict(self.optimizer_state)
+            self.optimizer_state = None
+        self.check_tokenizer(datamodule)
+
+    def check_tokenizer(self, datamodule: Any) -> None:
+        """Refuse data tokenized with another tokenizer than the one ``init_from`` was trained with."""
+        source = self.source.tokenizer_path
+        manifests = getattr(datamodule, "manifests", None) or {}
+        if not source or not manifests or not Path(str(source)).exists():
+            return
+        from ouro.data.tokenizer import load_tokenizer, tokenizer_hash
+
+        expected = tokenizer_hash(load_tokenizer(source))
+        for directory, manifest in manifests.items():
+            if manifest.tokenizer_hash != expected:
+                raise StageInitError(
+                    f"data {directory} was tokenized with {manifest.tokenizer!r} (hash "
+                    f"{manifest.tokenizer_hash[:12]}) but init_from {self.init_from} was trained with "
+                    f"{source} (hash {expected[:12]}); prepare the data with that tokenizer "
+                    f"(`ouro prepare ... --tokenizer {source}`)"
+                )

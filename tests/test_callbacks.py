@@ -67,6 +67,9 @@ class TinyData(L.LightningDataModule):
         super().__init__()
         self.rows, self.period, self.seq_len, self.batch_size = rows, period, seq_len, batch_size
 
+    def set_seq_len(self, seq_len: int) -> None:
+        self.seq_len = seq_len
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Blocks(self.rows, self.period, self.seq_len, 512, 0), batch_size=self.batch_size)
 
@@ -523,3 +526,54 @@ def test_callbacks_parse_from_a_recipe_and_bad_keys_or_types_are_named():
         with pytest.raises(Exception) as error:
             _parse(f"callbacks:\n  - class_path: ouro.callbacks.WarmupStableDecay\n    init_args: {args}\n")
         assert field in str(error.value)
+
+
+# ------------------------------------------------------------------------------------- explicit controls
+class _Controlled:
+    """A module and datamodule stand-in that records what schedules ask through the explicit setters."""
+
+    objective = "stage1"
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens_seen, self.seq_len, self.calls = tokens, 8, []
+
+    def set_loop_count(self, steps: int) -> None:
+        self.calls.append(("loops", steps))
+
+    def set_entropy_coef(self, beta: float) -> None:
+        self.calls.append(("beta", beta))
+
+    def set_rope_base(self, theta: float) -> None:
+        self.calls.append(("rope", theta))
+
+    def set_seq_len(self, seq_len: int) -> None:
+        self.calls.append(("seq_len", seq_len))
+
+
+def test_schedules_steer_through_explicit_setters_not_the_config():
+    from types import SimpleNamespace
+
+    target = _Controlled(tokens=100)
+    LoopSchedule(steps=[[0, 4], [50, 2]], beta=[[0, 0.1], [80, 0.05]]).setup(None, target, "fit")
+    LongContextSchedule(rope_theta=[[0, 1e4], [100, 4e4]], seq_len=16).setup(
+        SimpleNamespace(datamodule=target), target, "fit"
+    )
+    assert target.calls == [("loops", 2), ("beta", 0.05), ("seq_len", 16), ("rope", 4e4)]
+    with pytest.raises(TypeError, match=r"set_loop_count\(\)"):
+        LoopSchedule(steps=[[0, 4]]).setup(None, SimpleNamespace(tokens_seen=0), "fit")
+
+
+def test_the_module_setters_change_what_the_next_forward_runs():
+    module = OuroLM(OuroConfig.preset("tiny", total_ut_steps=3))
+    ids = torch.randint(0, 100, (1, 8))
+    module.set_loop_count(2)
+    assert module.net(ids).num_steps == 2 and module.config.total_ut_steps == 2
+    before = module.net.logits(module.net(ids))
+    module.set_rope_base(123.0)
+    assert module.net.config.rope_theta == 123.0 and not torch.equal(
+        before, module.net.logits(module.net(ids))
+    )
+    with pytest.raises(ValueError, match="loop count"):
+        module.set_loop_count(0)
+    with pytest.raises(ValueError, match="stage2"):
+        OuroLM(OuroConfig.preset("tiny", total_ut_steps=3), objective="stage2").set_loop_count(1)

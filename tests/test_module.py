@@ -101,6 +101,18 @@ def test_bf16_mixed_fit_lowers_loss_and_writes_a_safe_checkpoint(tmp_path):
         assert torch.equal(net_state[name], value), name
 
 
+def test_load_from_checkpoint_with_weights_only(tmp_path):
+    """`OuroLM.load_from_checkpoint(path, weights_only=True)`: the hyperparameters are plain dicts there."""
+    module = tiny_module(entropy_coef=0.07)
+    trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(module, loader(16))
+    (path,) = tmp_path.rglob("*.ckpt")
+    loaded = OuroLM.load_from_checkpoint(path, weights_only=True)
+    assert loaded.config == module.config and loaded.optim == module.optim and loaded.entropy_coef == 0.07
+    assert loaded.tokens_seen == module.tokens_seen
+    for name, value in module.net.state_dict().items():
+        assert torch.equal(loaded.net.state_dict()[name], value), name
+
+
 def test_stage2_changes_only_the_gate(tmp_path):
     torch.manual_seed(0)
     module = tiny_module(objective="stage2")

@@ -15,6 +15,7 @@ from ouro.checkpoints import ModelSource  # noqa: E402
 from ouro.module import OuroLM  # noqa: E402
 from ouro.stages import (  # noqa: E402
     StageInitError,
+    StageStart,
     load_source,
     producing_recipe,
     transfer_state,
@@ -176,12 +177,16 @@ def test_data_from_another_tokenizer_is_refused(tmp_path):
     ours = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "a": 1}, unk_token="<|endoftext|>"))
     theirs = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "b": 1}, unk_token="<|endoftext|>"))
     ours.save(str(tmp_path / "ours.json"))
-    module = OuroLM(OuroConfig.preset("tiny"), init_from="runs/previous")
-    module._init_tokenizer = str(tmp_path / "ours.json")
+    start = StageStart(
+        ModelSource(
+            OuroConfig.preset("tiny"), {}, "runs/previous", tokenizer_path=str(tmp_path / "ours.json")
+        ),
+        "runs/previous",
+    )
     same = SimpleNamespace(
         tokenizer="ours", tokenizer_hash=tokenizer_hash(load_tokenizer(tmp_path / "ours.json"))
     )
-    module._check_tokenizer_matches_data(SimpleNamespace(manifests={"data/a": same}))
+    start.check_tokenizer(SimpleNamespace(manifests={"data/a": same}))
     other = SimpleNamespace(tokenizer="theirs", tokenizer_hash=tokenizer_hash(theirs))
     with pytest.raises(ValueError, match=r"data/b was tokenized with 'theirs'.*ouro prepare"):
-        module._check_tokenizer_matches_data(SimpleNamespace(manifests={"data/a": same, "data/b": other}))
+        start.check_tokenizer(SimpleNamespace(manifests={"data/a": same, "data/b": other}))

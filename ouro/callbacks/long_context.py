@@ -11,24 +11,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from ouro.callbacks.schedule import Piecewise, check_token_count, tokens_seen
 
 
-def _model_configs(pl_module: Any) -> list[Any]:
-    """Every distinct config object the module and its network read (usually one shared object)."""
-    found: list[Any] = []
-    net = getattr(pl_module, "net", None)
-    for owner in (pl_module, net, getattr(net, "model", None)):
-        config = getattr(owner, "config", None)
-        if config is not None and all(config is not c for c in found):
-            found.append(config)
-    return found
-
-
-def set_model_field(pl_module: Any, field: str, value: Any) -> None:
-    """Set ``config.<field>`` wherever the module keeps its model config (read at every forward)."""
-    configs = _model_configs(pl_module)
-    if not configs:
-        raise TypeError(f"{type(pl_module).__name__} has no model `config` to set {field} on")
-    for config in configs:
-        setattr(config, field, value)
+def schedule_control(target: Any, method: str, owner: str) -> Any:
+    """``target.<method>``, the explicit setter a schedule changes the run through, or a TypeError naming it."""
+    setter = getattr(target, method, None)
+    if not callable(setter):
+        raise TypeError(
+            f"{owner} needs {type(target).__name__}.{method}(); use ouro.module.OuroLM and an ouro DataModule "
+            f"(or give yours a {method} method), or drop the setting from {owner}"
+        )
+    return setter
 
 
 def split_rows(batch: dict[str, Any], seq_len: int) -> None:
@@ -46,9 +37,9 @@ def split_rows(batch: dict[str, Any], seq_len: int) -> None:
 class LongContextSchedule(L.Callback):
     """Set the stage's RoPE base and sequence length, optionally warming the length up gradually.
 
-    ``rope_theta`` is written to the model config (read at every forward) at fit start and whenever its
-    schedule changes; paper: 10K (stages 1a/1b), 40K (CT annealing), 1M (LongCT onwards). ``seq_len`` is
-    written to ``trainer.datamodule.seq_len`` before the loaders are built (paper: 4K -> 16K -> 64K -> 32K).
+    ``rope_theta`` is set through ``pl_module.set_rope_base`` (read at every forward) at fit start and whenever
+    its schedule changes; paper: 10K (stages 1a/1b), 40K (CT annealing), 1M (LongCT onwards). ``seq_len`` is set
+    through ``trainer.datamodule.set_seq_len`` before the loaders are built (paper: 4K -> 16K -> 64K -> 32K).
 
     Gradual length warm-up (``warmup``) keeps the loader at the full ``seq_len`` and, while a shorter length
     is in force, cuts each row of the batch into rows of that length before the forward. The tokens, the batch
@@ -67,7 +58,7 @@ class LongContextSchedule(L.Callback):
         Args:
             rope_theta: RoPE base for the whole stage, or ``[[tokens, base], ...]`` changing at those token
                 counts (first entry at 0). None keeps the model's ``rope_theta``.
-            seq_len: Sequence length of the stage, written to ``trainer.datamodule.seq_len``. None keeps the
+            seq_len: Sequence length of the stage, set with ``trainer.datamodule.set_seq_len``. None keeps the
                 datamodule's.
             warmup: ``[[tokens, length], ...]``: from each token count on, train on rows of ``length`` tokens;
                 first entry at 0, lengths increase, divide ``seq_len`` and end with ``seq_len`` itself.
@@ -127,14 +118,14 @@ class LongContextSchedule(L.Callback):
         self._trainer = trainer
         if self.seq_len is not None:
             datamodule = trainer.datamodule
-            if datamodule is None or not hasattr(datamodule, "seq_len"):
+            if datamodule is None or not hasattr(datamodule, "set_seq_len"):
                 raise ValueError(
-                    "LongContextSchedule: seq_len is set but the datamodule has no `seq_len`; "
+                    "LongContextSchedule: seq_len is set but the datamodule has no `set_seq_len`; "
                     "use an ouro DataModule or drop seq_len from the callback"
                 )
             if datamodule.seq_len != self.seq_len:
                 rank_zero_info(f"LongContextSchedule: data seq_len {datamodule.seq_len} -> {self.seq_len}")
-                datamodule.seq_len = self.seq_len
+                datamodule.set_seq_len(self.seq_len)
         elif self.warmup is not None:
             full = getattr(trainer.datamodule, "seq_len", None)
             if full is None:
@@ -173,7 +164,7 @@ class LongContextSchedule(L.Callback):
     def _apply_theta(self, pl_module: L.LightningModule) -> None:
         theta = self.rope_theta_at(tokens_seen(pl_module))
         if theta is not None:  # set every time: stage initialisation may have changed the config meanwhile
-            set_model_field(pl_module, "rope_theta", theta)
+            schedule_control(pl_module, "set_rope_base", type(self).__name__)(theta)
             self._applied_theta = theta
 
     def state_dict(self) -> dict[str, Any]:

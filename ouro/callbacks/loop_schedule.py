@@ -7,13 +7,13 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from ouro.callbacks.long_context import set_model_field
+from ouro.callbacks.long_context import schedule_control
 from ouro.callbacks.schedule import Piecewise, tokens_seen
 
 
 class LoopSchedule(L.Callback):
-    """Set the recurrent steps T (``config.total_ut_steps``) and Stage I's β (``entropy_coef``) from tokens
-    seen.
+    """Set the recurrent steps T and Stage I's β from tokens seen, through the module's ``set_loop_count`` and
+    ``set_entropy_coef``.
 
     Both are piecewise constant: ``[[0, 8], [N, 4]]`` trains with 8 steps until N tokens, then 4. Paper: T 8
     -> 4 and β 0.1 -> 0.05 after the first (warmup) stage. The values are applied before every training batch
@@ -49,11 +49,12 @@ class LoopSchedule(L.Callback):
         tokens = tokens_seen(pl_module)
         values = (self.steps_at(tokens), self.beta_at(tokens))
         steps, beta = values
-        # Set every time (cheap): stage initialisation or a checkpoint may have changed the config meanwhile.
+        # Set every time (cheap): stage initialisation or a checkpoint may have changed them meanwhile.
+        name = type(self).__name__
         if steps is not None:
-            set_model_field(pl_module, "total_ut_steps", steps)
+            schedule_control(pl_module, "set_loop_count", name)(steps)
         if beta is not None:
-            pl_module.entropy_coef = beta
+            schedule_control(pl_module, "set_entropy_coef", name)(beta)
         if self._applied != (None, None) and values != self._applied:
             rank_zero_info(f"LoopSchedule: T={steps}, beta={beta} from {tokens} tokens")
         self._applied = values

@@ -55,8 +55,8 @@ class PretrainDataModule(L.LightningDataModule):
             val_source: Shard folder (or URL) for validation, ``builtin`` (the built-in corpus's held-out split),
                 null, or ``auto``: the built-in held-out split when the sources are the built-in corpus, else none
                 (said at start: another corpus's tokenizer would not fit your model).
-            seq_len: Tokens per training sequence (blocks of seq_len + 1). Changing the attribute takes effect when
-                the train loader is rebuilt (a new stage, or ``reload_dataloaders_every_n_epochs``).
+            seq_len: Tokens per training sequence (blocks of seq_len + 1). `set_seq_len` changes it; that takes
+                effect when the train loader is rebuilt (a new stage, or ``reload_dataloaders_every_n_epochs``).
             batch_size: Micro-batch size per device.
             num_workers: Loader worker processes per device (resume needs the same value).
             seed: Shuffle and mixture seed.
@@ -168,6 +168,12 @@ class PretrainDataModule(L.LightningDataModule):
 
     def _check_block_size(self) -> None:
         """Pretraining shards serve any ``seq_len``; SFT overrides this."""
+
+    def set_seq_len(self, seq_len: int) -> None:
+        """Cut blocks of ``seq_len + 1`` tokens from the next train loader on (`ouro.callbacks.LongContextSchedule`)."""
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise DataError(f"seq_len must be an integer >= 1, got {seq_len!r}")
+        self.seq_len = seq_len
 
     def _cache(self, directory: Path | str) -> Path | None:
         from ouro.data import remote

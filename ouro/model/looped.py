@@ -177,6 +177,20 @@ class OuroForCausalLM(nn.Module):
         """Recompute each layer call in backward instead of storing its activations (T x layers calls)."""
         self.model.activation_checkpointing = enabled
 
+    # ---------------------------------------------------------------------------------------- stage controls
+    # Schedules change these between forwards (in tokens); no weight changes, and every forward reads them.
+    def set_loop_count(self, steps: int) -> None:
+        """Run ``steps`` passes of the stack per forward from now on (``config.total_ut_steps``)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"the loop count (total_ut_steps) must be an integer >= 1, got {steps!r}")
+        self.config.total_ut_steps = steps
+
+    def set_rope_base(self, theta: float) -> None:
+        """Use RoPE base ``theta`` from the next forward on (``config.rope_theta``)."""
+        if not theta > 0:
+            raise ValueError(f"the RoPE base (rope_theta) must be positive, got {theta!r}")
+        self.config.rope_theta = float(theta)
+
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
         self,

@@ -268,3 +268,65 @@ def test_hub_dataset_without_network_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match="could not list Hub data set 'nobody/nothing'"):
         prepare(["hf://nobody/nothing"], str(tmp_path / "out"), tokenizer=str(tmp_path / "t.json"))
+
+
+def test_val_source_defaults_to_none_for_own_sources_with_a_message(shards, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        dm = PretrainDataModule(sources=[str(shards["big"])], seq_len=8, num_workers=0)
+    assert dm.val_source is None
+    assert "data.val_source: none" in caplog.text and "set data.val_source" in caplog.text
+    dm.setup("fit")
+    assert dm.val_dataloader() == []
+    assert PretrainDataModule(sources="builtin").val_source == "builtin"
+    assert PretrainDataModule(sources=[str(shards["big"])], val_source=str(shards["val"])).val_source == str(
+        shards["val"]
+    )
+
+
+def _blocks_per_source(folder: Path, block: int) -> int:
+    """Blocks litdata's TokensLoader cuts: per chunk, its tokens // block (read from index.json independently)."""
+    index = json.loads((folder / "index.json").read_text())
+    return sum(chunk["dim"] // block for chunk in index["chunks"])
+
+
+def test_mixture_epoch_ends_at_the_first_exhausted_source_and_restarts_every_source(shards):
+    """The documented behaviour of a weighted mixture: within an epoch each source is sampled without
+    replacement; the epoch lasts min(blocks_i / weight_i) samples; the next epoch reshuffles and restarts all
+    sources, so the large source sees blocks again before reaching its tail."""
+    seq_len, batch = 40, 4  # long blocks: distinct contents identify blocks
+    dm = PretrainDataModule(
+        sources=[str(shards["big"]), str(shards["small"])],
+        weights=[1.0, 1.0],
+        val_source=None,
+        seq_len=seq_len,
+        batch_size=batch,
+        num_workers=0,
+        seed=11,
+    )
+    dm.setup("fit")
+    blocks = [_blocks_per_source(shards[name], seq_len + 1) for name in ("big", "small")]
+    assert blocks[0] > 3 * blocks[1]
+    loader = dm.train_dataloader()
+    assert len(loader) == int(min(b / 0.5 for b in blocks)) // batch
+    epochs = []
+    for _ in range(2):
+        seen: list[list[tuple]] = [[], []]
+        for _, batch_data in zip(range(len(loader)), loader):  # Lightning ends the epoch after len(loader)
+            rows = torch.cat([batch_data["input_ids"], batch_data["labels"][:, -1:]], 1)
+            for row, source in zip(rows.tolist(), batch_data["source"].tolist()):
+                seen[source].append(tuple(row))
+        epochs.append(seen)
+    for seen in epochs:
+        total = sum(map(len, seen))  # len(loader) batches, unless a source ran out first
+        assert total == len(loader) * batch or (
+            total < len(loader) * batch and len(seen[1]) > blocks[1] - batch
+        )
+        assert len(set(seen[0])) == len(seen[0]) and len(set(seen[1])) == len(seen[1]), (
+            "no repeat in an epoch"
+        )
+        assert len(seen[1]) <= blocks[1] and len(seen[0]) < blocks[0] / 2, "big never reaches its tail"
+    again = set(epochs[0][0]) & set(epochs[1][0])
+    assert again, "epoch 2 restarts the big source (a continuation would show only unseen blocks)"
+    assert epochs[0][0] != epochs[1][0], "and reshuffles it"

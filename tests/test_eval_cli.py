@@ -135,6 +135,27 @@ def test_ouro_eval_runs_local_tasks_at_every_depth(tasks, exported, tmp_path, ca
     assert "| toy_answer | q0.5 | exact_match,none |" in capsys.readouterr().out
 
 
+def test_lm_eval_runs_the_registered_backend_from_model_args(tasks, exported):
+    import lm_eval
+
+    import ouro.eval.backend  # noqa: F401  (registers "ouro", as `python -m ouro.eval` does)
+    from ouro.eval.runner import task_manager
+
+    folder, model, tokenizer = exported
+    results = lm_eval.simple_evaluate(
+        model="ouro",
+        model_args=f"pretrained={folder},exit_step=2",
+        tasks=["toy_choice"],
+        task_manager=task_manager([str(tasks)]),
+        device="cpu",
+        bootstrap_iters=0,
+    )
+    assert results["results"]["toy_choice"]["acc,none"] == pytest.approx(
+        reference_accuracy(model, tokenizer, 2)
+    )
+    assert results["config"]["depth_setting"] == "step2"
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

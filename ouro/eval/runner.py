@@ -32,6 +32,7 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
     return names
 
 
+@functools.lru_cache(maxsize=1)
 def suite_include_path() -> str | None:
     """The folder of the built-in offline tasks (`ouro.eval.suite`), written on first use; None without it."""
     try:

@@ -114,3 +114,12 @@ def test_results_json_table_and_plots(tmp_path):
     for name in ("accuracy_vs_step.png", "accuracy_vs_depth.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_table_shows_the_requested_group_not_its_subtasks():
+    settings = depth_settings("1", trained_steps=1)
+    tasks = {name: {"step1": DepthResult({"acc,none": 0.5}, 1.0, 1.0)} for name in ("grp", "sub_a", "sub_b")}
+    table = EvalResults(settings, tasks, requested=["grp"]).markdown()
+    assert "| grp |" in table and "sub_a" not in table
+    # A tag (no entry of its own in lm-eval's results) shows every task.
+    assert "sub_a" in EvalResults(settings, tasks, requested=["a_tag"]).markdown()

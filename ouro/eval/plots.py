@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def _tasks_by_metric(results: EvalResults) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
-    for task in results.tasks:
+    for task in results.shown_tasks():
         name = results.primary_metric(task)
         if name:
             groups.setdefault(name.split(",")[0], []).append(task)

@@ -48,8 +48,16 @@ class EvalResults:
     request_types: dict[str, str] = field(default_factory=dict)
     generation: dict[str, Any] | None = None
     """How generation tasks ran (None when there were none)."""
+    requested: list[str] = field(default_factory=list)
+    """The task names asked for; the table and plots show these (e.g. ``mmlu``, not its 57 subtasks)."""
 
     # ------------------------------------------------------------------------------------------- reading
+    def shown_tasks(self) -> list[str]:
+        """The requested tasks and groups when lm-eval reported each of them, else every reported task."""
+        if self.requested and all(name in self.tasks for name in self.requested):
+            return list(self.requested)
+        return list(self.tasks)
+
     def primary_metric(self, task: str) -> str | None:
         """The headline metric of ``task`` (``acc,none``, ``exact_match,<filter>`` ...), or None."""
         for result in self.tasks.get(task, {}).values():
@@ -106,14 +114,14 @@ class EvalResults:
         }
 
     def markdown(self) -> str:
-        """One row per task and setting: the primary metric, the mean depth and the speed."""
+        """One row per shown task and setting: the primary metric, the mean depth and the speed."""
         lines = [
             "| task | setting | metric | value | mean depth | tokens/s |",
             "|---|---|---|---:|---:|---:|",
         ]
-        for task, per_setting in self.tasks.items():
+        for task in self.shown_tasks():
             name = self.primary_metric(task) or "-"
-            for key, result in per_setting.items():
+            for key, result in self.tasks[task].items():
                 lines.append(
                     f"| {task} | {key} | {name} | {self.metric(task, key):.4f} | {result.mean_depth:.2f} | "
                     f"{result.tokens_per_second:.0f} |"

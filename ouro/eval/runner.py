@@ -192,6 +192,7 @@ def _collect(raw: dict[str, dict[str, Any]], settings, lm: OuroLM, names: list[s
         },
         request_types=dict(lm.request_types),
         generation=generation,
+        requested=list(names),
     )
 
 

@@ -114,6 +114,10 @@ def test_results_json_table_and_plots(tmp_path):
     for name in ("accuracy_vs_step.png", "accuracy_vs_depth.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+    # A later run without static steps in the same folder leaves no stale accuracy_vs_step.png behind.
+    only_q = {task: {"q0.5": r["q0.5"]} for task, r in tasks.items()}
+    EvalResults([settings[-1]], only_q, model={"total_ut_steps": 2}).write(tmp_path)
+    assert not (tmp_path / "accuracy_vs_step.png").exists() and (tmp_path / "accuracy_vs_depth.png").exists()
 
 
 def test_table_shows_the_requested_group_not_its_subtasks():

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from ouro.eval.results import EvalResults
 
 
+#: The charts `write_plots` can write.
+PLOT_NAMES = ("accuracy_vs_step.png", "accuracy_vs_depth.png")
+
+
 def _tasks_by_metric(results: EvalResults) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for task in results.shown_tasks():

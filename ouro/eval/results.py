@@ -130,7 +130,7 @@ class EvalResults:
 
     def write(self, directory: str | Path, plots: bool = True) -> dict[str, Path]:
         """Write ``results.json``, ``results.md`` and (``plots``) the PNGs into ``directory``."""
-        from ouro.eval.plots import write_plots
+        from ouro.eval.plots import PLOT_NAMES, write_plots
 
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
@@ -140,6 +140,9 @@ class EvalResults:
         }
         if plots:
             written.update(write_plots(self, target))
+        for name in PLOT_NAMES:  # a chart of an earlier run in the same folder would pass for this run's
+            if name not in written:
+                (target / name).unlink(missing_ok=True)
         return written
 
 

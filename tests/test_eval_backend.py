@@ -205,3 +205,14 @@ def test_lm_eval_builds_the_backend_from_its_registry(tmp_path, model, tokenizer
     got = lm.loglikelihood(requests("loglikelihood", PAIRS[:1]))
     assert got[0][0] == pytest.approx(reference(model, tokenizer, *PAIRS[0], step=2)[0], abs=1e-4)
     assert "hf" in model_registry and "vllm" in model_registry  # lm-eval's own models are still there
+
+
+def test_generation_ends_a_row_at_a_token_that_holds_a_stop_string(model, tokenizer):
+    prompt = "Two plus two equals"
+    lm = OuroLM(model=model, tokenizer=tokenizer, exit_step=2, progress=False)
+    tokens = greedy_reference(model, encode(tokenizer, prompt), 8, 2, lm.eot_token_id)
+    stop = next(t for t in (tokenizer.decode([i]) for i in tokens[1:]) if t.strip())
+    first = next(i for i, t in enumerate(tokens) if stop in tokenizer.decode([t]))
+    (text,) = lm.generate_until(requests("generate_until", [(prompt, {"until": [stop], "max_gen_toks": 8})]))
+    assert text == tokenizer.decode(tokens).split(stop)[0]
+    assert lm.stats[("toy", "step2")].tokens == first + 1  # not the 8 of max_gen_toks

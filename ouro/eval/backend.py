@@ -155,6 +155,7 @@ class OuroLM(TemplateLM):
         self.progress = progress
         self._scores: dict[tuple[tuple[int, ...], int], dict[str, Score]] = {}
         self._generations: dict[tuple[str, str, str], tuple[str, DepthStats]] = {}
+        self._stop_ids: dict[tuple[str, ...], list[int]] = {}
         self.stats: dict[tuple[str, str], DepthStats] = defaultdict(DepthStats)
         """(task name, setting key) -> cost and depth of what lm-eval asked under that setting."""
         self.request_types: dict[str, str] = {}
@@ -281,6 +282,23 @@ class OuroLM(TemplateLM):
             return {"exit_step": int(self.active.value) - 1, "kv_sharing": self.kv_sharing}
         return {"exit_threshold": q, "kv_sharing": self.kv_sharing}
 
+    def stop_token_ids(self, until: Sequence[str]) -> list[int]:
+        """Ids of the tokens whose text contains a stop string. Once a row emits one, everything after it is
+        cut from its text anyway, so ending the row there changes no output and saves the rest of
+        ``max_gen_toks`` (stops that span several tokens are still cut from the text afterwards)."""
+        stops = tuple(sorted(s for s in until if s))
+        if stops not in self._stop_ids:
+            size = (
+                self.tokenizer.get_vocab_size()
+                if hasattr(self.tokenizer, "get_vocab_size")
+                else len(self.tokenizer)
+            )
+            size = min(size, self.model.config.vocab_size)
+            self._stop_ids[stops] = [
+                i for i in range(size) if stops and any(stop in self.tok_decode([i]) for stop in stops)
+            ]
+        return self._stop_ids[stops]
+
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         from ouro.generation.generate import generate
 
@@ -317,7 +335,7 @@ class OuroLM(TemplateLM):
                     tokenizer=self.tokenizer,
                     max_new_tokens=max_new,
                     temperature=temperature,
-                    eos_token_id=self.eot_token_id,
+                    eos_token_id=[self.eot_token_id, *self.stop_token_ids(until)],
                     **self.generation_arguments(),
                 )
                 seconds = (result.prefill_seconds + result.decode_seconds) / len(chunk)

@@ -98,6 +98,9 @@ class OuroLM(TemplateLM):
         dtype: Weight dtype with ``pretrained``.
         kv_sharing: Decode-time KV cache in generation: ``full``, ``last`` or ``mean``.
         progress: Show a progress bar over requests.
+        max_batch_size: Passed by lm-eval's command line; unused (batches have ``batch_size`` sequences).
+
+    An unknown ``--model_args`` key is a TypeError naming it (lm-eval passes them as keyword arguments).
     """
 
     def __init__(
@@ -115,7 +118,7 @@ class OuroLM(TemplateLM):
         dtype: str = "float32",
         kv_sharing: str = "full",
         progress: bool = True,
-        **_ignored: Any,
+        max_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if (pretrained is None) == (model is None):

@@ -200,3 +200,19 @@ def test_help_explains_every_option(capsys):
     ):
         assert option in text
     assert "beyond the trained" in text and "Q-exit" in text
+
+
+def test_evaluate_on_a_training_model_restores_its_mode(tasks, exported):
+    from ouro.eval.runner import evaluate
+
+    _, model, tokenizer = exported
+    model.train()
+    try:
+        results = evaluate(model, tokenizer, "toy_choice", depths="1,2", limit=2, include_path=str(tasks))
+    finally:
+        was_training = model.training
+        model.eval()
+    assert was_training
+    assert list(results.tasks["toy_choice"]) == ["step1", "step2"]
+    assert results.tasks["toy_choice"]["step1"].requests == 2 * 3  # two documents, three choices each
+    assert results.flat()["toy_choice/step2"] == results.metric("toy_choice", "step2")

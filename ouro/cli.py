@@ -43,6 +43,14 @@ def configure_parsing() -> None:
     install()
 
 
+def tool_arguments(command: str, args: list[str]) -> tuple[Callable, list[str]]:
+    """The function behind a tool command and its arguments as jsonargparse reads them."""
+    configure_parsing()
+    function = _load(_tool_commands()[command][0])
+    # Accept --repo-id as well as --repo_id: jsonargparse spells options with underscores.
+    return function, _bare_flags_to_true([_underscore_option(a) for a in args], function)
+
+
 def _load(target: str) -> Callable:
     import importlib
 
@@ -129,10 +137,7 @@ def _dispatch(args: list[str]) -> None:
     if command in tools:
         from jsonargparse import auto_cli
 
-        configure_parsing()
-        # Accept --repo-id as well as --repo_id: jsonargparse spells options with underscores.
-        function = _load(tools[command][0])
-        options = _bare_flags_to_true([_underscore_option(a) for a in args[1:]], function)
+        function, options = tool_arguments(command, args[1:])
         auto_cli(function, args=options, as_positional=True)
         return
     if command not in TRAINER_COMMANDS:

@@ -1,4 +1,4 @@
-"""The looped model against an independent reference written from OURO.md §2, plus layout, masking and weights.
+"""The looped model against an independent reference written from docs/model.md §2, plus layout, masking and weights.
 
 The reference (`reference_forward`) reads the state dict by its official key names and recomputes everything in
 float64 with explicit softmax attention, a hand-built causal / same-document mask, `repeat_kv` for GQA and

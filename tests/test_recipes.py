@@ -52,7 +52,7 @@ def _callback(config: dict, name: str) -> dict | None:
     return None
 
 
-TABLE_1 = {  # stage: (tokens, seq_len, final LR, T, beta, RoPE base), OURO.md §1
+TABLE_1 = {  # stage: (tokens, seq_len, final LR, T, beta, RoPE base), docs/model.md §1
     "warmup": (3e12, 4096, 3e-4, 8, 0.1, 1e4),
     "stable": (3e12, 4096, 3e-4, 4, 0.05, 1e4),
     "ct_annealing": (1.4e12, 16384, 3e-5, 4, 0.05, 4e4),

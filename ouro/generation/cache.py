@@ -9,7 +9,7 @@ left-padded batch. ``sharing`` chooses what is kept:
 * ``mean``: one slot per layer holding the **mean** over the passes that ran at that position. 1/T of ``full``.
 
 Within the passes of the tokens being processed, each pass attends to the stored columns before them plus its
-own pass's keys/values (prefill therefore still uses every pass's own cache, paper §4 / OURO.md §4).
+own pass's keys/values (prefill therefore still uses every pass's own cache, paper §4 / docs/model.md §4).
 
 Early exit under ``full`` sharing: a token that exits after pass m never runs passes m+1..T-1; its column in
 those passes' slots receives a **copy of pass m's keys/values**, so later tokens that run deeper read the deepest

@@ -131,3 +131,16 @@ def test_docs_cite_only_files_in_the_repo():
         for target in re.findall(r"\]\(([^)#\s]+)", path.read_text()):
             if not re.match(r"[a-z]+://", target):
                 assert (path.parent / target).exists(), f"{path.relative_to(ROOT)} links to missing {target}"
+
+
+def test_model_card_command_parses(capsys, monkeypatch):
+    from ouro.config import OuroConfig
+    from ouro.hub.card import model_card
+
+    monkeypatch.chdir(ROOT)
+    card = model_card(OuroConfig.preset("tiny"), "me/ouro-tiny", [], 1000, "runs/x", 123, "bfloat16")
+    shown = re.findall(r"`(ouro generate [^`]+)`", card)
+    assert shown, "the card shows an ouro generate command"
+    for command in shown:
+        args = shlex.split(command)[1:]
+        assert check_command(args, capsys) is None, command

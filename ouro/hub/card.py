@@ -102,7 +102,7 @@ def model_card(
         "`exit_threshold` q is Q-exit: each token stops at the first pass whose cumulative exit probability "
         "reaches q (1.0 runs every pass); `exit_at_step` picks a fixed pass. While decoding, passes after the "
         "exit are skipped once every sequence in the batch has exited. With the `ouro` package: "
-        f"`ouro generate {repo_name} --prompt '...' --exit_threshold 0.9 --kv_sharing last`.",
+        f"`ouro generate {repo_name} 'Your prompt' --exit_threshold 0.9 --kv_sharing last`.",
         "",
         "The remote code (`modeling_ouro.py`, `configuration_ouro.py`) was written by the `ouro` toolkit and works "
         "with transformers >= 4.56, including batched generation with padding.",

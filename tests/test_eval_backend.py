@@ -99,7 +99,7 @@ def test_each_exit_step_equals_the_forward_including_steps_beyond_training(model
 
 
 def test_q_exit_and_the_gate_equal_the_forward(model, tokenizer):
-    settings = depth_settings(None, "0.3,0.6,0.9,1.0", use_gate=True, trained_steps=TRAINED)
+    settings = depth_settings("none", "0.3,0.6,0.9,1.0", use_gate=True, trained_steps=TRAINED)
     lm = OuroLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=4, progress=False)
     depths = set()
     for setting in settings:
@@ -205,6 +205,10 @@ def test_lm_eval_builds_the_backend_from_its_registry(tmp_path, model, tokenizer
     got = lm.loglikelihood(requests("loglikelihood", PAIRS[:1]))
     assert got[0][0] == pytest.approx(reference(model, tokenizer, *PAIRS[0], step=2)[0], abs=1e-4)
     assert "hf" in model_registry and "vllm" in model_registry  # lm-eval's own models are still there
+    assert OuroLM(model=model, tokenizer=tokenizer).active == Depth("gate")  # the model as configured
+    assert OuroLM(model=model, tokenizer=tokenizer, exit_threshold=0.7).active == Depth("q", 0.7)
+    with pytest.raises(ValueError, match="pass one of exit_step, exit_threshold and gate"):
+        OuroLM(model=model, tokenizer=tokenizer, exit_step=2, gate=True)
 
 
 def test_generation_ends_a_row_at_a_token_that_holds_a_stop_string(model, tokenizer):

@@ -50,6 +50,10 @@ def test_settings_keys_and_passes():
     assert [s.passes(4) for s in settings] == [2, 6, 4, 4]
     assert [s.threshold(0.8) for s in settings] == [None, None, 0.5, 0.8]
     assert [s.key for s in depth_settings(trained_steps=3)] == ["step1", "step2", "step3"]
+    assert [s.key for s in depth_settings(None, "0.5", trained_steps=2)] == ["step1", "step2", "q0.5"]
+    assert [s.key for s in depth_settings("none", "0.5", trained_steps=2)] == ["q0.5"]
+    with pytest.raises(ValueError, match="--depths none leaves nothing"):
+        depth_settings("none", trained_steps=2)
 
 
 @torch.no_grad()

@@ -89,7 +89,8 @@ class OuroLM(TemplateLM):
         tokenizer: A `tokenizers.Tokenizer`, or (with ``pretrained``) a tokenizer.json path / Hub id.
         exit_step: Static exit after this many passes (1-based; may exceed the trained steps).
         exit_threshold: Q-exit threshold in (0, 1] over the trained steps.
-        gate: Q-exit at the config's ``early_exit_threshold`` (the gate as trained).
+        gate: Q-exit at the config's ``early_exit_threshold`` (the gate as trained); the default when none of
+            ``exit_step``, ``exit_threshold`` and ``settings`` is given.
         settings: Several depth settings (the runner's sweep); the first is active.
         batch_size: Sequences per forward (prompts per generation batch).
         max_length: Longest sequence the model reads (default: ``max_position_embeddings``); longer inputs
@@ -135,10 +136,11 @@ class OuroLM(TemplateLM):
         self.model = model.eval()
         self.tokenizer = tokenizer
         if settings is None:
+            use_gate = str(gate).lower() in ("true", "1")
             settings = depth_settings(
-                exit_step,
+                "none" if exit_step is None else exit_step,
                 () if exit_threshold is None else exit_threshold,
-                str(gate).lower() in ("true", "1"),
+                use_gate or (exit_step is None and exit_threshold is None),
                 model.config.total_ut_steps,
             )
             if len(settings) > 1:

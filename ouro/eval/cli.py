@@ -46,8 +46,8 @@ def evaluate_model(
         tasks: lm-eval task or group names, comma-separated (e.g. mmlu,arc_challenge); the built-in offline
             suite's tasks and those under --include_path count too.
         depths: Static exit steps, 1-based (the number of passes): 1-8, 1,2,4 or 3. Steps beyond the trained
-            total_ut_steps run more passes than trained. Default: every trained step, unless thresholds or
-            --gate are given alone.
+            total_ut_steps run more passes than trained. Default: every trained step 1..T (free for
+            log-likelihood tasks: one forward scores them all); none: no static step.
         exit_thresholds: Q-exit thresholds in (0, 1], comma-separated (e.g. 0.5,0.7,0.9): each token exits at
             the first trained pass whose exit CDF reaches q.
         gate: Also evaluate the exit gate as trained: Q-exit at the config's early_exit_threshold.

@@ -104,6 +104,7 @@ def evaluate(
         tasks: lm-eval task or group names (``"a,b"`` or a list); the built-in suite's and ``include_path``'s
             tasks included.
         depths: Static exit steps, 1-based (``"1-8"``, ``"1,2,4"``, a list); may exceed the trained steps.
+            None: every trained step 1..T; ``"none"``: no static step.
         exit_thresholds: Q-exit thresholds in (0, 1] (``"0.5,0.7,0.9"`` or a list).
         use_gate: Also evaluate Q-exit at the config's ``early_exit_threshold`` (the gate as trained).
         limit: At most this many documents per task (a fraction below 1).
@@ -115,8 +116,6 @@ def evaluate(
         fewshot_seed: Seed of the few-shot sampler.
         bootstrap_iters: lm-eval's bootstrap iterations for standard errors (0: skip them).
         progress: Show progress bars.
-
-    With no depth setting given, every trained step 1..T is evaluated.
     """
     from lm_eval.evaluator import evaluate as lm_eval_evaluate
 

@@ -57,8 +57,9 @@ class Depth:
 
 
 def parse_depths(spec: str | int | Sequence[int] | None) -> list[int]:
-    """Exit steps from ``"1-8"``, ``"1,2,4"``, ``"2"``, an int or a list; 1-based, each >= 1."""
-    if spec is None:
+    """Exit steps from ``"1-8"``, ``"1,2,4"``, ``"2"``, an int or a list; 1-based, each >= 1. ``"none"`` (and
+    None) is no static step."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "none"):
         return []
     if isinstance(spec, int):
         items: list[int] = [spec]
@@ -117,17 +118,20 @@ def depth_settings(
     use_gate: bool = False,
     trained_steps: int | None = None,
 ) -> list[Depth]:
-    """The settings of a sweep, in order: static steps, then thresholds, then the gate. With none given, every
-    trained step 1..T (``trained_steps``)."""
-    steps = parse_depths(depths)
+    """The settings of a sweep, in order: static steps, then thresholds, then the gate. ``depths`` None means
+    every trained step 1..T (``trained_steps``; a sweep costs one forward either way); ``"none"`` means none."""
+    if depths is None:
+        if trained_steps is None:
+            raise ValueError("depth_settings: pass depths or trained_steps")
+        steps = list(range(1, trained_steps + 1))
+    else:
+        steps = parse_depths(depths)
     thresholds = parse_thresholds(exit_thresholds)
     settings = [Depth("step", s) for s in steps] + [Depth("q", q) for q in thresholds]
     if use_gate:
         settings.append(Depth("gate"))
     if not settings:
-        if trained_steps is None:
-            raise ValueError("pass --depths, --exit_thresholds or --gate")
-        settings = [Depth("step", s) for s in range(1, trained_steps + 1)]
+        raise ValueError("--depths none leaves nothing to evaluate: add --exit_thresholds or --gate")
     return settings
 
 

@@ -154,7 +154,7 @@ def test_full_disk_names_the_path_and_space_keeps_earlier_shards(corpus, tmp_pat
     argv += ["--chunk_tokens", str(CHUNK), "--num_workers", "1"]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    assert exit_info.value.code != 0
+    assert exit_info.value.code == 1, "a fault of the machine (input errors exit 2)"
     message = capsys.readouterr().err.strip()
     assert len(message.splitlines()) == 1, message
     assert "no space left on the device writing" in message and "chunk-" in message
@@ -222,3 +222,44 @@ def test_one_node_alone_writes_no_manifest(corpus, tmp_path, capsys):
     assert folder_bytes(out) == folder_bytes(corpus["reference"])
     with pytest.raises(DataError, match="node_rank 2 of num_nodes 2"):
         _prepare(corpus, tmp_path / "other", num_nodes=2, node_rank=2)
+
+
+_PARENT = (
+    "import sys; from ouro.data.prepare import prepare; "
+    "prepare([sys.argv[1]], sys.argv[2], tokenizer=sys.argv[3], num_workers=2, chunk_tokens=int(sys.argv[4]))"
+)
+
+
+def test_kill_9_of_the_prepare_takes_its_workers_and_leaves_no_temp_files(corpus, tmp_path):
+    import os
+    import signal
+    import time
+
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    scratch.mkdir()
+    units = tmp_path / ".out.incomplete" / ".ouro-prepare" / "units"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, corpus["inputs"], str(out), corpus["tokenizer"], str(CHUNK)],
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    deadline = time.monotonic() + 60
+    while (
+        not (units.is_dir() and any(units.iterdir())) and proc.poll() is None and time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+    assert children and not alive, "the workers died with the prepare"
+    assert not out.exists() and not list(scratch.iterdir()), "nothing in the temp dir"
+    _prepare(corpus, out)
+    assert folder_bytes(out) == folder_bytes(corpus["reference"])
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"

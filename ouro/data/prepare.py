@@ -15,6 +15,8 @@ import errno
 import json
 import os
 import shutil
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -35,6 +37,7 @@ from ouro.data.tokenizer import (
     resolve_tokenizer_file,
     tokenizer_hash,
 )
+from ouro.errors import WriteError
 
 _TOKENIZERS: dict[str, object] = {}
 
@@ -148,6 +151,17 @@ def _write_unit(job: _Job, unit: Unit, staging) -> dict:
     return record
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: an idle worker waits on its task queue forever once the prepare is gone, so on Linux the
+    kernel sends it SIGKILL when the parent dies (``PR_SET_PDEATHSIG``)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _run_units(job: _Job, units: list[Unit], staging, workers: int) -> None:
     if workers <= 1 or len(units) <= 1:
         for unit in units:
@@ -156,7 +170,12 @@ def _run_units(job: _Job, units: list[Unit], staging, workers: int) -> None:
     import multiprocessing
 
     job = _Job(**{**asdict(job), "parent_pid": os.getpid()})
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         futures = [pool.submit(_write_unit, job, unit, staging) for unit in units]
         for future in futures:
@@ -199,7 +218,7 @@ def _bytes_per_input_byte(done: dict[int, dict], units: list[Unit], dtype: str) 
     return written / read if read else {"uint16": 2, "int32": 4}[dtype] / 4  # about 4 bytes of text per token
 
 
-def _os_error(err: OSError, staging, units: list[Unit], dtype: str) -> DataError:
+def _os_error(err: OSError, staging, units: list[Unit], dtype: str) -> WriteError:
     """One line for a full disk or another OS error: the path, the space needed, and what is intact."""
     done = _done_records(staging, units)
     kept = (
@@ -210,11 +229,12 @@ def _os_error(err: OSError, staging, units: list[Unit], dtype: str) -> DataError
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         left = sum(u.bytes for u in units if u.index not in done)
         need = left * _bytes_per_input_byte(done, units, dtype)
-        return DataError(
+        return WriteError(
             f"no space left on the device writing {where}: the remaining {len(units) - len(done)} of {len(units)} "
-            f"units need about {_human(need)} more; free space there, then rerun ({kept})"
+            f"units need about {_human(need)} more; free space there, then rerun ({kept})",
+            err.errno,
         )
-    return DataError(f"{where}: {err.strerror or err} while preparing; {kept}")
+    return WriteError(f"{where}: {err.strerror or err} while preparing; {kept}", err.errno)
 
 
 def _warn_if_short_of_space(folder: Path, units: list[Unit], dtype: str) -> None:

@@ -208,6 +208,10 @@ def score_sequences(
             torch.cuda.synchronize(device)
         elapsed.append(time.perf_counter() - start_time)
 
+    if needs_exit:
+        exit_probs = exit_distribution(torch.cat(gate_logits, dim=-1))  # (tokens, T)
+        stacked = torch.stack([logprob_at[s] for s in range(1, trained + 1)], dim=-1)
+        stacked_greedy = torch.stack([greedy_at[s] for s in range(1, trained + 1)], dim=-1)
     per_setting: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = {}
     for setting in settings:
         q = setting.threshold(config.early_exit_threshold)
@@ -216,9 +220,7 @@ def score_sequences(
             depth = torch.full_like(targets_t, step, dtype=torch.float)
             per_setting[setting.key] = (logprob_at[step], greedy_at[step], depth, elapsed[step - 1])
             continue
-        exits = q_exit_steps(exit_distribution(torch.cat(gate_logits, dim=-1)), q)  # 0-based, (tokens,)
-        stacked = torch.stack([logprob_at[s] for s in range(1, trained + 1)], dim=-1)
-        stacked_greedy = torch.stack([greedy_at[s] for s in range(1, trained + 1)], dim=-1)
+        exits = q_exit_steps(exit_probs, q)  # 0-based, (tokens,)
         chosen = stacked.gather(-1, exits[:, None])[:, 0]
         chosen_greedy = stacked_greedy.gather(-1, exits[:, None])[:, 0]
         per_setting[setting.key] = (chosen, chosen_greedy, (exits + 1).float(), elapsed[trained - 1])

@@ -161,6 +161,7 @@ class OuroLM(TemplateLM):
         self._scores: dict[tuple[tuple[int, ...], int], dict[str, Score]] = {}
         self._generations: dict[tuple[str, str, str], tuple[str, DepthStats]] = {}
         self._stop_ids: dict[tuple[str, ...], list[int]] = {}
+        self._encoded: dict[tuple[str, str], tuple[tuple[int, ...], int]] = {}
         self.stats: dict[tuple[str, str], DepthStats] = defaultdict(DepthStats)
         """(task name, setting key) -> cost and depth of what lm-eval asked under that setting."""
         self.request_types: dict[str, str] = {}
@@ -244,13 +245,14 @@ class OuroLM(TemplateLM):
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         items = []
         for request in requests:
-            context, continuation = request.args
-            if context == "":
-                cont = self.tok_encode(continuation)
-                ctx = [self.prefix_token_id]
-            else:
-                ctx, cont = self._encode_pair(context, continuation)
-            items.append(self._item(ctx, cont))
+            if request.args not in self._encoded:  # the later settings of a sweep skip tokenizing
+                context, continuation = request.args
+                if context == "":
+                    ctx, cont = [self.prefix_token_id], self.tok_encode(continuation)
+                else:
+                    ctx, cont = self._encode_pair(context, continuation)
+                self._encoded[request.args] = self._item(ctx, cont)
+            items.append(self._encoded[request.args])
         scores = self._score(items, disable_tqdm)
         results = []
         for request, score in zip(requests, scores):

@@ -84,6 +84,12 @@ def replace_directory(staging: str | Path, final: str | Path) -> Path:
     under ``final`` (or the new one still under its staging name, which `remove_stale_temporaries` cleans).
     """
     staging, final = Path(staging), Path(final)
+    for path in sorted(staging.rglob("*"), reverse=True):  # the files' bytes first, then the folders' entries
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        else:
+            fsync_directory(path)
     fsync_directory(staging)
     old = None
     if final.exists():
@@ -92,17 +98,22 @@ def replace_directory(staging: str | Path, final: str | Path) -> Path:
     os.replace(staging, final)
     fsync_directory(final.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     return final
 
 
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete what interrupted atomic writes left in ``directory`` (files and folders named ``.tmp-*``)."""
+def remove_stale_temporaries(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Delete what interrupted atomic writes left in ``directory`` (files and folders named ``.tmp-*``; with
+    ``name``, only the temporaries of that one file or folder: ``.tmp-NAME.*``)."""
     directory = Path(directory)
     removed = []
     if not directory.is_dir():
         return removed
-    for leftover in directory.glob(f"{TEMP_PREFIX}*"):
+    pattern = f"{TEMP_PREFIX}{name}.*" if name is not None else f"{TEMP_PREFIX}*"
+    for leftover in directory.glob(pattern):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:

@@ -59,6 +59,18 @@ def warn_if_short_of_space(path: Path, needed: int) -> None:
     )
 
 
+def os_error_behind(error: BaseException) -> OSError | None:
+    """The ``OSError`` that caused ``error``: torch's zip writer turns a failed ``write`` (a full disk) into a
+    ``RuntimeError`` raised while it handles the ``OSError``."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _is_local(path: Any) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
 
@@ -79,7 +91,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             with atomic_open(path, "wb") as handle:
                 torch.save(checkpoint, handle)
-        except OSError as error:
+        except Exception as failure:
+            error = os_error_behind(failure)
+            if error is None:
+                raise
             intact = (
                 f"the previous {path.name} is intact" if path.exists() else "no partial file was left behind"
             )

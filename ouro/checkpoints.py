@@ -80,13 +80,12 @@ def is_hub_repo_id(source: str | Path) -> bool:
 
 
 def find_run_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint a run directory resumes from: ``checkpoints/last.ckpt``, else the newest ``*.ckpt``."""
-    folder = Path(run_dir) / "checkpoints"
-    last = folder / "last.ckpt"  # a file, or a folder for sharded (FSDP) checkpoints
-    if last.exists():
-        return last
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    return candidates[-1] if candidates else None
+    """The checkpoint a run directory resumes from: ``checkpoints/last.ckpt``, else the newest ``*.ckpt``; an
+    unreadable one is named in one line and skipped (`ouro.resume.newest_readable_checkpoint`)."""
+    from ouro.resume import newest_readable_checkpoint
+
+    found = newest_readable_checkpoint(run_dir)
+    return None if found is None else found.path
 
 
 # ----------------------------------------------------------------------------------------------- reading

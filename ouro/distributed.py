@@ -12,6 +12,9 @@ parameters gathered from its first call to the end of backward instead (measured
 * `OuroFSDP2Strategy`: Lightning's ``ModelParallelStrategy`` plus FSDP2 ``fully_shard`` per `DecoderLayer` with
   ``reshard_after_forward=False`` (the same trade-off, DTensor parameters, distributed checkpoints).
 
+Both write sharded checkpoint folders atomically (`ouro.checkpoint_io.AtomicShardedSave`: a staging folder, a
+completion marker written last, then a rename).
+
 DDP needs nothing of ours: ``trainer.strategy: ddp``. Recipes name these classes by ``class_path``::
 
     trainer:
@@ -33,6 +36,7 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
 
+from ouro.checkpoint_io import AtomicShardedSave
 from ouro.model.looped import DecoderLayer
 
 #: Collectives that FSDP1 / FSDP2 / DDP call through ``torch.distributed`` (gloo uses the list-based ones).
@@ -52,7 +56,7 @@ def wrap_policy() -> set[type[nn.Module]]:
     return {DecoderLayer}
 
 
-class OuroFSDPStrategy(FSDPStrategy):
+class OuroFSDPStrategy(AtomicShardedSave, FSDPStrategy):
     """Lightning ``FSDPStrategy`` (FSDP1) set up for the looped stack.
 
     Every other ``FSDPStrategy`` argument (``cpu_offload``, ``mixed_precision``, ``activation_checkpointing_policy``
@@ -129,7 +133,7 @@ class OuroFSDPStrategy(FSDPStrategy):
         return super()._setup_model(model)
 
 
-class OuroFSDP2Strategy(ModelParallelStrategy):
+class OuroFSDP2Strategy(AtomicShardedSave, ModelParallelStrategy):
     """Lightning ``ModelParallelStrategy`` with FSDP2 applied to the looped model (no tensor parallelism).
 
     Each `DecoderLayer`, then the module's network ``net``, gets ``fully_shard`` over the data-parallel mesh.

@@ -12,12 +12,17 @@ plus optional overrides::
         args: [--trainer.max_steps, "40"]
 
 A stage whose run directory holds ``stage_complete.json`` is skipped; an interrupted stage resumes from its
-``checkpoints/last.ckpt`` (``ouro fit`` does that by itself). Each stage runs in a fresh process.
+``checkpoints/last.ckpt`` (``ouro fit`` does that by itself). Each stage runs in a fresh process that never
+outlives the pipeline: on Linux the kernel kills it when the pipeline process dies (``PR_SET_PDEATHSIG``, so even
+``kill -9`` of the pipeline takes the stage with it), and SIGTERM / SIGINT / SIGHUP sent to the pipeline are
+passed on to the stage before the pipeline exits.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from ouro.preflight import yaml_syntax_problem
 from ouro.recipe_yaml import read_recipe
 from ouro.run_dir import is_complete, mark_complete
 
@@ -71,6 +77,9 @@ def load_pipeline(path: str | Path) -> list[Stage]:
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"pipeline file {path} does not exist (see recipes/pipelines/ for examples)")
+    problem = yaml_syntax_problem(path)
+    if problem:
+        raise PipelineError(f"pipeline file {path} is not valid YAML: {problem}")
     spec = yaml.safe_load(path.read_text()) or {}
     unknown = set(spec) - {"run_root", "stages"} if isinstance(spec, dict) else set()
     if unknown:
@@ -95,6 +104,9 @@ def load_pipeline(path: str | Path) -> list[Stage]:
         for recipe in recipes:
             if not Path(recipe).is_file():
                 raise PipelineError(f"{where}: recipe {recipe} does not exist")
+            problem = yaml_syntax_problem(Path(recipe))
+            if problem:
+                raise PipelineError(f"{where}: recipe {recipe} is not valid YAML: {problem}")
         recipe_dir = _recipe_value(recipes, "trainer.default_root_dir")
         name = entry.get("name") or (Path(recipe_dir).name if recipe_dir else Path(recipes[-1]).stem)
         if name in by_name:
@@ -125,6 +137,54 @@ def load_pipeline(path: str | Path) -> list[Stage]:
     return stages
 
 
+PR_SET_PDEATHSIG = 1
+#: Signals the pipeline passes on to its running stage.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _die_with_parent(parent_pid: int):  # noqa: ANN202 (a preexec_fn)
+    """A ``preexec_fn`` for the stage: the kernel sends it SIGKILL when the pipeline process dies (Linux)."""
+
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the pipeline died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def run_stage(command: list[str]) -> int:
+    """Run one stage's command as a child that cannot outlive this process; return its exit code.
+
+    A forwarded signal stops the stage, and the pipeline then exits with 128 + the signal's number.
+    """
+    child = subprocess.Popen(
+        command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent(os.getpid())
+    )
+    received: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if received:
+        print(f"ouro pipeline: stopped by signal {received[0]}; rerun to resume", file=sys.stderr, flush=True)
+        raise SystemExit(128 + received[0])
+    return code
+
+
 def pipeline(file: str, only: list[str] | None = None, dry_run: bool = False, redo: bool = False) -> None:
     """Run a pipeline of stages (e.g. recipes/pipelines/tiny.yaml) in order, skipping finished stages.
 
@@ -152,10 +212,10 @@ def pipeline(file: str, only: list[str] | None = None, dry_run: bool = False, re
             continue
         print(f"ouro pipeline: {stage.name}: {' '.join(command[3:])}", flush=True)
         started = time.time()
-        result = subprocess.run(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if result.returncode != 0:
+        returncode = run_stage(command)
+        if returncode != 0:
             raise PipelineError(
-                f"stage {stage.name} failed (exit {result.returncode}); fix it and rerun the "
+                f"stage {stage.name} failed (exit {returncode}); fix it and rerun the "
                 f"pipeline: finished stages are skipped and {stage.run_dir} resumes"
             )
         mark_complete(

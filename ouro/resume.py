@@ -1,8 +1,8 @@
 """Which checkpoint a run directory resumes from, when its newest one may be damaged.
 
 A run's checkpoints are ``checkpoints/last.ckpt`` and any numbered ``checkpoints/*.ckpt`` (files, or folders for
-sharded FSDP checkpoints). `newest_readable_checkpoint` tries ``last.ckpt`` first, then the others newest first,
-and takes the first one that opens: ``torch.load(..., weights_only=True, mmap=True)`` reads the checkpoint's
+sharded FSDP checkpoints). `newest_readable_checkpoint` tries ``last.ckpt`` first (or a numbered checkpoint
+saved after it at a later step), then the others newest first, and takes the first one that opens: ``torch.load(..., weights_only=True, mmap=True)`` reads the checkpoint's
 structure without reading its tensors, so the check costs little even at scale. A sharded folder also needs its
 completion marker (`ouro.checkpoint_io.SHARDED_MARKER`). Each damaged checkpoint is named in one line; when the
 run resumes into the same folder it is moved aside (``last.ckpt.unreadable-<time>``), never deleted, because
@@ -15,6 +15,7 @@ every checkpoint; `check_resume_settings` refuses a resume that changed one of t
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -73,15 +74,17 @@ def inspect_checkpoint(path: str | Path) -> Inspection:
         checkpoint = _load_structure(target)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "Weights only load failed" in str(error):
+        if "Weights only load failed" in str(error) and "Unsupported global" in str(error):
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+            what = f"a pickled {found.group(1)}" if found else "pickled objects"
             raise UntrustedCheckpointError(
-                f"{path} was not loaded: torch.load(weights_only=True) refuses it (it holds pickled objects, "
-                "not only tensors and plain data). If you trust the file, rerun with --weights_only false; "
-                "otherwise move it out of the folder to resume from the checkpoint before it"
+                f"{path} was not loaded: torch.load(weights_only=True) refuses it (it holds {what}, not only "
+                "tensors and plain data). If you trust the file, rerun with --weights_only false; otherwise "
+                "move it out of the folder to resume from the checkpoint before it"
             ) from None
         return Inspection(path, problem=f"{type(error).__name__}: {reason[:160]}")
-    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
-        return Inspection(path, problem="not a Lightning checkpoint (no global_step)")
+    if not isinstance(checkpoint, dict) or (target == path and "state_dict" not in checkpoint):
+        return Inspection(path, problem="not a Lightning checkpoint (no state_dict)")
     return Inspection(path, checkpoint=checkpoint)
 
 
@@ -95,10 +98,31 @@ def candidates(run_dir: str | Path) -> list[Path]:
     return found + sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def _step(inspection: Inspection) -> int:
+    return int((inspection.checkpoint or {}).get("global_step", -1))
+
+
+def _later_numbered(last: Inspection) -> Inspection:
+    """A numbered checkpoint saved after ``last.ckpt`` at a later step, else ``last``: a crash while writing
+    ``last.ckpt`` leaves the previous one intact, and the numbered file of the same step written just before."""
+    newest = last
+    since = last.path.stat().st_mtime
+    for path in last.path.parent.glob("*.ckpt"):
+        if path != last.path and path.stat().st_mtime > since:
+            inspection = inspect_checkpoint(path)
+            if inspection.problem is None and _step(inspection) > _step(newest):
+                newest = inspection
+    return newest
+
+
 def _move_aside(path: Path) -> Path:
     aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
     path.rename(aside)
     return aside
+
+
+#: Unreadable checkpoints already named in this process (a source may be looked up more than once).
+_reported: set[Path] = set()
 
 
 def _say(line: str) -> None:
@@ -126,13 +150,14 @@ def newest_readable_checkpoint(
     for path in candidates(run_dir):
         inspection = inspect_checkpoint(path)
         if inspection.problem is None:
-            return inspection
+            return _later_numbered(inspection) if path.name == "last.ckpt" else inspection
         tried.append(inspection)
         where = ""
         if move_aside:
             where = f"; moved it to {_move_aside(path).name}"
-        if not quiet:
+        if not quiet and (where or path not in _reported):
             _say(f"checkpoint {path} is unreadable ({inspection.problem}){where}")
+        _reported.add(path)
     if tried:
         names = "; ".join(f"{i.path.name} ({i.problem})" for i in tried)
         raise ResumeError(

@@ -37,7 +37,7 @@ TEMP_DIR = ".tmp"
 CACHE_DIR = "cache"
 #: Longest temp-dir path kept under the run directory: multiprocessing puts Unix sockets (at most 107 bytes of
 #: path) at TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX.
-MAX_SCRATCH_PATH = 70
+MAX_SCRATCH_PATH = 75
 
 
 def default_loggers(root: str | Path) -> list:
@@ -101,32 +101,53 @@ def is_complete(root: str | Path) -> bool:
 def use_run_scratch(root: str | Path, rank: int = 0) -> Path:
     """Send this process's temporary files and compiler caches into the run directory.
 
-    ``TMPDIR`` (Python's ``tempfile``, loader workers, litdata, fsspec) becomes ``ROOT/.tmp/rank<N>``, emptied
-    first, since what a killed run left there goes at the next start, and removed when the process exits.
+    ``TMPDIR`` (Python's ``tempfile``, loader workers, litdata, fsspec) becomes ``ROOT/.tmp/<rank>``, emptied
+    first, since what a killed run left there goes at the next start, and removed by `release_run_scratch`.
     Where that path is too long for the Unix sockets that multiprocessing puts in the temp dir, a folder named
     after the run in the system temp dir takes its place (emptied and removed the same way). torch.compile's
     caches (inductor, triton) go to ``ROOT/cache`` unless the user chose a place (``TORCHINDUCTOR_CACHE_DIR``,
     ``TRITON_CACHE_DIR``). Child processes inherit the environment.
     """
     root = Path(root).absolute()
-    scratch = root / TEMP_DIR / f"rank{rank}"
+    scratch = root / TEMP_DIR / str(rank)
     if len(str(scratch)) > MAX_SCRATCH_PATH:
         digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
-        scratch = Path(tempfile.gettempdir()) / f"ouro-run-{digest}" / f"rank{rank}"
+        scratch = Path(tempfile.gettempdir()) / f"ouro-run-{digest}" / str(rank)
+    release_run_scratch()
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True, exist_ok=True)
+    names = ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+    _scratch_state.update(
+        scratch=scratch, tempdir=tempfile.tempdir, env={n: os.environ.get(n) for n in names}
+    )
     os.environ["TMPDIR"] = str(scratch)
     tempfile.tempdir = str(scratch)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / CACHE_DIR / "torchinductor"))
     os.environ.setdefault("TRITON_CACHE_DIR", str(root / CACHE_DIR / "triton"))
-    atexit.register(clear_run_scratch, scratch)
     return scratch
 
 
-def clear_run_scratch(scratch: Path) -> None:
-    """Remove a run's temporary folder (see `use_run_scratch`), and its parent once no other rank uses it."""
+#: The scratch folder in use and what `use_run_scratch` replaced (restored by `release_run_scratch`).
+_scratch_state: dict[str, Any] = {}
+
+
+def release_run_scratch() -> None:
+    """Remove the run's temporary folder (and ``.tmp`` once no other rank uses it) and restore ``TMPDIR`` and
+    the cache variables as they were. Runs at the end of ``ouro fit`` and, as a fallback, at interpreter exit."""
+    if not _scratch_state:
+        return
+    scratch = _scratch_state.pop("scratch")
+    tempfile.tempdir = _scratch_state.pop("tempdir")
+    for name, value in _scratch_state.pop("env").items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         scratch.parent.rmdir()
     except OSError:
         pass
+
+
+atexit.register(release_run_scratch)

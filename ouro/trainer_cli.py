@@ -22,6 +22,7 @@ from ouro.run_dir import (
     RunConfigCallback,
     default_checkpoint,
     default_loggers,
+    release_run_scratch,
     use_run_scratch,
 )
 
@@ -115,6 +116,7 @@ def run_trainer_cli(args: list[str]) -> OuroCLI:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        release_run_scratch()
 
 
 def _build_cli(args: list[str]) -> OuroCLI:

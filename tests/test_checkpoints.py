@@ -54,12 +54,12 @@ def test_find_run_checkpoint_prefers_last_then_newest(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     older, newer = folder / "step-1.ckpt", folder / "step-2.ckpt"
-    older.write_bytes(b"1")
-    newer.write_bytes(b"2")
+    torch.save({"state_dict": {}, "global_step": 1}, older)
+    torch.save({"state_dict": {}, "global_step": 2}, newer)
     past = time.time() - 100
     os.utime(older, (past, past))
     assert find_run_checkpoint(tmp_path) == newer
-    (folder / "last.ckpt").write_bytes(b"3")
+    torch.save({"state_dict": {}, "global_step": 3}, folder / "last.ckpt")
     assert find_run_checkpoint(tmp_path) == folder / "last.ckpt"
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +85,51 @@ def test_finished_stages_are_skipped_and_dry_run_prints(recipes, capsys):
         mark_complete(Path("runs", name), {"stage": name})
     pipeline(str(recipes / "p.yaml"))  # nothing to run: both complete
     assert capsys.readouterr().out.count("skipped") == 2
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_the_pipeline_kills_its_stage(tmp_path, how):
+    """A stage never goes on alone (and later marks itself complete) after its pipeline is killed."""
+    (tmp_path / "long.yaml").write_text("trainer:\n  max_steps: 100000\n")
+    (tmp_path / "p.yaml").write_text("run_root: runs\nstages:\n  - long.yaml\n")
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{root}"}
+    command = [sys.executable, "-m", "ouro.cli", "pipeline", "p.yaml"]
+    parent = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not (stages := _children(parent.pid)) and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.05)
+    assert stages, parent.stderr.read().decode()[-2000:] if parent.poll() is not None else "no stage started"
+    time.sleep(0.5)  # the stage is running (importing) when its parent goes
+    os.kill(parent.pid, how)
+    code = parent.wait(timeout=60)
+    assert code == (-signal.SIGKILL if how == signal.SIGKILL else 128 + signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in stages) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in stages), "the stage outlived its pipeline"
+    assert not (tmp_path / "runs" / "long" / "stage_complete.json").exists()

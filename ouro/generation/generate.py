@@ -167,6 +167,14 @@ def generate(
     )
     device = next(model.parameters()).device
     ids, valid = left_pad(ids_list, pad, device)
+    positions = ids.shape[1] + max_new_tokens
+    if positions > config.max_position_embeddings:
+        room = config.max_position_embeddings - ids.shape[1]
+        fix = f"lower max_new_tokens to {room}" if room > 0 else "shorten the prompt"
+        raise ValueError(
+            f"the prompt ({ids.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) needs {positions} "
+            f"positions but the model has max_position_embeddings {config.max_position_embeddings}; {fix}"
+        )
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     was_training = model.training
     model.eval()

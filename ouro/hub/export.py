@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from ouro.atomic import remove_stale_temporaries, replace_directory, temporary_sibling
 from ouro.checkpoints import PROVENANCE_FILE, ModelSource, build_model, read_source
+from ouro.errors import WriteError, describe_write_failure
 
 REMOTE_CODE_DIR = Path(__file__).parent / "remote_code"
 REMOTE_CODE_FILES = ("configuration_ouro.py", "modeling_ouro.py")
@@ -115,7 +116,8 @@ def export_source(
         )
     tokenizer_file = resolve_tokenizer_file(tokenizer_source)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    remove_stale_temporaries(out.parent, name=out.name)  # what an interrupted export of out_dir left
+    tmp = temporary_sibling(out)
     tmp.mkdir()
     try:
         special = write_tokenizer_files(tokenizer_file, tmp, loaded.config.max_position_embeddings)
@@ -146,9 +148,15 @@ def export_source(
         (tmp / "README.md").write_text(card)
         for path in tmp.iterdir():
             path.chmod(0o644)
-        _replace(tmp, out)
-    except BaseException:
+        replace_directory(tmp, out)
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+            intact = f"the previous export {out} is intact" if out.exists() else f"{out} was not created"
+            needed = sum(t.numel() for t in loaded.state_dict.values()) * DTYPES[dtype].itemsize
+            raise WriteError(
+                describe_write_failure("export", out, error, needed, intact), error.errno
+            ) from None
         raise
     return out
 
@@ -173,14 +181,3 @@ def _transformers_version() -> str:
         return version("transformers")
     except Exception:
         return "4.56.0"
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished export into place; an existing folder is removed only after the rename."""
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        tmp.rename(out)

@@ -216,3 +216,21 @@ def test_evaluate_on_a_training_model_restores_its_mode(tasks, exported):
     assert list(results.tasks["toy_choice"]) == ["step1", "step2"]
     assert results.tasks["toy_choice"]["step1"].requests == 2 * 3  # two documents, three choices each
     assert results.flat()["toy_choice/step2"] == results.metric("toy_choice", "step2")
+
+
+@pytest.mark.parametrize(
+    "model, folder",
+    [
+        ("runs/quickstart/checkpoints/last.ckpt", "eval/quickstart-last"),
+        ("runs/quickstart", "eval/quickstart"),
+        ("out/ouro-1.4b/", "eval/ouro-1.4b"),
+        ("ByteDance/Ouro-1.4B", "eval/Ouro-1.4B"),
+        ("step.ckpt", "eval/step"),
+    ],
+)
+def test_default_output_folder_is_named_after_the_model(model, folder):
+    from pathlib import Path
+
+    from ouro.eval.cli import default_output
+
+    assert default_output(model) == Path(folder)

@@ -9,9 +9,11 @@ from typing import Literal
 
 def default_output(model: str) -> Path:
     """``eval/<model name>``: the model's last path component (or Hub id), made safe for a folder name."""
-    name = Path(model.rstrip("/")).name or "model"
-    if name.endswith(".ckpt"):
-        name = f"{Path(model).parent.name}-{Path(name).stem}"
+    path = Path(model.rstrip("/"))
+    name = path.name or "model"
+    if path.suffix == ".ckpt":  # runs/<run>/checkpoints/last.ckpt -> <run>-last
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        name = f"{run.name}-{path.stem}" if run.name else path.stem
     return Path("eval") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 

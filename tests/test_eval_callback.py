@@ -110,7 +110,7 @@ def test_token_and_time_budgets_cut_questions_and_tasks_and_say_so(tmp_path, cap
     _fit(tmp_path / "time", slow, steps=1)
     cut = slow.history[-1]["cut"]
     # The first difficulty starts before any time has passed; everything after it is cut.
-    assert cut == [f"ouro_binding_d{d} (over 1e-09 s)" for d in range(2, 7)] + [
+    assert cut == [f"ouro_binding_d{d} (over 1e-09 s)" for d in range(2, 5)] + [
         "ouro_arith_d1 (over 1e-09 s)"
     ]
     assert {k.split("/")[1] for k in slow.history[-1]["metrics"] if k != "eval/seconds"} == {
@@ -133,7 +133,7 @@ def test_resume_state_and_schedule():
             {"tasks": "ouro_nope"},
             r"unknown built-in task 'ouro_nope'; families are \['arith', 'binding', 'lookup'\]",
         ),
-        ({"tasks": "ouro_binding_d9"}, r"'ouro_binding_d9' does not exist; binding has difficulties 1..6"),
+        ({"tasks": "ouro_binding_d9"}, r"'ouro_binding_d9' does not exist; binding has difficulties 1..4"),
         ({"every_tokens": 0}, r"every_tokens must be >= 1"),
         ({"max_seconds": 0}, r"max_seconds must be > 0"),
         ({"tasks": []}, r"tasks must name at least one task"),

@@ -219,3 +219,40 @@ def test_direct_scores_equal_one_question_at_a_time(builtin_tokenizer):
     for key in got:
         assert got[key] == pytest.approx(expected[key]), key
     assert expected["q1/depth"] == 3 and expected["q0.3/depth"] < 3
+
+
+def test_lm_eval_through_ouro_eval_scores_what_the_direct_scorer_scores(builtin_tokenizer, monkeypatch):
+    """The materialised YAMLs run end to end in lm-eval through the ``ouro`` backend, with the same numbers."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from ouro.eval.runner import evaluate
+
+    torch.manual_seed(1)
+    config = OuroConfig.preset("tiny", vocab_size=builtin_tokenizer.get_vocab_size(), total_ut_steps=2)
+    model = OuroForCausalLM(config).eval()
+    results = evaluate(
+        model, builtin_tokenizer, "ouro_binding_d2", exit_thresholds=[0.6], limit=16, progress=False
+    )
+    direct = score_questions(model, builtin_tokenizer, eval_questions("binding", 2, 16), (0.6,))
+    for key in ("step1", "step2", "q0.6"):
+        assert results.metric("ouro_binding_d2", key) == pytest.approx(direct[key]), key
+
+
+def test_training_source_prepares_curriculum_shards(tmp_path, monkeypatch):
+    import ouro.data.builtin as builtin
+    from ouro.data.builtin_sources import builtin_dirs
+    from ouro.eval.suite import training_data
+
+    tokenizer = builtin.builtin_tokenizer_path()
+    monkeypatch.setattr(builtin, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(builtin, "builtin_tokenizer_path", lambda: tokenizer)
+    monkeypatch.setattr(training_data, "TRAIN_DOCUMENTS", 400)
+    monkeypatch.setattr(training_data, "VAL_DOCUMENTS", 40)
+    dirs = builtin_dirs("builtin-binding", "pretrain")
+    assert all((d / "manifest.json").is_file() for d in dirs.values())
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "suite-v1" / "binding" / "train.jsonl").read_text().splitlines()
+    ]
+    assert [r["text"] for r in rows] == [t for _, t in training_documents("binding", 400, [1, 2, 3, 4])]
+    assert max(r["difficulty"] for r in rows[:100]) == 1 and max(r["difficulty"] for r in rows[300:]) == 4
+    assert builtin_dirs("builtin-binding", "pretrain") == dirs  # prepared once

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ouro.data.errors import DataError
@@ -91,3 +92,20 @@ register(
         "multi-hop variable-resolution conversations with <think> traces",
     )
 )
+
+
+def _suite_family(family: str, format: str, seq_len: int | None, workers: int | None) -> dict[str, Path]:
+    from ouro.eval.suite.training_data import ensure_suite_shards
+
+    return ensure_suite_shards(family)
+
+
+for _family in ("binding", "arith", "lookup"):  # training text of the built-in eval suite's families
+    register(
+        BuiltinSource(
+            f"builtin-{_family}",
+            ("pretrain",),
+            partial(_suite_family, _family),
+            f"{_family} questions of the built-in eval suite, difficulties 1-4 in curriculum order",
+        )
+    )

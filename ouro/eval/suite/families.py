@@ -47,8 +47,9 @@ class Binding:
     """Variable-binding chains: two chains of ``difficulty`` assignments each, statements shuffled."""
 
     name: str = "binding"
-    num_variables: int = 12
-    """Letters the variables are drawn from (two chains need 2 x difficulty of them)."""
+    num_variables: int = 8
+    """Letters the variables are drawn from (two chains need 2 x difficulty of them): few symbols, so a small
+    model learns the look-ups quickly."""
 
     @property
     def difficulties(self) -> range:

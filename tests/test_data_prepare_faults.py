@@ -188,18 +188,18 @@ def test_overwrite_replaces_only_what_a_prepare_wrote(corpus, tmp_path):
     assert folder_bytes(out) == folder_bytes(corpus["reference"]), "a prepared folder is redone whole"
 
 
-_NODE = "import sys; from ouro.data.prepare import prepare; prepare([sys.argv[1]], sys.argv[2], tokenizer=sys.argv[3], num_workers=1, chunk_tokens=int(sys.argv[4]))"
-
-
 def test_two_nodes_equal_one_machine(corpus, tmp_path):
-    """Two "nodes" (processes with OURO_NUM_NODES=2 and their rank) share the output folder: each writes its units,
+    """Two "nodes" (`ouro prepare --num_nodes env` with OURO_NUM_NODES=2 and a rank) share the output folder: each
+    writes its units,
     the last to finish writes the index and manifest; the folder is byte for byte the one-machine prepare."""
     import os
 
     out = tmp_path / "out"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _NODE, corpus["inputs"], str(out), corpus["tokenizer"], str(CHUNK)],
+            [sys.executable, "-m", "ouro.cli", "prepare", corpus["inputs"], str(out)]
+            + ["--tokenizer", corpus["tokenizer"], "--chunk_tokens", str(CHUNK), "--num_workers", "1"]
+            + ["--num_nodes", "env"],
             env={**os.environ, "OURO_NUM_NODES": "2", "OURO_NODE_RANK": str(rank)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -211,6 +211,23 @@ def test_two_nodes_equal_one_machine(corpus, tmp_path):
     assert sum("prepared " in log for log in logs) == 1, "exactly one node merged"
     assert folder_bytes(out) == folder_bytes(corpus["reference"])
     assert not (tmp_path / ".out.incomplete").exists()
+
+
+def test_node_split_from_the_environment_only_when_asked(monkeypatch):
+    from ouro.data.nodes import node_split
+
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")
+    assert node_split() == (1, 0), "a job in a SLURM array does not split a prepare unless asked"
+    assert node_split("env") == (4, 2)
+    monkeypatch.setenv("OURO_NUM_NODES", "3")
+    monkeypatch.setenv("OURO_NODE_RANK", "1")
+    assert node_split("env") == (3, 1)
+    for name in ("OURO_NUM_NODES", "SLURM_ARRAY_TASK_COUNT"):
+        monkeypatch.delenv(name)
+    with pytest.raises(DataError, match="none of OURO_NUM_NODES"):
+        node_split("env")
 
 
 def test_one_node_alone_writes_no_manifest(corpus, tmp_path, capsys):

@@ -275,8 +275,8 @@ def prepare(
     chunk_tokens: int = 1 << 24,
     skip_bad: bool = False,
     overwrite: bool = False,
-    num_nodes: int | None = None,
-    node_rank: int | None = None,
+    num_nodes: int | Literal["env"] = 1,
+    node_rank: int = 0,
 ) -> Manifest | None:
     """Tokenize documents into litdata token shards with a manifest; the same inputs give the same bytes.
 
@@ -291,8 +291,8 @@ def prepare(
         chunk_tokens: Tokens per shard file; input files are grouped into units of at least this many bytes, each tokenized by one worker.
         skip_bad: Skip bad records (and unreadable files) and count them instead of stopping at the first.
         overwrite: Redo an output_dir that an earlier prepare wrote (possibly from other inputs); never replaces a folder that no prepare wrote.
-        num_nodes: Machines sharing this prepare (default: OURO_NUM_NODES, a SLURM array's task count, or 1); output_dir must be shared storage.
-        node_rank: This machine's index among num_nodes (default: OURO_NODE_RANK or the SLURM array task index).
+        num_nodes: Machines sharing this prepare (output_dir must be storage they all reach), or 'env': read node count and rank from OURO_NUM_NODES / OURO_NODE_RANK, a SLURM job array, or litdata's DATA_OPTIMIZER_NUM_NODES / DATA_OPTIMIZER_NODE_RANK.
+        node_rank: This machine's index among num_nodes (0 .. num_nodes - 1; ignored with num_nodes 'env').
     """
     field = text_field or ("messages" if format == "sft" else "text")
     if format not in ("pretrain", "sft"):

@@ -234,3 +234,19 @@ def test_default_output_folder_is_named_after_the_model(model, folder):
     from ouro.eval.cli import default_output
 
     assert default_output(model) == Path(folder)
+
+
+def test_python_m_ouro_eval_is_lm_evals_command_line_with_the_backend(tasks, exported):
+    import subprocess
+    import sys
+
+    folder, model, tokenizer = exported
+    command = [sys.executable, "-m", "ouro.eval", "--model", "ouro", "--model_args"]
+    command += [f"pretrained={folder},exit_step=2", "--tasks", "toy_choice", "--include_path", str(tasks)]
+    result = subprocess.run(
+        [*command, "--device", "cpu"], capture_output=True, text=True, timeout=600, env=dict(os.environ)
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("|toy_choice"))
+    value = float(row.split("|")[7])
+    assert value == pytest.approx(reference_accuracy(model, tokenizer, 2), abs=1e-4)

@@ -205,8 +205,10 @@ class OuroLM(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.compile_layers:
+            # dynamic=True: one graph for every batch and sequence size, so schedules that change the sequence
+            # length or split rows mid-stage do not recompile (loop count and RoPE base never reach the graph).
             for layer in self.net.model.layers:
-                layer.compile()
+                layer.compile(dynamic=True)
 
     # ------------------------------------------------------------------------------------------------ step
     def _flatten(self, batch: dict[str, torch.Tensor]):

@@ -143,7 +143,8 @@ class Attention(nn.Module):
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             if cache is not None:
                 k, v = cache.update(step, self.layer_idx, k, v)
-            out = _sdpa_attention(q, k, v, layout.sdpa_mask(), dropout).transpose(1, 2)
+            out = _sdpa_attention(q, k, v, layout.sdpa_mask(), dropout, cached=cache is not None)
+            out = out.transpose(1, 2)
         return self.o_proj(out.reshape(batch, seq, self.num_heads * self.head_dim))
 
     @staticmethod
@@ -165,13 +166,20 @@ class Attention(nn.Module):
 
 
 def _sdpa_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout: float,
+    cached: bool = False,
 ) -> torch.Tensor:
-    """q (batch, heads, q_len, dim), k/v (batch, kv_heads, kv_len, dim)."""
+    """q (batch, heads, q_len, dim), k/v (batch, kv_heads, kv_len, dim); ``cached``: k/v hold earlier tokens."""
     gqa = k.shape[1] != q.shape[1]
     if mask is None:
         # Plain causal attention; with a cache of earlier tokens the queries are the last q_len positions.
-        causal = q.shape[2] == k.shape[2]
+        # Without a cache q and k cover the same tokens: a plain bool, so a compiled layer whose sequence length
+        # is dynamic (it changed mid-stage) does not break its graph on a symbolic comparison here.
+        causal = not cached or q.shape[2] == k.shape[2]
         if not causal:
             q_len, kv_len = q.shape[2], k.shape[2]
             mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
+from ouro.chat import format_chat  # noqa: E402
 from ouro.config import OuroConfig  # noqa: E402
-from ouro.generation import format_chat, generate  # noqa: E402
+from ouro.generation import generate  # noqa: E402
 from ouro.hub.export import export  # noqa: E402
 from ouro.model import OuroForCausalLM  # noqa: E402
 

@@ -180,3 +180,14 @@ def test_missing_include_names_the_file(tmp_path, capsys):
     recipe.write_text("model:\n  model:\n    <<: !include nowhere.yaml\n")
     with pytest.raises(RecipeError, match="nowhere.yaml"):
         read_recipe(recipe)
+
+
+def test_gpu_recipes_compile_and_cpu_recipes_do_not():
+    """The fast path is the default where it pays: compiled layers on GPU; CPU runs are shorter than a compile.
+    (Read as files: every recipe also parses through ``ouro fit`` in `test_recipe_parses`.)"""
+    from ouro.recipe_yaml import read_recipe
+
+    for path in sorted(RECIPES.glob("*.yaml")) + sorted((RECIPES / "tiny").glob("*.yaml")):
+        recipe = read_recipe(path)
+        on_gpu = recipe["trainer"].get("accelerator") == "gpu"
+        assert recipe["model"].get("compile", False) is on_gpu, path

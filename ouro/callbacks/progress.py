@@ -45,7 +45,9 @@ class StageProgress(TQDMProgressBar):
         return name
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
+        # Not Lightning's version, which would first draw "Epoch 0" with a batch count.
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
         bar = self.train_progress_bar
         total, done, unit = self.progress(trainer, pl_module)
         bar.reset(total=total)

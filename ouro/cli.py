@@ -45,7 +45,10 @@ def configure_parsing() -> None:
 
 def tool_arguments(command: str, args: list[str]) -> tuple[Callable, list[str]]:
     """The function behind a tool command and its arguments as jsonargparse reads them."""
+    from ouro.library_warnings import filter_harmless_warnings
+
     configure_parsing()
+    filter_harmless_warnings()
     function = _load(_tool_commands()[command][0])
     # Accept --repo-id as well as --repo_id: jsonargparse spells options with underscores.
     return function, _bare_flags_to_true([_underscore_option(a) for a in args], function)

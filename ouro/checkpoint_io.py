@@ -125,6 +125,8 @@ class AtomicShardedSave:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         final = Path(self.broadcast(str(filepath)))
         staging = Path(self.broadcast(str(temporary_sibling(final))))
+        if self.global_rank == 0 and final.is_dir():
+            warn_if_short_of_space(final, sum(p.stat().st_size for p in final.rglob("*") if p.is_file()))
         super().save_checkpoint(checkpoint, staging, storage_options)
         self.barrier("ouro_sharded_checkpoint_written")
         if self.global_rank == 0:

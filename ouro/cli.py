@@ -138,6 +138,9 @@ def _dispatch(args: list[str]) -> None:
     command = args[0]
     tools = _tool_commands()
     if command in tools:
+        from ouro.preflight import choose_compile_caches
+
+        choose_compile_caches(args[1:], trainer_command=False)
         from jsonargparse import auto_cli
 
         function, options = tool_arguments(command, args[1:])
@@ -146,6 +149,9 @@ def _dispatch(args: list[str]) -> None:
     if command not in TRAINER_COMMANDS:
         print(f"ouro: unknown command {command!r}; run `ouro --help` for the list", file=sys.stderr)
         raise SystemExit(2)
+    from ouro.preflight import choose_compile_caches
+
+    choose_compile_caches(args[1:], trainer_command=True)
     from ouro.trainer_cli import run_trainer_cli
 
     run_trainer_cli(args)

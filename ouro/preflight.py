@@ -3,10 +3,13 @@
 * `check_recipe_syntax`: every ``--config`` file parses as YAML (the line and column of the first error,
   instead of LightningCLI's usage dump).
 * `check_sequence_fits`: the sequences the stage trains on fit the model's ``max_position_embeddings``.
+* `choose_compile_caches`: torch.compile's caches go under the run directory, not the system temp dir (set
+  before torch's compiler is imported, which creates them).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +72,45 @@ def check_sequence_fits(max_positions: int, datamodule: Any, callbacks: list[Any
                 f"has no positions past {max_positions}; raise max_position_embeddings to at least {length} "
                 f"or lower {name}"
             )
+
+
+#: Cache folders of torch.compile (inductor, triton), under ``RUN/cache/`` unless the user set them.
+COMPILE_CACHES = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR": "triton"}
+#: Set when the cache variables were chosen by ``ouro`` (a pipeline's stages then choose their own).
+CACHES_CHOSEN_BY_OURO = "OURO_COMPILE_CACHES_DEFAULTED"
+
+
+def run_directory(args: list[str]) -> Path:
+    """``trainer.default_root_dir`` as a trainer command's arguments and ``--config`` files set it (last wins)."""
+    root = None
+    for index, arg in enumerate(args):
+        following = args[index + 1] if index + 1 < len(args) else None
+        if arg == "--trainer.default_root_dir" and following:
+            root = following
+        elif arg.startswith("--trainer.default_root_dir="):
+            root = arg.split("=", 1)[1]
+        elif arg in ("--config",) or arg.startswith("--config="):
+            name = following if arg == "--config" else arg.split("=", 1)[1]
+            try:
+                trainer = (read_recipe(name) or {}).get("trainer") or {}
+            except Exception:
+                continue  # reported by check_recipe_syntax / LightningCLI
+            if isinstance(trainer, dict) and trainer.get("default_root_dir"):
+                root = str(trainer["default_root_dir"])
+    return Path(root or "runs/default")
+
+
+def choose_compile_caches(args: list[str], trainer_command: bool) -> None:
+    """Point torch.compile's caches at ``RUN/cache/`` for a trainer command (kept for resumes), else at the user's
+    cache folder (``~/.cache/ouro``), unless the user set ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR``.
+    Their default, ``/tmp/torchinductor_<user>``, is created as soon as Lightning is imported."""
+    chosen_by_ouro = os.environ.get(CACHES_CHOSEN_BY_OURO) == "1"
+    if not chosen_by_ouro and any(name in os.environ for name in COMPILE_CACHES):
+        return
+    if trainer_command:
+        base = run_directory(args).absolute() / "cache"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ouro"
+    for name, folder in COMPILE_CACHES.items():
+        os.environ[name] = str(base / folder)
+    os.environ[CACHES_CHOSEN_BY_OURO] = "1"

@@ -48,18 +48,18 @@ class Inspection:
     problem: str | None = None
 
 
-def _load_structure(path: Path) -> Any:
+def _load_structure(path: Path, weights_only: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
     except RuntimeError as error:
         if "mmap" not in str(error):
             raise
-        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        return torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy (non-zip) format
 
 
-def inspect_checkpoint(path: str | Path) -> Inspection:
+def inspect_checkpoint(path: str | Path, trusted: bool = False) -> Inspection:
     """Open ``path`` as a resumable Lightning checkpoint; raise `UntrustedCheckpointError` if ``weights_only``
-    refuses it."""
+    refuses it (``trusted``: the user passed ``--weights_only false``, so it is opened without that check)."""
     path = Path(path)
     target = path
     if path.is_dir():
@@ -71,7 +71,7 @@ def inspect_checkpoint(path: str | Path) -> Inspection:
         if not target.is_file():
             return Inspection(path, problem=f"sharded checkpoint folder without {SHARDED_METADATA}")
     try:
-        checkpoint = _load_structure(target)
+        checkpoint = _load_structure(target, weights_only=not trusted)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "Weights only load failed" in str(error) and "Unsupported global" in str(error):
@@ -130,7 +130,7 @@ def _say(line: str) -> None:
 
 
 def newest_readable_checkpoint(
-    run_dir: str | Path, move_aside: bool = False, quiet: bool = False
+    run_dir: str | Path, move_aside: bool = False, quiet: bool = False, trusted: bool = False
 ) -> Inspection | None:
     """The checkpoint ``run_dir`` resumes from (see the module docstring); None if it has none.
 
@@ -139,6 +139,7 @@ def newest_readable_checkpoint(
         move_aside: Rename each unreadable checkpoint to ``<name>.unreadable-<time>`` (the run will write a new
             ``last.ckpt`` into this folder) and remove temporary files left by interrupted writes.
         quiet: Do not print the line about each unreadable checkpoint.
+        trusted: Open checkpoints without ``weights_only`` (the user passed ``--weights_only false``).
 
     Raises:
         ResumeError: checkpoints exist but none is readable (the message names each and why).
@@ -148,7 +149,7 @@ def newest_readable_checkpoint(
         remove_stale_temporaries(Path(run_dir) / "checkpoints")
     tried: list[Inspection] = []
     for path in candidates(run_dir):
-        inspection = inspect_checkpoint(path)
+        inspection = inspect_checkpoint(path, trusted)
         if inspection.problem is None:
             return _later_numbered(inspection) if path.name == "last.ckpt" else inspection
         tried.append(inspection)
@@ -220,7 +221,9 @@ def check_resume_settings(
         )
 
 
-def resume_checkpoint(run_dir: str | Path, ckpt_path: str | None, datamodule: Any) -> str | None:
+def resume_checkpoint(
+    run_dir: str | Path, ckpt_path: str | None, datamodule: Any, trusted: bool = False
+) -> str | None:
     """The checkpoint ``ouro fit`` resumes from: ``--ckpt_path`` if given, else the run directory's newest
     readable checkpoint (rank 0 moves unreadable ones aside); None starts the stage. Refuses a checkpoint
     ``weights_only`` rejects and a resume with changed data settings."""
@@ -229,13 +232,15 @@ def resume_checkpoint(run_dir: str | Path, ckpt_path: str | None, datamodule: An
     rank_zero = rank_zero_only.rank == 0
     run_dir = Path(run_dir)
     if ckpt_path is None:
-        found = newest_readable_checkpoint(run_dir, move_aside=rank_zero, quiet=not rank_zero)
+        found = newest_readable_checkpoint(
+            run_dir, move_aside=rank_zero, quiet=not rank_zero, trusted=trusted
+        )
         if found is None:
             return None
         if rank_zero:
             _say(f"resuming {run_dir} from {found.path}")
     elif Path(ckpt_path).exists():
-        found = inspect_checkpoint(ckpt_path)
+        found = inspect_checkpoint(ckpt_path, trusted)
         if found.problem is not None:
             raise ResumeError(f"--ckpt_path {ckpt_path} is unreadable ({found.problem})")
     else:

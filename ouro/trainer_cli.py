@@ -93,11 +93,12 @@ class OuroCLI(LightningCLI):
         check_sequence_fits(
             self.model.config.max_position_embeddings, self.datamodule, self.trainer.callbacks
         )
-        ckpt_path = resume_checkpoint(root, fit_config.get("ckpt_path"), self.datamodule)
-        fit_config["ckpt_path"] = ckpt_path
-        self.trainer.callbacks.append(ResumeSettings(data_settings(self.datamodule)))
         if fit_config.get("weights_only") is None:
             fit_config["weights_only"] = True
+        trusted = fit_config["weights_only"] is False
+        ckpt_path = resume_checkpoint(root, fit_config.get("ckpt_path"), self.datamodule, trusted)
+        fit_config["ckpt_path"] = ckpt_path
+        self.trainer.callbacks.append(ResumeSettings(data_settings(self.datamodule)))
         self.model.resuming = ckpt_path is not None
         self.model.stage_name = root.name
         configs = self.config["fit"].get("config") or []

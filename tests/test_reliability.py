@@ -355,6 +355,10 @@ def test_resume_with_another_batch_size_is_refused_by_ouro_fit(tmp_path, capsys)
         f"directory with --model.init_from {run}"
     )
     assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 1
+    # Resumed with another checkpoint interval (a new ModelCheckpoint state): one last.ckpt, no last-v1.ckpt.
+    _fit_in_process(*_fit_args(_recipe(tmp_path, 2), run, "--checkpoint_every_n_steps", "1"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step-00000002.ckpt"]
+    assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 2
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
@@ -473,3 +477,26 @@ def test_generation_past_the_positions_is_refused():
         generate(model, list(range(1, 11)), max_new_tokens=7)
     with pytest.raises(ValueError, match="shorten the prompt"):
         generate(model, list(range(1, 17)), max_new_tokens=1)
+
+
+def test_compile_caches_go_under_the_run_directory(tmp_path, monkeypatch):
+    from ouro.preflight import CACHES_CHOSEN_BY_OURO, choose_compile_caches, run_directory
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("trainer:\n  default_root_dir: runs/a\n")
+    assert run_directory(["--config", str(recipe)]) == Path("runs/a")
+    assert run_directory([f"--config={recipe}", "--trainer.default_root_dir", "runs/b"]) == Path("runs/b")
+    assert run_directory(["--trainer.default_root_dir=runs/b", "--config", str(recipe)]) == Path("runs/a")
+    monkeypatch.delenv(CACHES_CHOSEN_BY_OURO, raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/mine")
+    choose_compile_caches(["--config", str(recipe)], trainer_command=True)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine", "the user's choice wins"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    choose_compile_caches(["--config", str(recipe)], trainer_command=True)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "runs" / "a" / "cache" / "torchinductor")
+    choose_compile_caches(
+        ["--trainer.default_root_dir", "runs/c"], trainer_command=True
+    )  # a pipeline's next stage
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "runs" / "c" / "cache" / "triton")

@@ -142,3 +142,23 @@ def test_resume_state_and_schedule():
 def test_bad_settings_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EvalInTraining(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "overlay, layers, steps",
+    [(None, 2, 4), ("one_pass.yaml", 2, 1), ("one_pass_deep.yaml", 8, 1)],
+)
+def test_demo_arms_differ_only_in_depth(overlay, layers, steps, capsys, monkeypatch):
+    """The demonstration's three arms: same data, budget and evaluation; layers x passes = 8, 2 or 8."""
+    from tests.test_recipes import ROOT, resolved
+
+    monkeypatch.chdir(ROOT)
+    paths = [ROOT / "recipes/demo/looped.yaml"] + ([ROOT / "recipes/demo" / overlay] if overlay else [])
+    config = resolved(paths, capsys)
+    model = config["model"]["model"]
+    assert (model["num_hidden_layers"], model["total_ut_steps"], model["hidden_size"]) == (layers, steps, 64)
+    data = config["data"]["init_args"]
+    assert (data["sources"], data["shuffle"]) == ("builtin-binding", False)
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in config["trainer"]["callbacks"]}
+    assert callbacks["EvalInTraining"]["tasks"] == ["ouro_binding"]
+    assert callbacks["TokenBudget"]["max_tokens"] == 800_000

@@ -106,12 +106,12 @@ class Arithmetic:
 
     def question(self, rng: random.Random, difficulty: int) -> Question:
         expression, answer = self._expression(rng, difficulty)
-        return Question(f"arith: {expression}", answer, DIGITS[: self.modulus], difficulty)
+        return Question(f"{self.name}: {expression}", answer, DIGITS[: self.modulus], difficulty)
 
     def document(self, rng: random.Random, difficulty: int, count: int = 4) -> tuple[str, str]:
         """``(first prompt, text)``: ``count`` expressions of this difficulty with their answers, ``;`` apart."""
         parts = [self._expression(rng, difficulty) for _ in range(count)]
-        return f"arith: {parts[0][0]}", "arith: " + " ; ".join(" ".join(p) for p in parts)
+        return f"{self.name}: {parts[0][0]}", f"{self.name}: " + " ; ".join(" ".join(p) for p in parts)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ouro.atomic import atomic_open, atomic_write_text, replace_directory, temporary_sibling
-from ouro.errors import WriteError, describe_write_failure, free_bytes, human_bytes
+from ouro.errors import WriteError, describe_write_failure, free_bytes, human_bytes, os_error_behind
 
 #: Written last into a sharded checkpoint folder: the folder is complete only when this file exists.
 SHARDED_MARKER = "ouro_checkpoint_complete.json"
@@ -57,18 +57,6 @@ def warn_if_short_of_space(path: Path, needed: int) -> None:
         f"ouro: only {human_bytes(free)} free on the filesystem of {path.parent}; a checkpoint needs about "
         f"{human_bytes(needed)}: {outlook}. Free space now (the previous checkpoint stays intact if a write fails)."
     )
-
-
-def os_error_behind(error: BaseException) -> OSError | None:
-    """The ``OSError`` that caused ``error``: torch's zip writer turns a failed ``write`` (a full disk) into a
-    ``RuntimeError`` raised while it handles the ``OSError``."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def _is_local(path: Any) -> bool:

@@ -7,6 +7,8 @@ shows the traceback). Input the user can fix exits 2; a fault of the machine (a 
 from __future__ import annotations
 
 import errno
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -89,3 +91,21 @@ def plain_message(error: BaseException) -> str:
         if reasons:
             return "; ".join(reasons)
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def os_error_behind(error: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``error``, if any: torch's zip writer turns a failed ``write`` (a full disk) into a
+    ``RuntimeError`` raised while it handles the ``OSError``, and safetensors reports one in its message
+    (``No space left on device (os error 28)``)."""
+    seen = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        found = re.search(r"Os \{ code: (\d+)|\(os error (\d+)\)", str(current))
+        if found:
+            code = int(found.group(1) or found.group(2))
+            return OSError(code, os.strerror(code))
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -500,3 +500,64 @@ def test_compile_caches_go_under_the_run_directory(tmp_path, monkeypatch):
         ["--trainer.default_root_dir", "runs/c"], trainer_command=True
     )  # a pipeline's next stage
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "runs" / "c" / "cache" / "triton")
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """``mount(size)``: a real tmpfs of ``size`` bytes (needs root with mount rights; skipped elsewhere)."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        folder = tmp_path / "small"
+        folder.mkdir()
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a small tmpfs here")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_real_full_disk_during_export_keeps_the_previous_export(tmp_path, small_filesystem, capsys):
+    """The same guarantee on a real filesystem that fills up: the second export needs room for both copies."""
+    from test_export import make_model, make_tokenizer, write_checkpoint
+
+    source = write_checkpoint(tmp_path / "last.ckpt", make_model(), make_tokenizer(tmp_path / "t.json"))
+    main(["export", str(source), str(tmp_path / "measure")])
+    size = sum(p.stat().st_size for p in (tmp_path / "measure").iterdir())
+    out = small_filesystem(size * 3 // 2) / "export"  # room for one export, not for two
+    main(["export", str(source), str(out)])
+    before = {p.name: _digest(p) for p in out.iterdir()}
+    with pytest.raises(SystemExit) as exited:
+        main(["export", str(source), str(out), "--overwrite", "true"])
+    assert exited.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"ouro: error: could not write export {out}: No space left on device (needs about")
+    assert line.endswith(f"the previous export {out} is intact")
+    assert {p.name: _digest(p) for p in out.iterdir()} == before
+    assert [p.name for p in out.parent.iterdir()] == ["export"], "the partial export is removed"
+
+
+def test_real_full_disk_during_fit_warns_first_and_keeps_last_checkpoint(tmp_path, small_filesystem, capsys):
+    recipe = _recipe(tmp_path, 1)
+    _fit_in_process(*_fit_args(recipe, tmp_path / "measure"))
+    size = (tmp_path / "measure" / "checkpoints" / "last.ckpt").stat().st_size
+    run = (
+        small_filesystem(size * 5 // 2) / "run"
+    )  # step 1 writes two checkpoints; step 2's first does not fit
+    with pytest.warns(
+        UserWarning, match="free on the filesystem of .*: the next checkpoint will probably not fit"
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(_fit_args(_recipe(tmp_path, 3), run, "--checkpoint_every_n_steps", "1"))
+    assert exited.value.code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(
+        f"ouro: error: could not write checkpoint {run}/checkpoints/step-00000002.ckpt: No space"
+    )
+    assert line.endswith("no partial file was left behind; rerun to resume")
+    assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step-00000001.ckpt"]

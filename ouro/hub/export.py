@@ -19,7 +19,7 @@ import torch
 
 from ouro.atomic import remove_stale_temporaries, replace_directory, temporary_sibling
 from ouro.checkpoints import PROVENANCE_FILE, ModelSource, build_model, read_source
-from ouro.errors import WriteError, describe_write_failure
+from ouro.errors import WriteError, describe_write_failure, os_error_behind
 
 REMOTE_CODE_DIR = Path(__file__).parent / "remote_code"
 REMOTE_CODE_FILES = ("configuration_ouro.py", "modeling_ouro.py")
@@ -151,11 +151,12 @@ def export_source(
         replace_directory(tmp, out)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+        os_error = os_error_behind(error)
+        if os_error is not None and not isinstance(os_error, FileNotFoundError):
             intact = f"the previous export {out} is intact" if out.exists() else f"{out} was not created"
             needed = sum(t.numel() for t in loaded.state_dict.values()) * DTYPES[dtype].itemsize
             raise WriteError(
-                describe_write_failure("export", out, error, needed, intact), error.errno
+                describe_write_failure("export", out, os_error, needed, intact), os_error.errno
             ) from None
         raise
     return out

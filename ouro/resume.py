@@ -1,16 +1,17 @@
 """Which checkpoint a run directory resumes from, when its newest one may be damaged.
 
-A run's checkpoints are ``checkpoints/last.ckpt`` and any numbered ``checkpoints/*.ckpt`` (files, or folders for
-sharded FSDP checkpoints). `newest_readable_checkpoint` tries ``last.ckpt`` first (or a numbered checkpoint
-saved after it at a later step), then the others newest first, and takes the first one that opens: ``torch.load(..., weights_only=True, mmap=True)`` reads the checkpoint's
-structure without reading its tensors, so the check costs little even at scale. A sharded folder also needs its
-completion marker (`ouro.checkpoint_io.SHARDED_MARKER`). Each damaged checkpoint is named in one line; when the
-run resumes into the same folder it is moved aside (``last.ckpt.unreadable-<time>``), never deleted, because
-the resumed run writes a new ``last.ckpt``. A checkpoint that ``weights_only`` refuses is not damaged but
-untrusted: the run stops and says so instead of silently using an older one.
+A run's checkpoints are ``checkpoints/last.ckpt`` and any numbered ``checkpoints/*.ckpt`` (files, or folders
+for sharded FSDP checkpoints). `newest_readable_checkpoint` tries ``last.ckpt`` first (or a numbered checkpoint
+saved after it at a later step), then the others newest first, and takes the first one that opens:
+``torch.load(..., weights_only=True, mmap=True)`` reads a checkpoint's structure without reading its tensors,
+so the check costs little even at scale. A sharded folder also needs its completion marker
+(`ouro.checkpoint_io.SHARDED_MARKER`). Each damaged checkpoint is named in one line; when the run resumes into
+the same folder it is moved aside (``last.ckpt.unreadable-<time>``), never deleted, because the resumed run
+writes a new ``last.ckpt``. A checkpoint that ``weights_only`` refuses is not damaged but untrusted: the run
+stops and says so instead of silently using an older one.
 
-`ResumeSettings` records the data settings a resume must keep (``seq_len``, ``batch_size``, ``num_workers``) in
-every checkpoint; `check_resume_settings` refuses a resume that changed one of them, naming it.
+`ResumeSettings` records the data settings a resume must keep (``seq_len``, ``batch_size``, ``num_workers``)
+in every checkpoint; `check_resume_settings` refuses a resume that changed one of them, naming it.
 """
 
 from __future__ import annotations

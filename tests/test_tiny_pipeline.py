@@ -58,6 +58,11 @@ def test_tiny_pipeline_runs_both_branches_end_to_end(tmp_path):
         changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
         assert changed == ["net.model.early_exit_gate.bias", "net.model.early_exit_gate.weight"]
     assert "after upcycling, last-step validation CE" in result.stderr + result.stdout
+    # In-training evaluation (EvalInTraining) logged the built-in suite at every exit step and under Q-exit.
+    header = next((runs / "stable").glob("**/metrics.csv")).read_text().splitlines()[0].split(",")
+    assert {"eval/ouro_binding/step1", "eval/ouro_binding/step4", "eval/ouro_binding/q0.9/depth"} <= set(
+        header
+    )
 
     again = _run(tmp_path)  # every stage is complete: nothing reruns
     assert again.returncode == 0 and again.stdout.count("skipped") == 13

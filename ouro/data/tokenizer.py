@@ -30,8 +30,9 @@ def resolve_tokenizer_file(name_or_path: str | Path) -> Path:
             f"{path} is a folder without tokenizer.json; point at a tokenizer.json file or a "
             "folder that holds one"
         )
-    looks_like_repo = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.suffix
-    if not looks_like_repo:
+    from ouro.checkpoints import is_hub_repo_id
+
+    if not is_hub_repo_id(name):
         raise FileNotFoundError(
             f"tokenizer {name!r} does not exist; give a tokenizer.json, a folder holding one, "
             f"'builtin', or a Hub repo id such as {OURO_TOKENIZER}"

@@ -3,20 +3,17 @@ log-likelihoods, generation, and the depth sweep running one forward."""
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
+from lm_eval.api.instance import Instance
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from ouro.config import OuroConfig
+from ouro.data.tokenizer import load_tokenizer
+from ouro.eval.backend import OuroLM
+from ouro.eval.scoring import Depth, depth_settings
+from ouro.model import OuroForCausalLM
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from lm_eval.api.instance import Instance  # noqa: E402
-
-from ouro.config import OuroConfig  # noqa: E402
-from ouro.data.tokenizer import load_tokenizer  # noqa: E402
-from ouro.eval.backend import OuroLM  # noqa: E402
-from ouro.eval.scoring import Depth, depth_settings  # noqa: E402
-from ouro.model import OuroForCausalLM  # noqa: E402
+pytestmark = pytest.mark.usefixtures("hf_offline")
 
 PAIRS = [
     ("The capital of France is", " Paris"),

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import os
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+from ouro.cli import main
+from ouro.config import OuroConfig
+from ouro.data.tokenizer import load_tokenizer
+from ouro.model import OuroForCausalLM
 
-from ouro.cli import main  # noqa: E402
-from ouro.config import OuroConfig  # noqa: E402
-from ouro.data.tokenizer import load_tokenizer  # noqa: E402
-from ouro.model import OuroForCausalLM  # noqa: E402
+pytestmark = pytest.mark.usefixtures("hf_offline")
 
 DOCS = [
     {"question": "The capital of France is", "choices": ["Paris", "London", "Rome"], "answer": 0},

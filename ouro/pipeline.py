@@ -160,8 +160,12 @@ def run_stage(command: list[str]) -> int:
 
     A forwarded signal stops the stage, and the pipeline then exits with 128 + the signal's number.
     """
+    # Its own process group: a Ctrl-C at the terminal reaches the pipeline only, which passes it on once.
     child = subprocess.Popen(
-        command, env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent(os.getpid())
+        command,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_die_with_parent(os.getpid()),
+        process_group=0,
     )
     received: list[int] = []
 

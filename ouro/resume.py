@@ -27,7 +27,7 @@ import torch
 from lightning import Callback
 
 from ouro.atomic import remove_stale_temporaries
-from ouro.checkpoint_io import SHARDED_MARKER
+from ouro.checkpoint_io import SHARDED_MARKER, is_complete_sharded
 from ouro.errors import ResumeError
 
 #: Lightning's metadata file inside a sharded checkpoint folder.
@@ -64,7 +64,7 @@ def inspect_checkpoint(path: str | Path, trusted: bool = False) -> Inspection:
     path = Path(path)
     target = path
     if path.is_dir():
-        if not (path / SHARDED_MARKER).is_file():
+        if not is_complete_sharded(path):
             return Inspection(
                 path, problem=f"sharded checkpoint folder without {SHARDED_MARKER}: not finished"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
 from pathlib import Path
 
 import pyarrow as pa
@@ -197,7 +198,13 @@ def _old_int32_prepare(path: Path, out: Path, tokenizer_file: Path) -> None:
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     docs = [json.loads(line)["text"] for line in path.read_text().splitlines()]
     ids = [t for d in docs for t in tokenizer.encode(d, add_special_tokens=False).ids + [0]]
-    optimize(_int32_tokens, [ids], str(out), chunk_size=1 << 20, item_loader=TokensLoader(), num_workers=1)
+    start_method = multiprocessing.get_start_method(allow_none=True)
+    try:
+        optimize(
+            _int32_tokens, [ids], str(out), chunk_size=1 << 20, item_loader=TokensLoader(), num_workers=1
+        )
+    finally:  # optimize sets the process-wide start method to spawn; later tests expect the default
+        multiprocessing.set_start_method(start_method, force=True)
     manifest = Manifest.load(out.parent / "new")
     fields = {**manifest.__dict__, "version": 1}
     fields.pop("token_dtype"), fields.pop("chunk_tokens")

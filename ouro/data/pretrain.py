@@ -254,6 +254,7 @@ class PretrainDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self._collate(),
             drop_last=True,
+            **self._worker_init(),
         )
 
     def val_dataloader(self):
@@ -267,7 +268,16 @@ class PretrainDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             num_workers=min(self.num_workers, 1),
             collate_fn=self._collate(),
+            **self._worker_init(),
         )
+
+    def _worker_init(self) -> dict:
+        """Loader workers of remote sources redo this process's litdata settings: a spawned worker (the start
+        method litdata's ``optimize`` sets for the whole process) starts without them."""
+        from ouro.data import remote
+
+        dirs = [*self._train_dirs, *([self._val_dir] if self._val_dir else [])]
+        return {"worker_init_fn": remote.worker_init} if any(map(remote.is_remote, dirs)) else {}
 
     # ------------------------------------------------------------------------------------- per-source tokens
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

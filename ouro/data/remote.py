@@ -146,6 +146,11 @@ def _is_missing(err: BaseException) -> bool:
     return code in ("404", "NoSuchKey", "NotFound") or isinstance(err, FileNotFoundError)
 
 
+def worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of loaders that stream from object storage (a module-level function: it pickles)."""
+    allow_plain_http_endpoint()
+
+
 def check_bucket(url: str) -> None:
     """Raise the one-line error when the URL's bucket is missing or unreachable (S3; others pass)."""
     url = litdata_url(url)

@@ -147,6 +147,12 @@ def test_kill_nine_resumes_bit_for_bit(tmp_path):
     names = sorted(p.name for p in checkpoints.iterdir())
     assert names == ["last.ckpt", "step-00000002.ckpt", "step-00000004.ckpt", "step-00000006.ckpt"]
     assert not (run / ".tmp").exists()
+    # 4. A truncated last.ckpt (a full disk under another writer): moved aside, step 6 resumed, step 8 reached.
+    last = checkpoints / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
+    _fit_in_process(*_fit_args(_recipe(tmp_path, 8), run, "--checkpoint_every_n_steps", "2"))
+    assert _load(last)["global_step"] == 8
+    assert len(list(checkpoints.glob("last.ckpt.unreadable-*"))) == 1
 
 
 # ------------------------------------------------------------------------------------- checkpoint selection

@@ -66,7 +66,9 @@ def inspect_checkpoint(path: str | Path, trusted: bool = False) -> Inspection:
     if path.is_dir():
         if not is_complete_sharded(path):
             return Inspection(
-                path, problem=f"sharded checkpoint folder without {SHARDED_MARKER}: not finished"
+                path,
+                problem=f"sharded checkpoint folder without {SHARDED_MARKER}: its write did not finish (a "
+                "complete folder written before ouro wrote that marker can be marked by creating the file)",
             )
         target = path / SHARDED_METADATA
         if not target.is_file():

@@ -222,7 +222,7 @@ def test_sharded_folder_counts_only_with_its_marker(tmp_path):
     folder = tmp_path / "checkpoints" / "last.ckpt"
     folder.mkdir(parents=True)
     torch.save({"global_step": 3, "loops": {}}, folder / "meta.pt")
-    assert "not finished" in inspect_checkpoint(folder).problem
+    assert "did not finish" in inspect_checkpoint(folder).problem
     (folder / SHARDED_MARKER).write_text("{}\n")
     assert inspect_checkpoint(folder).problem is None
 

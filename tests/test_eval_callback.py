@@ -162,3 +162,12 @@ def test_demo_arms_differ_only_in_depth(overlay, layers, steps, capsys, monkeypa
     callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in config["trainer"]["callbacks"]}
     assert callbacks["EvalInTraining"]["tasks"] == ["ouro_binding"]
     assert callbacks["TokenBudget"]["max_tokens"] == 800_000
+
+
+def test_demo_pipeline_runs_the_three_arms_in_turn(monkeypatch):
+    from ouro.pipeline import load_pipeline
+    from tests.test_recipes import ROOT
+
+    monkeypatch.chdir(ROOT)
+    stages = load_pipeline("recipes/pipelines/demo.yaml")
+    assert [s.name for s in stages] == ["looped", "one_pass", "one_pass_deep"]

@@ -268,6 +268,9 @@ def test_lightning_fsdp_strategies_on_cpu(tmp_path: Path, single_run, strategy: 
         "__0_0.distcp",
         "__1_0.distcp",
     ]
+    # Written atomically: completion marker inside, no staging folder left beside it.
+    assert (sharded / "ouro_checkpoint_complete.json").is_file()
+    assert not list((tmp_path / "ckpt").glob(".tmp-*"))
     # The next stage (init_from) and `ouro export` read a sharded checkpoint folder as one full model.
     from ouro.checkpoints import read_source
 

@@ -75,6 +75,12 @@ def plain_message(error: BaseException) -> str:
     as "Does not validate against any of the Union subtypes" followed by each subtype's error and the whole
     value; only the class's own error says what is wrong, so that one is kept.
     """
+    if isinstance(error, OSError) and error.errno in NO_SPACE:
+        where = f" writing {error.filename}" if error.filename else ""
+        return (
+            f"{error.strerror or 'no space left'}{where}; what ouro writes atomically (checkpoints, exports, "
+            "stage markers) is intact: free space and rerun to resume"
+        )
     text = str(error).strip()
     if text.startswith("Does not validate against any of the Union subtypes"):
         reasons = []

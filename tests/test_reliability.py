@@ -389,6 +389,10 @@ def test_jsonargparse_union_error_becomes_the_reason():
         == "seq_len and batch_size must be >= 1 and num_workers >= 0, got 16, 0, 1"
     )
     assert plain_message(ValueError("a\n  b")) == "a b"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/x/logs/metrics.csv")
+    assert plain_message(full).startswith(
+        "No space left on device writing runs/x/logs/metrics.csv; what ouro"
+    )
 
 
 def test_sequence_longer_than_the_positions_is_refused():

@@ -150,9 +150,7 @@ def test_materialize_is_deterministic_and_idempotent(tmp_path):
     assert [r["prompt"] for r in rows] == [q.prompt for q in eval_questions("binding", 2, 10)]
 
 
-def test_lm_eval_loads_the_tasks_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_lm_eval_loads_the_tasks_offline(tmp_path, hf_offline):
     from lm_eval.tasks import TaskManager
 
     root = materialize(tmp_path, size=5)
@@ -221,9 +219,8 @@ def test_direct_scores_equal_one_question_at_a_time(builtin_tokenizer):
     assert expected["q1/depth"] == 3 and expected["q0.3/depth"] < 3
 
 
-def test_lm_eval_through_ouro_eval_scores_what_the_direct_scorer_scores(builtin_tokenizer, monkeypatch):
+def test_lm_eval_through_ouro_eval_scores_what_the_direct_scorer_scores(builtin_tokenizer, hf_offline):
     """The materialised YAMLs run end to end in lm-eval through the ``ouro`` backend, with the same numbers."""
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     from ouro.eval.runner import evaluate
 
     torch.manual_seed(1)

@@ -154,11 +154,14 @@ class EvalInTraining(L.Callback):
         seconds = time.monotonic() - start
         metrics["eval/seconds"] = seconds
         self.last_tokens = tokens_seen(pl_module)
+        metrics["train/tokens_seen"] = float(self.last_tokens)  # places the row exactly in `ouro plot`
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         self.history.append({"tokens": self.last_tokens, "metrics": metrics, "cut": cut})
         last = f"/step{model.config.total_ut_steps}"
-        summary = ", ".join(f"{k[5:]} {v:.3f}" for k, v in metrics.items() if k.endswith(last))
+        summary = ", ".join(
+            f"{k[5:]} {v:.3f}" for k, v in metrics.items() if k.startswith("eval/") and k.endswith(last)
+        )
         rank_zero_info(
             f"EvalInTraining at {self.last_tokens:,} tokens ({seconds:.1f} s): {summary or 'nothing scored'}"
             + (f"; cut by the budget: {'; '.join(cut)}" if cut else "")

@@ -6,7 +6,7 @@ a model trains on carry an answer (more supervision per token than one question 
 starts with a question exactly as `question` renders it, which is how training text is kept apart from the
 evaluation questions.
 
-* ``binding``: variable-binding chains. ``bind: e = c b = 4 c = b d = 7 a = d ? e =`` -> ``4``: the asked
+* ``binding``: variable-binding chains. ``bind: b = h a = 0 d = g h = 6 f = b g = a ? f =`` -> ``6``: the asked
   variable reaches its constant through ``difficulty`` assignments; a second chain of the same length ends in
   another constant, so copying "the" constant is right half of the time at most.
 * ``arith``: multi-step modular arithmetic, left to right, modulo 10. ``arith: 3 + 4 * 2 - 1 =`` -> ``3``

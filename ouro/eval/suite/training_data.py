@@ -33,7 +33,12 @@ def ensure_suite_shards(family: str) -> dict[str, Path]:
     from ouro.data.builtin import builtin_tokenizer_path, cache_dir
     from ouro.data.prepare import prepare
 
-    root = cache_dir() / f"suite-v{_VERSION}" / family
+    # The folder names the sizes and difficulties, so changing them builds new shards instead of reusing old ones.
+    root = (
+        cache_dir()
+        / f"suite-v{_VERSION}"
+        / f"{family}-{TRAIN_DOCUMENTS}-{VAL_DOCUMENTS}-d{max(DIFFICULTIES)}"
+    )
     splits = {
         "train": dict(count=TRAIN_DOCUMENTS, curriculum=True, seed=0),
         "val": dict(count=VAL_DOCUMENTS, curriculum=False, seed=1),

@@ -11,7 +11,6 @@ the last one to finish writes the index and the manifest (`ouro.data.nodes` read
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ from ouro.data.tokenizer import (
     resolve_tokenizer_file,
     tokenizer_hash,
 )
-from ouro.errors import WriteError
+from ouro.errors import NO_SPACE, WriteError, free_bytes, human_bytes
 
 _TOKENIZERS: dict[str, object] = {}
 
@@ -204,14 +203,6 @@ def _done_records(staging, units: list[Unit]) -> dict[int, dict]:
     return done
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def _bytes_per_input_byte(done: dict[int, dict], units: list[Unit], dtype: str) -> float:
     written = sum(c["chunk_bytes"] for r in done.values() for c in r["chunks"])
     read = sum(units[u].bytes for u in done)
@@ -226,12 +217,12 @@ def _os_error(err: OSError, staging, units: list[Unit], dtype: str) -> WriteErro
         f"continues from them; no {MANIFEST} was written"
     )
     where = err.filename or staging.describe()
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    if err.errno in NO_SPACE:
         left = sum(u.bytes for u in units if u.index not in done)
         need = left * _bytes_per_input_byte(done, units, dtype)
         return WriteError(
             f"no space left on the device writing {where}: the remaining {len(units) - len(done)} of {len(units)} "
-            f"units need about {_human(need)} more; free space there, then rerun ({kept})",
+            f"units need about {human_bytes(need)} more; free space there, then rerun ({kept})",
             err.errno,
         )
     return WriteError(f"{where}: {err.strerror or err} while preparing; {kept}", err.errno)
@@ -239,12 +230,11 @@ def _os_error(err: OSError, staging, units: list[Unit], dtype: str) -> WriteErro
 
 def _warn_if_short_of_space(folder: Path, units: list[Unit], dtype: str) -> None:
     need = sum(u.bytes for u in units) * _bytes_per_input_byte({}, units, dtype)
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < need:
-        print(f"warning: {probe} has {_human(free)} free; the shards need about {_human(need)} (estimated)")
+    free = free_bytes(folder)
+    if free is not None and free < need:
+        print(
+            f"warning: {folder} has {human_bytes(free)} free; the shards need about {human_bytes(need)} (estimated)"
+        )
 
 
 def _check_existing(staging, key: dict, overwrite: bool) -> Manifest | None:

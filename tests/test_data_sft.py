@@ -148,3 +148,70 @@ def test_pretrain_module_refuses_sft_shards(tmp_path, tokenizer_file):
     )
     with pytest.raises(DataError, match="holds 'sft' shards"):
         PretrainDataModule(sources=[str(out)], val_source=None).setup("fit")
+
+
+def _segments(i: int) -> dict:
+    return {
+        "segments": [
+            {"text": f"what is {i} plus {i}?", "train": False},
+            {"text": f" it is {2 * i}", "train": True},
+            {"text": " and twice that?", "train": False},
+            {"text": f" {4 * i}", "train": True},
+        ]
+    }
+
+
+def test_segment_records_train_exactly_their_train_segments(tmp_path, tokenizer_file):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    records = [_segments(i) for i in range(12)]
+    out = tmp_path / "segments"
+    manifest = prepare(
+        [str(_write(tmp_path / "seg.jsonl", records))],
+        str(out),
+        tokenizer=str(tokenizer_file),
+        format="sft",
+        text_field="segments",
+        seq_len=63,
+        num_workers=1,
+    )
+    assert manifest.documents == 12 and manifest.text_field == "segments"
+    dm = SFTDataModule(sources=[str(out)], num_workers=0, batch_size=1, shuffle=False)
+    dm.setup("fit")
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    inputs, trained = [], []
+    for batch in dm.train_dataloader():
+        ids, labels = batch["input_ids"][0], batch["labels"][0]
+        inputs += [t for t in ids.tolist() if t != eos]
+        trained += labels[labels != -100].tolist()
+
+    # Independent reference: each segment encoded on its own, concatenated; the train ones are the labels.
+    def encode(text):
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    whole = [t for r in records for s in r["segments"] for t in encode(s["text"])]
+    assert inputs[: len(whole)] == whole
+    assert trained == [t for r in records for s in r["segments"] if s["train"] for t in encode(s["text"])]
+
+
+@pytest.mark.parametrize(
+    "segments, message",
+    [
+        ([{"text": "a", "train": False}], "no segment has 'train': true"),
+        ([{"text": "a", "train": "yes"}], "segment 0 needs 'train': true or false"),
+        ([{"text": "a", "train": True}, {"text": 3, "train": True}], "segment 1 needs a 'text' string"),
+    ],
+)
+def test_malformed_segments_name_the_line(tmp_path, tokenizer_file, segments, message):
+    path = _write(tmp_path / "seg.jsonl", [_segments(1), {"segments": segments}])
+    with pytest.raises(DataError, match=rf"seg.jsonl:2: {message}"):
+        prepare(
+            [str(path)],
+            str(tmp_path / "out"),
+            tokenizer=str(tokenizer_file),
+            format="sft",
+            text_field="segments",
+            seq_len=63,
+        )
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -93,6 +93,7 @@ def _sft_arrays(job: _Job, path: str, stats: ReadStats, counts: dict):
     import numpy as np
 
     from ouro.data.chat import ChatRenderer, validate_conversation
+    from ouro.data.segments import is_segments, render_segments, validate_segments
 
     renderer = ChatRenderer(_tokenizer(job.tokenizer_file))
     block: list[int] = []
@@ -104,9 +105,12 @@ def _sft_arrays(job: _Job, path: str, stats: ReadStats, counts: dict):
         block.clear()
         return out
 
-    for messages, where in read_records(path, job.field, job.skip_bad, stats):
+    for record, where in read_records(path, job.field, job.skip_bad, stats):
         try:
-            messages = validate_conversation(messages, where)
+            if is_segments(record):
+                ids, mask = render_segments(renderer.tokenizer, validate_segments(record, where))
+            else:
+                ids, mask = renderer.render(validate_conversation(record, where))
         except DataError as err:
             if not job.skip_bad:
                 raise DataError(
@@ -114,7 +118,6 @@ def _sft_arrays(job: _Job, path: str, stats: ReadStats, counts: dict):
                 ) from None
             stats.skipped += 1
             continue
-        ids, mask = renderer.render(messages)
         values = [i * 2 + m for i, m in zip(ids, mask)] + [job.eos * 2]
         if len(values) > job.block_size:  # truncation policy: keep the head, end with EOS
             values = values[: job.block_size - 1] + [job.eos * 2]
@@ -274,7 +277,7 @@ def prepare(
         inputs: A file, folder or glob, or a list of them ("[a.jsonl, data/]"): files, folders, globs of .txt / .jsonl / .jsonl.gz / .parquet, or Hub data sets as hf://org/name (streamed, not downloaded whole).
         output_dir: Folder, or s3:// / gs:// URL, for the shards and manifest.json (written last, once everything succeeded).
         tokenizer: tokenizer.json, a folder holding one, a Hub repo id, or 'builtin' (the offline tokenizer).
-        format: 'pretrain': documents, each ending with EOS. 'sft': ChatML conversations ('messages'), packed.
+        format: 'pretrain': documents, each ending with EOS. 'sft': ChatML conversations ('messages') or text segments with train flags ('segments', no chat template), packed.
         text_field: JSONL / parquet field to read (default 'text', or 'messages' for sft). A .txt file is one document.
         seq_len: sft only: sequence length the conversations are packed for (blocks of seq_len + 1 tokens).
         num_workers: Tokenizing processes on this machine (default: one per CPU, at most one per unit of work).

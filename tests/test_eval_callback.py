@@ -132,7 +132,7 @@ def test_resume_state_and_schedule():
         ({"exit_thresholds": [1.5]}, r"exit_thresholds must lie in \(0, 1\], got 1.5"),
         (
             {"tasks": "ouro_nope"},
-            r"unknown built-in task 'ouro_nope'; families are \['arith', 'binding', 'lookup'\]",
+            r"unknown built-in task 'ouro_nope'; families are \['arith', 'binding', 'lookup', 'roots'\]",
         ),
         ({"tasks": "ouro_binding_d9"}, r"'ouro_binding_d9' does not exist; binding has difficulties 1..4"),
         ({"every_tokens": 0}, r"every_tokens must be >= 1"),
@@ -147,10 +147,10 @@ def test_bad_settings_name_the_field(kwargs, message):
 
 @pytest.mark.parametrize(
     "overlay, layers, steps",
-    [(None, 2, 4), ("one_pass.yaml", 2, 1), ("one_pass_deep.yaml", 8, 1)],
+    [(None, 1, 4), ("one_pass.yaml", 1, 1), ("one_pass_deep.yaml", 4, 1)],
 )
 def test_demo_arms_differ_only_in_depth(overlay, layers, steps, capsys, monkeypatch):
-    """The demonstration's three arms: same data, budget and evaluation; layers x passes = 8, 2 or 8."""
+    """The demonstration's three arms: same data, budget and evaluation; layers x passes = 4, 1 or 4."""
     from tests.test_recipes import ROOT, resolved
 
     monkeypatch.chdir(ROOT)
@@ -159,10 +159,14 @@ def test_demo_arms_differ_only_in_depth(overlay, layers, steps, capsys, monkeypa
     model = config["model"]["model"]
     assert (model["num_hidden_layers"], model["total_ut_steps"], model["hidden_size"]) == (layers, steps, 64)
     data = config["data"]["init_args"]
-    assert (data["sources"], data["shuffle"]) == ("builtin-binding", False)
+    assert (data["sources"], data["shuffle"]) == ("builtin-roots", False)
+    assert config["data"]["class_path"] == "ouro.data.SFTDataModule"
     callbacks = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in config["trainer"]["callbacks"]}
-    assert callbacks["EvalInTraining"]["tasks"] == ["ouro_binding"]
-    assert callbacks["TokenBudget"]["max_tokens"] == 800_000
+    assert callbacks["EvalInTraining"]["tasks"] == ["ouro_roots"]
+    # One pass over the curriculum: the training split's blocks of SFT_SEQ_LEN + 1 tokens, two documents each.
+    from ouro.eval.suite.training_data import SFT_SEQ_LEN, TRAIN_DOCUMENTS
+
+    assert callbacks["TokenBudget"]["max_tokens"] == TRAIN_DOCUMENTS["roots"] // 2 * (SFT_SEQ_LEN + 1)
 
 
 def test_demo_pipeline_runs_the_three_arms_in_turn(monkeypatch):

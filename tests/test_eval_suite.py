@@ -6,6 +6,7 @@ import json
 import operator
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,9 +59,21 @@ def _solve_lookup(table: str, start: str, times: int) -> str:
     return start
 
 
+def _solve_roots(statements: str, asked: str) -> tuple[str, int]:
+    parent = dict(s.split(">") for s in statements.split())
+    links, letter = 1, parent[asked.split(">")[0]]
+    assert asked in statements.split(), "the asked statement is one of the prompt's"
+    while parent[letter] != letter:
+        letter, links = parent[letter], links + 1
+    return letter, links
+
+
 def _solve(prompt: str) -> tuple[str, int]:
     """(answer, number of steps) of a prompt, computed from its text alone."""
     kind, body = prompt.split(": ", 1)
+    if kind == "roots":
+        statements, asked = re.fullmatch(r"(.*) \? ([a-z]>[a-z])", body).groups()
+        return _solve_roots(statements, asked)
     if kind == "bind":
         statements, asked = re.fullmatch(r"(.*) \? ([a-z]) =", body).groups()
         return _solve_binding(statements, asked)
@@ -71,8 +84,13 @@ def _solve(prompt: str) -> tuple[str, int]:
     return _solve_lookup(table, start, int(times)), int(times)
 
 
-def _queries(name: str, text: str) -> list[tuple[str, str]]:
+def _queries(name: str, text) -> list[tuple[str, str]]:
     """Every (prompt, answer) a training document asks and answers, as prompts of `question` form."""
+    if name == "roots":  # segments: the prompt, then (answer, next question) pairs; only the answers train
+        assert [s["train"] for s in text] == [False, True] * (len(text) // 2)
+        head = text[0]["text"].rsplit(" ? ", 1)[0]
+        asked = [text[0]["text"].rsplit(" ? ", 1)[1]] + [s["text"].removeprefix(" ? ") for s in text[2::2]]
+        return [(f"{head} ? {q}", a["text"].strip()) for q, a in zip(asked, text[1::2])]
     if name == "arith":
         return [(f"arith: {e.strip()} =", a) for e, a in re.findall(r"([\d +\-*]+) = (\d)", text[7:])]
     head, *asked = text.split(" ? ")
@@ -109,7 +127,28 @@ def test_training_documents_answer_right_and_never_start_with_an_eval_question(n
         assert queries[0][0] not in held_out
         for prompt, answer in queries:
             assert _solve(prompt)[0] == answer, (prompt, answer)
-        assert _solve(queries[0][0])[1] == difficulty
+        if name == "roots":  # questions of every depth up to the document's difficulty, roots included
+            assert max(_solve(p)[1] for p, _ in queries) <= difficulty
+        else:
+            assert _solve(queries[0][0])[1] == difficulty
+
+
+def test_roots_words_are_single_tokens_of_its_tokenizer_and_roots_are_the_plausible_answers():
+    from ouro.data.tokenizer import chat_token_ids, eos_token_id
+    from ouro.eval.suite.word_tokenizer import UNKNOWN, word_tokenizer
+
+    roots = family("roots")
+    tokenizer = word_tokenizer(roots.words())
+    assert tokenizer.get_vocab_size() == 4 + len(set(roots.words())) == 4 + 2 + 15 + 15 * 15
+    assert eos_token_id(tokenizer) == 0 and chat_token_ids(tokenizer) == (1, 2)
+    unknown = tokenizer.token_to_id(UNKNOWN)
+    for q in eval_questions("roots", 4, 20):
+        ids = tokenizer.encode(q.prompt + " " + q.answer, add_special_tokens=False).ids
+        assert len(ids) == len((q.prompt + " " + q.answer).split()) and unknown not in ids
+        statements = q.prompt.split(": ", 1)[1].split(" ? ")[0].split()
+        self_parents = {s[0] for s in statements if s[0] == s[2]}
+        assert len(statements) == 15 and len(self_parents) == 3 and q.answer in self_parents
+    assert tokenizer.decode(tokenizer.encode("roots: a>b ? a>b b").ids) == "roots: a>b ? a>b b"
 
 
 def test_curriculum_goes_from_easy_to_hard_and_keeps_rehearsing():
@@ -242,7 +281,7 @@ def test_training_source_prepares_curriculum_shards(tmp_path, monkeypatch):
     tokenizer = builtin.builtin_tokenizer_path()
     monkeypatch.setattr(builtin, "cache_dir", lambda: tmp_path)
     monkeypatch.setattr(builtin, "builtin_tokenizer_path", lambda: tokenizer)
-    monkeypatch.setattr(training_data, "TRAIN_DOCUMENTS", 400)
+    monkeypatch.setattr(training_data, "DEFAULT_TRAIN_DOCUMENTS", 400)
     monkeypatch.setattr(training_data, "VAL_DOCUMENTS", 40)
     dirs = builtin_dirs("builtin-binding", "pretrain")
     assert all((d / "manifest.json").is_file() for d in dirs.values())
@@ -253,3 +292,27 @@ def test_training_source_prepares_curriculum_shards(tmp_path, monkeypatch):
     assert [r["text"] for r in rows] == [t for _, t in training_documents("binding", 400, [1, 2, 3, 4])]
     assert max(r["difficulty"] for r in rows[:100]) == 1 and max(r["difficulty"] for r in rows[300:]) == 4
     assert builtin_dirs("builtin-binding", "pretrain") == dirs  # prepared once
+
+
+def test_roots_source_prepares_answer_only_sft_shards_with_its_word_tokenizer(tmp_path, monkeypatch):
+    import ouro.data.builtin as builtin
+    from ouro.data.builtin_sources import builtin_dirs
+    from ouro.data.sft import SFTDataModule
+    from ouro.eval.suite import training_data
+
+    monkeypatch.setattr(builtin, "cache_dir", lambda: tmp_path)
+    monkeypatch.setitem(training_data.TRAIN_DOCUMENTS, "roots", 200)
+    monkeypatch.setattr(training_data, "VAL_DOCUMENTS", 20)
+    dirs = builtin_dirs("builtin-roots", "sft")
+    dm = SFTDataModule(sources="builtin-roots", val_source="builtin-roots", num_workers=0, shuffle=False)
+    dm.setup("fit")
+    assert dm.seq_len == training_data.SFT_SEQ_LEN and Path(dm._val_dir) == dirs["val"]
+    from ouro.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(dm.tokenizer_path)
+    batch = next(iter(dm.train_dataloader()))
+    words = tokenizer.decode(batch["input_ids"][0].tolist()).split()
+    answers = tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100].tolist()).split()
+    # The labels are the answers of the block's documents, in order: every letter after a question's statement.
+    asked_then_answer = [words[i + 1] for i, w in enumerate(words[:-1]) if words[i - 1] == "?" and ">" in w]
+    assert answers == asked_then_answer and len(answers) == 2 * family("roots").queries

@@ -35,14 +35,14 @@ class EvalInTraining(L.Callback):
         max_tokens: int = 200_000,
         max_seconds: float = 60.0,
         batch_size: int = 32,
-        tokenizer: str = "builtin",
+        tokenizer: str = "data",
         include_path: str | None = None,
         at_end: bool = True,
     ) -> None:
         """
         Args:
             tasks: Task names: built-in ``ouro_<family>_d<k>`` / ``ouro_<family>`` (families binding, arith,
-                lookup), or lm-eval tasks and groups (``arc_easy``, tasks under ``include_path``).
+                lookup, roots), or lm-eval tasks and groups (``arc_easy``, tasks under ``include_path``).
             every_tokens: Evaluate each time this many more tokens are trained.
             exit_thresholds: Q-exit thresholds q in (0, 1] scored besides every static exit step (default 0.5,
                 0.9).
@@ -50,7 +50,8 @@ class EvalInTraining(L.Callback):
             max_tokens: Prompt tokens per evaluation over all built-in tasks; questions beyond it are cut.
             max_seconds: Wall-clock seconds per evaluation; once over, the remaining tasks are cut.
             batch_size: Questions per forward.
-            tokenizer: The model's tokenizer: ``builtin``, a ``tokenizer.json`` (or its folder) or a Hub id.
+            tokenizer: The model's tokenizer: ``data`` (the one the training data was prepared with), ``builtin``,
+                a ``tokenizer.json`` (or its folder) or a Hub id.
             include_path: Folder of extra lm-eval task YAMLs.
             at_end: Also evaluate when training ends (if not just done at that token count).
         """
@@ -120,16 +121,19 @@ class EvalInTraining(L.Callback):
         self.last_tokens = int(state_dict.get("last_tokens", -1))
 
     # ---------------------------------------------------------------------------------------- evaluation
-    def _tokenizer_instance(self):
+    def _tokenizer_instance(self, trainer: L.Trainer):
         if self._tokenizer is None:
             from ouro.data.tokenizer import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.tokenizer_name)
+            name = self.tokenizer_name
+            if name == "data":
+                name = getattr(trainer.datamodule, "tokenizer_path", None) or "builtin"
+            self._tokenizer = load_tokenizer(name)
         return self._tokenizer
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """Score every task now, log the metrics and return them."""
-        model, tokenizer = pl_module.net, self._tokenizer_instance()
+        model, tokenizer = pl_module.net, self._tokenizer_instance(trainer)
         start, spent_tokens = time.monotonic(), 0
         metrics: dict[str, float] = {}
         cut: list[str] = []

@@ -100,11 +100,16 @@ def _suite_family(family: str, format: str, seq_len: int | None, workers: int | 
     return ensure_suite_shards(family)
 
 
-for _family in ("binding", "arith", "lookup"):  # training text of the built-in eval suite's families
-    register(
+for _family, _format in (
+    ("binding", "pretrain"),
+    ("arith", "pretrain"),
+    ("lookup", "pretrain"),
+    ("roots", "sft"),
+):
+    register(  # training data of the built-in eval suite's families
         BuiltinSource(
             f"builtin-{_family}",
-            ("pretrain",),
+            (_format,),
             partial(_suite_family, _family),
             f"{_family} questions of the built-in eval suite, difficulties 1-4 in curriculum order",
         )

@@ -11,6 +11,8 @@ evaluation questions.
   another constant, so copying "the" constant is right half of the time at most.
 * ``arith``: multi-step modular arithmetic, left to right, modulo 10. ``arith: 3 + 4 * 2 - 1 =`` -> ``3``
   (((3 + 4) * 2) - 1 = 13): ``difficulty`` operations.
+* ``roots``: find the root of a letter through ``difficulty`` parent links, each statement one token of the
+  family's word tokenizer (see `Roots`); trained on the answers only.
 * ``lookup``: composed look-ups of a function given in context. ``lookup: a > c b > a c > d d > b ? a 3 =`` ->
   ``b`` (f(f(f(a)))): ``difficulty`` applications.
 
@@ -155,11 +157,79 @@ class Lookup:
         return f"lookup: {table} ? {starts[0]} {difficulty} =", f"lookup: {table}{queries}"
 
 
-FAMILIES = {family.name: family for family in (Binding(), Arithmetic(), Lookup())}
+@dataclass(frozen=True)
+class Roots:
+    """Find the root: ``num_trees`` chains of parent links, each ending in a root that is its own parent.
+
+    A statement ``c>a`` (one word, one token of the family's word tokenizer) says that ``a`` is the parent of
+    ``c``; a root ``b>b`` is its own parent. The question names one statement and asks for its root:
+    ``roots: c>a a>b b>b ... ? c>a`` -> ``b``. ``difficulty`` is the number of links from the asked letter to
+    its root, so reading the asked statement answers difficulty 1, and difficulty k needs k - 1 look-ups
+    composed. A look-up is the same step every time and a root maps to itself, so a looped model can keep
+    applying it: once at the root, further passes change nothing. Guessing one of the roots is right a
+    ``1 / num_trees`` of the time.
+    """
+
+    name: str = "roots"
+    num_trees: int = 3
+    """Chains per question (their roots are the plausible answers)."""
+    max_difficulty: int = 4
+    """Links below each root: every chain has this many letters besides its root."""
+    queries: int = 15
+    """Answered questions per training document (only the answers train: more supervision per token)."""
+    format: str = "sft"
+    """Training documents are text segments with train flags (``ouro prepare --format sft``)."""
+
+    @property
+    def difficulties(self) -> range:
+        return range(1, self.max_difficulty + 1)
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        return _LETTERS[: self.num_trees * (self.max_difficulty + 1)]
+
+    def words(self) -> list[str]:
+        """The family's whole vocabulary, in a fixed order (the word tokenizer's ids follow it)."""
+        pairs = [f"{child}>{parent}" for child in self.letters for parent in self.letters]
+        return [f"{self.name}:", "?", *self.letters, *pairs]
+
+    def _forest(self, rng: random.Random) -> tuple[str, list[list[str]]]:
+        """The statements (shuffled) and the chains, each listed from its root down."""
+        letters = rng.sample(self.letters, len(self.letters))
+        size = self.max_difficulty + 1
+        chains = [letters[i * size : (i + 1) * size] for i in range(self.num_trees)]
+        statements = [f"{c[i]}>{c[max(i - 1, 0)]}" for c in chains for i in range(size)]
+        rng.shuffle(statements)
+        return " ".join(statements), chains
+
+    @staticmethod
+    def _query(chain: list[str], depth: int) -> tuple[str, str]:
+        """``(asked statement, root)`` for the letter ``depth`` links below the root of ``chain``."""
+        return f"{chain[depth]}>{chain[max(depth - 1, 0)]}", chain[0]
+
+    def question(self, rng: random.Random, difficulty: int) -> Question:
+        statements, chains = self._forest(rng)
+        asked, root = self._query(rng.choice(chains), difficulty)
+        return Question(f"{self.name}: {statements} ? {asked}", root, self.letters, difficulty)
+
+    def document(self, rng: random.Random, difficulty: int) -> tuple[str, list[dict]]:
+        """``(first prompt, segments)``: the statements, then `queries` questions with their roots, each
+        asking a letter at most ``difficulty`` links deep (roots included); only the answers train."""
+        statements, chains = self._forest(rng)
+        asked = [self._query(rng.choice(chains), rng.randint(0, difficulty)) for _ in range(self.queries)]
+        segments = [{"text": f"{self.name}: {statements} ? {asked[0][0]}", "train": False}]
+        for i, (statement, root) in enumerate(asked):
+            if i:
+                segments.append({"text": f" ? {statement}", "train": False})
+            segments.append({"text": f" {root}", "train": True})
+        return segments[0]["text"], segments
+
+
+FAMILIES = {family.name: family for family in (Binding(), Arithmetic(), Lookup(), Roots())}
 """The built-in families by name; task names are ``ouro_<name>_d<difficulty>``."""
 
 
-def family(name: str) -> Binding | Arithmetic | Lookup:
+def family(name: str) -> Binding | Arithmetic | Lookup | Roots:
     """The family called ``name``, or a ValueError that lists the known ones."""
     if name not in FAMILIES:
         raise ValueError(f"unknown built-in eval family {name!r}; choose one of {sorted(FAMILIES)}")

@@ -1,8 +1,10 @@
-"""Training shards of a built-in family (data sources ``builtin-binding``, ``builtin-arith``, ``builtin-lookup``).
+"""Training shards of a built-in family (data sources ``builtin-binding``, ``builtin-arith``, ``builtin-lookup``,
+``builtin-roots``).
 
-Plain-text documents (``format: pretrain``) of difficulties 1..4, written in curriculum order (train with
-``shuffle: false`` to keep it), tokenized with the built-in tokenizer and prepared on first use under
-``$OURO_CACHE``. None starts with an evaluation question of the suite.
+Documents of difficulties 1..4, written in curriculum order (train with ``shuffle: false`` to keep it) and
+prepared on first use under ``$OURO_CACHE``; none starts with an evaluation question of the suite. Most families
+write plain text (``format: pretrain``, the built-in BPE tokenizer); ``roots`` writes text segments whose
+answers alone train (``format: sft``, packed for `SFT_SEQ_LEN`), with its own word tokenizer.
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ import json
 from pathlib import Path
 
 from ouro.atomic import atomic_write_text
+from ouro.eval.suite.families import family as suite_family
 from ouro.eval.suite.questions import training_documents
 
-TRAIN_DOCUMENTS = 24_000
-"""Documents in the training split (binding: about 34 tokens each, 0.8M tokens): one pass over them is the
-whole curriculum."""
+TRAIN_DOCUMENTS = {"roots": 192_000}
+"""Documents in the training split by family, default `DEFAULT_TRAIN_DOCUMENTS`; one pass over them is the
+whole curriculum (roots: 62 tokens each with EOS, 11.9M tokens)."""
+DEFAULT_TRAIN_DOCUMENTS = 24_000
+"""Training documents of the other families (binding: about 34 tokens each, 0.8M tokens)."""
+SFT_SEQ_LEN = 127
+"""Packing length of the sft families' shards: two roots documents per block of 128 tokens."""
 VAL_DOCUMENTS = 400
 """Documents in the validation split (difficulties mixed uniformly)."""
 DIFFICULTIES = (1, 2, 3, 4)
@@ -28,19 +35,40 @@ def source_name(family: str) -> str:
     return f"builtin-{family}"
 
 
+def _builtin_tokenizer() -> Path:
+    from ouro.data.builtin import builtin_tokenizer_path
+
+    return builtin_tokenizer_path()
+
+
+def _tokenizer_file(root: Path, source) -> Path:
+    """The family's word tokenizer, written once under ``root``."""
+    from ouro.eval.suite.word_tokenizer import word_tokenizer
+
+    path = root / "tokenizer.json"
+    if not path.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, word_tokenizer(source.words()).to_str())
+    return path
+
+
 def ensure_suite_shards(family: str) -> dict[str, Path]:
     """Prepared ``{"train": ..., "val": ...}`` pretrain shard folders of ``family`` (built on first use)."""
-    from ouro.data.builtin import builtin_tokenizer_path, cache_dir
+    from ouro.data.builtin import cache_dir
     from ouro.data.prepare import prepare
 
+    source = suite_family(family)
+    train_documents = TRAIN_DOCUMENTS.get(family, DEFAULT_TRAIN_DOCUMENTS)
     # The folder names the sizes and difficulties, so changing them builds new shards instead of reusing old ones.
     root = (
         cache_dir()
         / f"suite-v{_VERSION}"
-        / f"{family}-{TRAIN_DOCUMENTS}-{VAL_DOCUMENTS}-d{max(DIFFICULTIES)}"
+        / f"{family}-{train_documents}-{VAL_DOCUMENTS}-d{max(DIFFICULTIES)}"
     )
+    sft = getattr(source, "format", "pretrain") == "sft"
+    tokenizer = _tokenizer_file(root, source) if sft else None
     splits = {
-        "train": dict(count=TRAIN_DOCUMENTS, curriculum=True, seed=0),
+        "train": dict(count=train_documents, curriculum=True, seed=0),
         "val": dict(count=VAL_DOCUMENTS, curriculum=False, seed=1),
     }
     out = {}
@@ -49,15 +77,18 @@ def ensure_suite_shards(family: str) -> dict[str, Path]:
         if not jsonl.is_file():
             jsonl.parent.mkdir(parents=True, exist_ok=True)
             documents = training_documents(family, difficulties=list(DIFFICULTIES), **settings)
-            rows = (json.dumps({"text": text, "difficulty": d}) for d, text in documents)
+            field = "segments" if sft else "text"
+            rows = (json.dumps({field: text, "difficulty": d}) for d, text in documents)
             atomic_write_text(jsonl, "\n".join(rows) + "\n")
         target = root / f"shards-{split}"
         if not (target / "manifest.json").is_file():
             prepare(
                 str(jsonl),
                 str(target),
-                tokenizer=str(builtin_tokenizer_path()),
-                format="pretrain",
+                tokenizer=str(tokenizer or _builtin_tokenizer()),
+                format="sft" if sft else "pretrain",
+                text_field="segments" if sft else None,
+                seq_len=SFT_SEQ_LEN,
                 num_workers=1,  # one worker keeps the documents in curriculum order
                 chunk_tokens=1 << 16,
             )

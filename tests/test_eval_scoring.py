@@ -124,10 +124,17 @@ def test_results_json_table_and_plots(tmp_path):
     assert not (tmp_path / "accuracy_vs_step.png").exists() and (tmp_path / "accuracy_vs_depth.png").exists()
 
 
-def test_table_shows_the_requested_group_not_its_subtasks():
+def test_table_shows_the_requested_group_and_only_a_small_groups_subtasks():
+    from ouro.eval.results import MAX_SHOWN_SUBTASKS
+
     settings = depth_settings("1", trained_steps=1)
-    tasks = {name: {"step1": DepthResult({"acc,none": 0.5}, 1.0, 1.0)} for name in ("grp", "sub_a", "sub_b")}
+    many = [f"sub_{i}" for i in range(MAX_SHOWN_SUBTASKS + 1)]
+    tasks = {name: {"step1": DepthResult({"acc,none": 0.5}, 1.0, 1.0)} for name in ("grp", "big", *many)}
     table = EvalResults(settings, tasks, requested=["grp"]).markdown()
-    assert "| grp |" in table and "sub_a" not in table
+    assert "| grp |" in table and "sub_0" not in table
+    # A built-in family's difficulties follow their group, in order; a group as large as mmlu stays alone.
+    groups = {"group_subtasks": {"grp": ["sub_1", "sub_0"], "big": many}}
+    shown = EvalResults(settings, tasks, groups, requested=["grp", "big"]).shown_tasks()
+    assert shown == ["grp", "sub_1", "sub_0", "big"]
     # A tag (no entry of its own in lm-eval's results) shows every task.
-    assert "sub_a" in EvalResults(settings, tasks, requested=["a_tag"]).markdown()
+    assert "sub_0" in EvalResults(settings, tasks, requested=["a_tag"]).markdown()

@@ -139,15 +139,15 @@ def test_roots_words_are_single_tokens_of_its_tokenizer_and_roots_are_the_plausi
 
     roots = family("roots")
     tokenizer = word_tokenizer(roots.words())
-    assert tokenizer.get_vocab_size() == 4 + len(set(roots.words())) == 4 + 2 + 15 + 15 * 15
+    assert tokenizer.get_vocab_size() == 4 + len(set(roots.words())) == 4 + 2 + 12 + 12 * 12
     assert eos_token_id(tokenizer) == 0 and chat_token_ids(tokenizer) == (1, 2)
     unknown = tokenizer.token_to_id(UNKNOWN)
-    for q in eval_questions("roots", 4, 20):
+    for q in eval_questions("roots", 3, 20):
         ids = tokenizer.encode(q.prompt + " " + q.answer, add_special_tokens=False).ids
         assert len(ids) == len((q.prompt + " " + q.answer).split()) and unknown not in ids
         statements = q.prompt.split(": ", 1)[1].split(" ? ")[0].split()
         self_parents = {s[0] for s in statements if s[0] == s[2]}
-        assert len(statements) == 15 and len(self_parents) == 3 and q.answer in self_parents
+        assert len(statements) == 12 and len(self_parents) == 3 and q.answer in self_parents
     assert tokenizer.decode(tokenizer.encode("roots: a>b ? a>b b").ids) == "roots: a>b ? a>b b"
 
 
@@ -161,6 +161,11 @@ def test_curriculum_goes_from_easy_to_hard_and_keeps_rehearsing():
     assert set(phases[3]) == {1, 2, 3, 4}
     uniform = [d for d, _ in training_documents("binding", 200, [1, 2], curriculum=False)]
     assert uniform[:100].count(2) > 25
+    # Weighted phases without rehearsal (the roots family): 1/6, 1/6, then 4/6 of the run at the hardest.
+    drawn = [curriculum_difficulty(i, 600, [1, 2, 3], rng, weights=(1, 1, 4), rehearse=False) for i in range(600)]
+    assert drawn == [1] * 100 + [2] * 100 + [3] * 400
+    roots = [d for d, _ in training_documents("roots", 60, [1, 2, 3])]
+    assert roots == [1] * 10 + [2] * 10 + [3] * 40
 
 
 def test_bad_family_or_difficulty_says_what_exists():

@@ -36,6 +36,10 @@ class DepthResult:
     """lm-eval requests of this task (0 for a group: see its subtasks)."""
 
 
+MAX_SHOWN_SUBTASKS = 8
+"""Largest group whose subtasks the table and plots show next to the group itself."""
+
+
 @dataclass
 class EvalResults:
     """What `ouro.eval.runner.evaluate` returns: ``tasks[task][setting key]`` -> `DepthResult`."""
@@ -53,10 +57,18 @@ class EvalResults:
 
     # ------------------------------------------------------------------------------------------- reading
     def shown_tasks(self) -> list[str]:
-        """The requested tasks and groups when lm-eval reported each of them, else every reported task."""
-        if self.requested and all(name in self.tasks for name in self.requested):
-            return list(self.requested)
-        return list(self.tasks)
+        """The requested tasks and groups when lm-eval reported each of them, else every reported task. A
+        requested group of at most `MAX_SHOWN_SUBTASKS` tasks (a built-in family's difficulties) is followed by
+        its subtasks; a larger one (``mmlu``) is shown alone."""
+        if not (self.requested and all(name in self.tasks for name in self.requested)):
+            return list(self.tasks)
+        groups = self.lm_eval.get("group_subtasks") or {}
+        shown: list[str] = []
+        for name in self.requested:
+            subtasks = [t for t in groups.get(name, []) if t in self.tasks]
+            small = len(subtasks) <= MAX_SHOWN_SUBTASKS
+            shown += [t for t in [name, *(subtasks if small else [])] if t not in shown]
+        return shown
 
     def primary_metric(self, task: str) -> str | None:
         """The headline metric of ``task`` (``acc,none``, ``exact_match,<filter>`` ...), or None."""

@@ -173,12 +173,18 @@ class Roots:
     name: str = "roots"
     num_trees: int = 3
     """Chains per question (their roots are the plausible answers)."""
-    max_difficulty: int = 4
-    """Links below each root: every chain has this many letters besides its root."""
+    max_difficulty: int = 3
+    """Links below each root: every chain has this many letters besides its root (12 letters in all: few
+    statement words, so each is seen often)."""
     queries: int = 15
     """Answered questions per training document (only the answers train: more supervision per token)."""
     format: str = "sft"
     """Training documents are text segments with train flags (``ouro prepare --format sft``)."""
+    curriculum_weights: tuple[int, ...] = (1, 1, 4)
+    """Relative length of each difficulty's phase in the training curriculum: the composed look-ups of the
+    last one take most of the run to learn."""
+    rehearse: bool = False
+    """No extra rehearsal documents: each document already asks letters of every depth up to its own."""
 
     @property
     def difficulties(self) -> range:

@@ -8,7 +8,7 @@ never trains on a question it is scored on.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ouro.eval.suite.families import Question, family
 
@@ -32,12 +32,21 @@ def _eval_prompts(name: str, difficulties: Iterable[int]) -> set[str]:
     return {q.prompt for d in difficulties for q in eval_questions(name, d)}
 
 
-def curriculum_difficulty(index: int, count: int, difficulties: list[int], rng: random.Random) -> int:
+def curriculum_difficulty(
+    index: int,
+    count: int,
+    difficulties: list[int],
+    rng: random.Random,
+    weights: Sequence[int] | None = None,
+    rehearse: bool = True,
+) -> int:
     """Difficulty of document ``index`` of ``count`` under the curriculum: the run is cut into one phase per
-    difficulty; phase k draws half of its documents at its own difficulty and half from the easier ones, so
-    easy questions keep being rehearsed."""
-    phase = min(index * len(difficulties) // max(count, 1), len(difficulties) - 1)
-    if phase == 0 or rng.random() < 0.5:
+    difficulty (of equal length, or in proportion to ``weights``); with ``rehearse``, phase k draws half of its
+    documents at its own difficulty and half from the easier ones, so easy questions keep being rehearsed."""
+    weights = list(weights or [1] * len(difficulties))[: len(difficulties)]
+    position = index * sum(weights) / max(count, 1)
+    phase = next((k for k in range(len(weights)) if position < sum(weights[: k + 1])), len(weights) - 1)
+    if phase == 0 or not rehearse or rng.random() < 0.5:
         return difficulties[phase]
     return difficulties[rng.randrange(phase)]
 
@@ -59,7 +68,14 @@ def training_documents(
     documents = []
     while len(documents) < count:
         if curriculum:
-            difficulty = curriculum_difficulty(len(documents), count, difficulties, rng)
+            difficulty = curriculum_difficulty(
+                len(documents),
+                count,
+                difficulties,
+                rng,
+                getattr(source, "curriculum_weights", None),
+                getattr(source, "rehearse", True),
+            )
         else:
             difficulty = rng.choice(difficulties)
         prompt, text = source.document(rng, difficulty)

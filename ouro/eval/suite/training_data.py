@@ -18,7 +18,7 @@ from ouro.eval.suite.questions import training_documents
 
 TRAIN_DOCUMENTS = {"roots": 192_000}
 """Documents in the training split by family, default `DEFAULT_TRAIN_DOCUMENTS`; one pass over them is the
-whole curriculum (roots: 62 tokens each with EOS, 11.9M tokens)."""
+whole curriculum (roots: 59 tokens each with EOS, two per block of 128)."""
 DEFAULT_TRAIN_DOCUMENTS = 24_000
 """Training documents of the other families (binding: about 34 tokens each, 0.8M tokens)."""
 SFT_SEQ_LEN = 127
@@ -26,7 +26,7 @@ SFT_SEQ_LEN = 127
 VAL_DOCUMENTS = 400
 """Documents in the validation split (difficulties mixed uniformly)."""
 DIFFICULTIES = (1, 2, 3, 4)
-"""Difficulties the training documents cover (the suite evaluates further ones too)."""
+"""Difficulties the training documents cover, where the family has them (the suite evaluates further ones)."""
 _VERSION = 1  # bump when the documents change: the cache folder is named after it
 
 
@@ -60,11 +60,8 @@ def ensure_suite_shards(family: str) -> dict[str, Path]:
     source = suite_family(family)
     train_documents = TRAIN_DOCUMENTS.get(family, DEFAULT_TRAIN_DOCUMENTS)
     # The folder names the sizes and difficulties, so changing them builds new shards instead of reusing old ones.
-    root = (
-        cache_dir()
-        / f"suite-v{_VERSION}"
-        / f"{family}-{train_documents}-{VAL_DOCUMENTS}-d{max(DIFFICULTIES)}"
-    )
+    difficulties = [d for d in DIFFICULTIES if d in source.difficulties]
+    root = cache_dir() / f"suite-v{_VERSION}" / f"{family}-{train_documents}-{VAL_DOCUMENTS}-d{max(difficulties)}"
     sft = getattr(source, "format", "pretrain") == "sft"
     tokenizer = _tokenizer_file(root, source) if sft else None
     splits = {
@@ -76,7 +73,7 @@ def ensure_suite_shards(family: str) -> dict[str, Path]:
         jsonl = root / f"{split}.jsonl"
         if not jsonl.is_file():
             jsonl.parent.mkdir(parents=True, exist_ok=True)
-            documents = training_documents(family, difficulties=list(DIFFICULTIES), **settings)
+            documents = training_documents(family, difficulties=difficulties, **settings)
             field = "segments" if sft else "text"
             rows = (json.dumps({field: text, "difficulty": d}) for d, text in documents)
             atomic_write_text(jsonl, "\n".join(rows) + "\n")

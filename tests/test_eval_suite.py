@@ -162,7 +162,9 @@ def test_curriculum_goes_from_easy_to_hard_and_keeps_rehearsing():
     uniform = [d for d, _ in training_documents("binding", 200, [1, 2], curriculum=False)]
     assert uniform[:100].count(2) > 25
     # Weighted phases without rehearsal (the roots family): 1/6, 1/6, then 4/6 of the run at the hardest.
-    drawn = [curriculum_difficulty(i, 600, [1, 2, 3], rng, weights=(1, 1, 4), rehearse=False) for i in range(600)]
+    drawn = [
+        curriculum_difficulty(i, 600, [1, 2, 3], rng, weights=(1, 1, 4), rehearse=False) for i in range(600)
+    ]
     assert drawn == [1] * 100 + [2] * 100 + [3] * 400
     roots = [d for d, _ in training_documents("roots", 60, [1, 2, 3])]
     assert roots == [1] * 10 + [2] * 10 + [3] * 40

@@ -61,7 +61,11 @@ def ensure_suite_shards(family: str) -> dict[str, Path]:
     train_documents = TRAIN_DOCUMENTS.get(family, DEFAULT_TRAIN_DOCUMENTS)
     # The folder names the sizes and difficulties, so changing them builds new shards instead of reusing old ones.
     difficulties = [d for d in DIFFICULTIES if d in source.difficulties]
-    root = cache_dir() / f"suite-v{_VERSION}" / f"{family}-{train_documents}-{VAL_DOCUMENTS}-d{max(difficulties)}"
+    root = (
+        cache_dir()
+        / f"suite-v{_VERSION}"
+        / f"{family}-{train_documents}-{VAL_DOCUMENTS}-d{max(difficulties)}"
+    )
     sft = getattr(source, "format", "pretrain") == "sft"
     tokenizer = _tokenizer_file(root, source) if sft else None
     splits = {

@@ -101,7 +101,8 @@ class TokenBudget(L.Callback):
         trainer.should_stop = True
         self._update_elapsed()
         path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        # The full state, said explicitly: left unset, Lightning logs "`weights_only` was not set".
+        trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:
             record = {
                 "tokens": tokens_seen(pl_module),

@@ -115,5 +115,7 @@ def test_a_builtin_source_without_the_format_says_which_ones_have_it():
     from ouro.data.errors import DataError
     from ouro.data.sft import SFTDataModule
 
-    with pytest.raises(DataError, match=r"'builtin' .* has no 'sft' data.*\['builtin-reasoning'\]"):
+    with pytest.raises(
+        DataError, match=r"'builtin' .* has no 'sft' data.*\['builtin-reasoning', 'builtin-roots'\]"
+    ):
         SFTDataModule(sources="builtin", val_source=None).setup("fit")

@@ -36,7 +36,7 @@ class SFTDataModule(PretrainDataModule):
         """
         Args:
             sources: Shard folders written by ``ouro prepare --format sft``, or a built-in source with SFT data
-                (``builtin-reasoning``; see `ouro.data.builtin_sources`).
+                (``builtin-reasoning``, ``builtin-roots``; see `ouro.data.builtin_sources`).
             weights: Sampling weight of each source (normalised); default: proportional to their sizes.
             val_source: Shard folder of held-out conversations, a built-in source, or null.
             seq_len: Tokens per sequence; must match the prepared blocks (default: read from the manifest).

@@ -111,6 +111,6 @@ for _family, _format in (
             f"builtin-{_family}",
             (_format,),
             partial(_suite_family, _family),
-            f"{_family} questions of the built-in eval suite, difficulties 1-4 in curriculum order",
+            f"{_family} questions of the built-in eval suite, in curriculum order",
         )
     )

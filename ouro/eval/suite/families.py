@@ -44,8 +44,19 @@ class Question:
         return self.choices.index(self.answer)
 
 
+class Family:
+    """What every family shares besides its own fields: how its training documents are written and ordered."""
+
+    format = "pretrain"
+    """Training documents are plain text (``pretrain``) or text segments with train flags (``sft``)."""
+    curriculum_weights: tuple[int, ...] | None = None
+    """Relative length of each difficulty's phase in the training curriculum (None: equal phases)."""
+    rehearse = True
+    """Each phase after the first also draws half of its documents from the easier difficulties."""
+
+
 @dataclass(frozen=True)
-class Binding:
+class Binding(Family):
     """Variable-binding chains: two chains of ``difficulty`` assignments each, statements shuffled."""
 
     name: str = "binding"
@@ -84,7 +95,7 @@ class Binding:
 
 
 @dataclass(frozen=True)
-class Arithmetic:
+class Arithmetic(Family):
     """Left-to-right modular arithmetic with ``difficulty`` operations among ``+ - *``."""
 
     name: str = "arith"
@@ -117,7 +128,7 @@ class Arithmetic:
 
 
 @dataclass(frozen=True)
-class Lookup:
+class Lookup(Family):
     """Composed look-ups: a random function on ``num_symbols`` letters, applied ``difficulty`` times."""
 
     name: str = "lookup"
@@ -158,7 +169,7 @@ class Lookup:
 
 
 @dataclass(frozen=True)
-class Roots:
+class Roots(Family):
     """Find the root: ``num_trees`` chains of parent links, each ending in a root that is its own parent.
 
     A statement ``c>a`` (one word, one token of the family's word tokenizer) says that ``a`` is the parent of

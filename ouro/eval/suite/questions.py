@@ -73,8 +73,8 @@ def training_documents(
                 count,
                 difficulties,
                 rng,
-                getattr(source, "curriculum_weights", None),
-                getattr(source, "rehearse", True),
+                source.curriculum_weights,
+                source.rehearse,
             )
         else:
             difficulty = rng.choice(difficulties)

@@ -35,12 +35,6 @@ def source_name(family: str) -> str:
     return f"builtin-{family}"
 
 
-def _builtin_tokenizer() -> Path:
-    from ouro.data.builtin import builtin_tokenizer_path
-
-    return builtin_tokenizer_path()
-
-
 def _tokenizer_file(root: Path, source) -> Path:
     """The family's word tokenizer, written once under ``root``."""
     from ouro.eval.suite.word_tokenizer import word_tokenizer
@@ -54,7 +48,7 @@ def _tokenizer_file(root: Path, source) -> Path:
 
 def ensure_suite_shards(family: str) -> dict[str, Path]:
     """Prepared ``{"train": ..., "val": ...}`` pretrain shard folders of ``family`` (built on first use)."""
-    from ouro.data.builtin import cache_dir
+    from ouro.data.builtin import builtin_tokenizer_path, cache_dir
     from ouro.data.prepare import prepare
 
     source = suite_family(family)
@@ -66,7 +60,7 @@ def ensure_suite_shards(family: str) -> dict[str, Path]:
         / f"suite-v{_VERSION}"
         / f"{family}-{train_documents}-{VAL_DOCUMENTS}-d{max(difficulties)}"
     )
-    sft = getattr(source, "format", "pretrain") == "sft"
+    sft = source.format == "sft"
     tokenizer = _tokenizer_file(root, source) if sft else None
     splits = {
         "train": dict(count=train_documents, curriculum=True, seed=0),
@@ -86,7 +80,7 @@ def ensure_suite_shards(family: str) -> dict[str, Path]:
             prepare(
                 str(jsonl),
                 str(target),
-                tokenizer=str(tokenizer or _builtin_tokenizer()),
+                tokenizer=str(tokenizer or builtin_tokenizer_path()),
                 format="sft" if sft else "pretrain",
                 text_field="segments" if sft else None,
                 seq_len=SFT_SEQ_LEN,

@@ -7,8 +7,13 @@ saved after it at a later step), then the others newest first, and takes the fir
 so the check costs little even at scale. A sharded folder also needs its completion marker
 (`ouro.checkpoint_io.SHARDED_MARKER`). Each damaged checkpoint is named in one line; when the run resumes into
 the same folder it is moved aside (``last.ckpt.unreadable-<time>``), never deleted, because the resumed run
-writes a new ``last.ckpt``. A checkpoint that ``weights_only`` refuses is not damaged but untrusted: the run
-stops and says so instead of silently using an older one.
+writes a new ``last.ckpt``; ``--ckpt_path`` still resumes from it. A checkpoint that ``weights_only`` refuses is
+not damaged but untrusted: the run stops and says so instead of silently using an older one.
+
+A run directory that has held a checkpoint (`held_checkpoints`: a moved-aside one, anything else left in
+``checkpoints/``, a pre-emption ``hpc_ckpt_<n>.ckpt``) but has none to resume from never starts the stage again
+unless ``--restart true`` says so: a retry loop or a requeued job that reruns the same command stops with one line
+instead of training from step 0 over the old run.
 
 `ResumeSettings` records the data settings a resume must keep (``seq_len``, ``batch_size``, ``num_workers``)
 in every checkpoint; `check_resume_settings` refuses a resume that changed one of them, naming it.
@@ -26,7 +31,7 @@ from typing import Any
 import torch
 from lightning import Callback
 
-from ouro.atomic import remove_stale_temporaries
+from ouro.atomic import TEMP_PREFIX, remove_stale_temporaries
 from ouro.checkpoint_io import SHARDED_MARKER, is_complete_sharded
 from ouro.errors import ResumeError
 
@@ -118,8 +123,14 @@ def _later_numbered(last: Inspection) -> Inspection:
     return newest
 
 
+#: Inserted into the name of a checkpoint moved aside as unreadable: ``last.ckpt.unreadable-<time>``.
+ASIDE_MARK = ".unreadable-"
+#: Lightning's pre-emption checkpoints, written into the run directory itself.
+HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"
+
+
 def _move_aside(path: Path) -> Path:
-    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+    aside = path.with_name(f"{path.name}{ASIDE_MARK}{time.strftime('%Y%m%dT%H%M%S')}")
     path.rename(aside)
     return aside
 
@@ -165,10 +176,38 @@ def newest_readable_checkpoint(
     if tried:
         names = "; ".join(f"{i.path.name} ({i.problem})" for i in tried)
         raise ResumeError(
-            f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}: {names}. Start the stage again in a new "
-            "run directory, or pass --ckpt_path with a good checkpoint"
+            f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}: {names}. Pass --ckpt_path with a good "
+            "checkpoint, or --restart true to start the stage again"
         )
     return None
+
+
+def held_checkpoints(run_dir: str | Path) -> list[Path]:
+    """What shows that ``run_dir`` has held a checkpoint: every entry of its ``checkpoints/`` folder but the
+    leftovers of interrupted writes (``.tmp-*``; Lightning creates the folder only when it saves), and
+    pre-emption checkpoints (`HPC_CHECKPOINTS`, moved aside or not) in the run directory itself."""
+    run_dir = Path(run_dir)
+    folder = run_dir / "checkpoints"
+    found = [p for p in folder.iterdir() if not p.name.startswith(TEMP_PREFIX)] if folder.is_dir() else []
+    found += run_dir.glob(HPC_CHECKPOINTS + "*") if run_dir.is_dir() else []
+    return sorted(found)
+
+
+def refuse_silent_restart(run_dir: str | Path) -> None:
+    """Raise `ResumeError` when ``run_dir`` has held a checkpoint (`held_checkpoints`) although none is left to
+    resume from: starting the stage again needs ``--restart true``."""
+    run_dir = Path(run_dir)
+    held = held_checkpoints(run_dir)
+    if not held:
+        return
+    aside = [p for p in held if ASIDE_MARK in p.name]
+    shown = [str(p.relative_to(run_dir)) for p in aside or held]
+    what = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
+    kind = "moved aside as unreadable" if aside else "left, none of them a checkpoint to resume from"
+    raise ResumeError(
+        f"{run_dir} has held checkpoints but none is left to resume from ({what} {kind}): pass --ckpt_path "
+        "with one (and --weights_only false if you trust the file), or --restart true to start the stage again"
+    )
 
 
 # --------------------------------------------------------------------------------------- settings of a resume
@@ -225,23 +264,41 @@ def check_resume_settings(
 
 
 def resume_checkpoint(
-    run_dir: str | Path, ckpt_path: str | None, datamodule: Any, trusted: bool = False
+    run_dir: str | Path,
+    ckpt_path: str | None,
+    datamodule: Any,
+    trusted: bool = False,
+    restart: bool = False,
 ) -> str | None:
     """The checkpoint ``ouro fit`` resumes from: ``--ckpt_path`` if given, else the run directory's newest
     readable checkpoint (rank 0 moves unreadable ones aside); None starts the stage. Refuses a checkpoint
-    ``weights_only`` rejects and a resume with changed data settings."""
+    ``weights_only`` rejects, a resume with changed data settings, and a start from step 0 in a run directory that
+    has held a checkpoint (`refuse_silent_restart`) unless ``restart``. ``restart`` never discards a readable
+    checkpoint: a requeued job whose command says ``--restart true`` resumes like any other."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     rank_zero = rank_zero_only.rank == 0
     run_dir = Path(run_dir)
     if ckpt_path is None:
-        found = newest_readable_checkpoint(
-            run_dir, move_aside=rank_zero, quiet=not rank_zero, trusted=trusted
-        )
+        try:
+            found = newest_readable_checkpoint(
+                run_dir, move_aside=rank_zero, quiet=not rank_zero, trusted=trusted
+            )
+        except UntrustedCheckpointError:
+            raise
+        except ResumeError:
+            if not restart:
+                raise
+            found = None  # every checkpoint was unreadable, and is now moved aside
         if found is None:
+            if not restart:
+                refuse_silent_restart(run_dir)
+            elif rank_zero and held_checkpoints(run_dir):
+                _say(f"--restart true: starting the stage {run_dir} again from step 0")
             return None
         if rank_zero:
-            _say(f"resuming {run_dir} from {found.path}")
+            restarted = " (--restart true leaves a readable checkpoint in use)" if restart else ""
+            _say(f"resuming {run_dir} from {found.path}{restarted}")
     elif Path(ckpt_path).exists():
         found = inspect_checkpoint(ckpt_path, trusted)
         if found.problem is not None:

@@ -33,7 +33,8 @@ class OuroCLI(LightningCLI):
     * ``trainer.default_root_dir`` is the stage's run directory; unless the recipe says otherwise it gets CSV and
       TensorBoard loggers and ``checkpoints/last.ckpt`` (also saved when training ends).
     * ``ouro fit`` on a run directory that holds a checkpoint resumes it (weights, optimiser, schedules, data
-      position) instead of failing; otherwise the model starts from ``model.init_from`` (or from scratch).
+      position) instead of failing; otherwise the model starts from ``model.init_from`` (or from scratch), except
+      in a run directory that has held a checkpoint, where that takes ``--restart true``.
     * Checkpoints are loaded with ``weights_only=True``.
     """
 
@@ -45,6 +46,14 @@ class OuroCLI(LightningCLI):
             type=int | None,
             default=None,
             help="Also keep a numbered checkpoint every N optimizer steps (last.ckpt is always kept).",
+        )
+        parser.add_argument(
+            "--restart",
+            type=bool,
+            default=False,
+            help="Start the stage again from step 0 in a run directory that has held a checkpoint but has no "
+            "readable one left (unreadable ones stay moved aside). Never discards a readable checkpoint: with "
+            "one, the run resumes as usual.",
         )
         parser.add_argument(
             "--cpu_threads",
@@ -96,7 +105,8 @@ class OuroCLI(LightningCLI):
         if fit_config.get("weights_only") is None:
             fit_config["weights_only"] = True
         trusted = fit_config["weights_only"] is False
-        ckpt_path = resume_checkpoint(root, fit_config.get("ckpt_path"), self.datamodule, trusted)
+        restart = bool(self._get(self.config_init, "restart", default=False))
+        ckpt_path = resume_checkpoint(root, fit_config.get("ckpt_path"), self.datamodule, trusted, restart)
         fit_config["ckpt_path"] = ckpt_path
         self.trainer.callbacks.append(ResumeSettings(data_settings(self.datamodule)))
         self.model.resuming = ckpt_path is not None

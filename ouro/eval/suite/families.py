@@ -2,9 +2,9 @@
 
 Every family draws a question of a given ``difficulty`` (the number of steps) from a `random.Random`, and a
 training document: the same kind of statements followed by several answered queries, so that more of the tokens
-a model trains on carry an answer (more supervision per token than one question per document). A document
-starts with a question exactly as `question` renders it, which is how training text is kept apart from the
-evaluation questions.
+a model trains on carry an answer (more supervision per token than one question per document). A document never
+answers a question of its ``avoid`` set (the evaluation prompts), rendered exactly as `question` renders it:
+that is how training text is kept apart from the evaluation questions.
 
 * ``binding``: variable-binding chains. ``bind: b = h a = 0 d = g h = 6 f = b g = a ? f =`` -> ``6``: the asked
   variable reaches its constant through ``difficulty`` assignments; a second chain of the same length ends in
@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Container
 from dataclasses import dataclass
+from typing import Any
 
 DIGITS = tuple(string.digits)
 _LETTERS = tuple(string.ascii_lowercase)
@@ -53,6 +55,18 @@ class Family:
     """Relative length of each difficulty's phase in the training curriculum (None: equal phases)."""
     rehearse = True
     """Each phase after the first also draws half of its documents from the easier difficulties."""
+
+    def document(self, rng: random.Random, difficulty: int, avoid: Container[str] = frozenset()):
+        """A training document of ``difficulty`` (text, or text segments for ``sft``), none of whose answered
+        queries is a prompt in ``avoid``: a draw that would answer one is drawn again."""
+        while True:
+            prompts, text = self._document(rng, difficulty, avoid)
+            if not any(prompt in avoid for prompt in prompts):
+                return text
+
+    def _document(self, rng: random.Random, difficulty: int, avoid: Container[str]) -> tuple[list[str], Any]:
+        """``(the prompt of every query it answers, as `question` renders it, document)``."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -85,13 +99,13 @@ class Binding(Family):
         statements, values, asked = self._statements(rng, difficulty)
         return Question(f"bind: {' '.join(statements)} ? {asked} =", values[asked], DIGITS, difficulty)
 
-    def document(self, rng: random.Random, difficulty: int) -> tuple[str, str]:
-        """``(first prompt, text)``: the statements, then every variable asked once (the deepest of the first
-        chain first, as in `question`) with its answer."""
+    def _document(self, rng: random.Random, difficulty: int, avoid: Container[str]) -> tuple[list[str], str]:
+        """The statements, then every variable asked once (the deepest of the first chain first, as in
+        `question`) with its answer."""
         statements, values, asked = self._statements(rng, difficulty)
         order = [asked] + rng.sample([v for v in values if v != asked], len(values) - 1)
-        text = f"bind: {' '.join(statements)}" + "".join(f" ? {v} = {values[v]}" for v in order)
-        return f"bind: {' '.join(statements)} ? {asked} =", text
+        head = f"bind: {' '.join(statements)}"
+        return [f"{head} ? {v} =" for v in order], head + "".join(f" ? {v} = {values[v]}" for v in order)
 
 
 @dataclass(frozen=True)
@@ -121,10 +135,18 @@ class Arithmetic(Family):
         expression, answer = self._expression(rng, difficulty)
         return Question(f"{self.name}: {expression}", answer, DIGITS[: self.modulus], difficulty)
 
-    def document(self, rng: random.Random, difficulty: int, count: int = 4) -> tuple[str, str]:
-        """``(first prompt, text)``: ``count`` expressions of this difficulty with their answers, ``;`` apart."""
-        parts = [self._expression(rng, difficulty) for _ in range(count)]
-        return f"{self.name}: {parts[0][0]}", f"{self.name}: " + " ; ".join(" ".join(p) for p in parts)
+    def _document(
+        self, rng: random.Random, difficulty: int, avoid: Container[str], count: int = 4
+    ) -> tuple[list[str], str]:
+        """``count`` expressions of this difficulty with their answers, ``;`` apart. Each one is drawn again
+        while it is in ``avoid`` (at difficulty 1 there are only 270 expressions, most of them evaluated)."""
+        parts = []
+        while len(parts) < count:
+            expression, answer = self._expression(rng, difficulty)
+            if f"{self.name}: {expression}" not in avoid:
+                parts.append((expression, answer))
+        prompts = [f"{self.name}: {expression}" for expression, _ in parts]
+        return prompts, f"{self.name}: " + " ; ".join(" ".join(p) for p in parts)
 
 
 @dataclass(frozen=True)
@@ -160,12 +182,12 @@ class Lookup(Family):
         prompt = f"lookup: {table} ? {start} {difficulty} ="
         return Question(prompt, answer, _LETTERS[: self.num_symbols], difficulty)
 
-    def document(self, rng: random.Random, difficulty: int) -> tuple[str, str]:
-        """``(first prompt, text)``: the table, then every symbol asked once at this difficulty with its answer."""
+    def _document(self, rng: random.Random, difficulty: int, avoid: Container[str]) -> tuple[list[str], str]:
+        """The table, then every symbol asked once at this difficulty with its answer."""
         table, function = self._table(rng)
         starts = rng.sample(_LETTERS[: self.num_symbols], self.num_symbols)
         queries = "".join(f" ? {s} {difficulty} = {self._apply(function, s, difficulty)}" for s in starts)
-        return f"lookup: {table} ? {starts[0]} {difficulty} =", f"lookup: {table}{queries}"
+        return [f"lookup: {table} ? {s} {difficulty} =" for s in starts], f"lookup: {table}{queries}"
 
 
 @dataclass(frozen=True)
@@ -229,9 +251,11 @@ class Roots(Family):
         asked, root = self._query(rng.choice(chains), difficulty)
         return Question(f"{self.name}: {statements} ? {asked}", root, self.letters, difficulty)
 
-    def document(self, rng: random.Random, difficulty: int) -> tuple[str, list[dict]]:
-        """``(first prompt, segments)``: the statements, then `queries` questions with their roots, each
-        asking a letter at most ``difficulty`` links deep (roots included); only the answers train."""
+    def _document(
+        self, rng: random.Random, difficulty: int, avoid: Container[str]
+    ) -> tuple[list[str], list[dict]]:
+        """Segments: the statements, then `queries` questions with their roots, each asking a letter at most
+        ``difficulty`` links deep (roots included); only the answers train."""
         statements, chains = self._forest(rng)
         asked = [self._query(rng.choice(chains), rng.randint(0, difficulty)) for _ in range(self.queries)]
         segments = [{"text": f"{self.name}: {statements} ? {asked[0][0]}", "train": False}]
@@ -239,7 +263,7 @@ class Roots(Family):
             if i:
                 segments.append({"text": f" ? {statement}", "train": False})
             segments.append({"text": f" {root}", "train": True})
-        return segments[0]["text"], segments
+        return [f"{self.name}: {statements} ? {statement}" for statement, _ in asked], segments
 
 
 FAMILIES = {family.name: family for family in (Binding(), Arithmetic(), Lookup(), Roots())}

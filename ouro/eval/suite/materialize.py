@@ -15,7 +15,7 @@ from ouro.atomic import atomic_write_text
 from ouro.eval.suite.families import FAMILIES
 from ouro.eval.suite.questions import EVAL_SIZE, eval_questions
 
-_VERSION = 1  # bump when questions or templates change: lm-eval records it in results.json
+_VERSION = 2  # bump when questions or templates change: lm-eval records it in results.json
 
 
 def task_name(family: str, difficulty: int) -> str:

@@ -1,23 +1,25 @@
 """Fixed evaluation questions and the matching training documents, kept apart by seed and by prompt.
 
-Evaluation questions of ``(family, difficulty)`` come from their own seed, so they never change; training
-documents come from other seeds and any document that starts with an evaluation prompt is dropped, so a model
-never trains on a question it is scored on.
+Evaluation questions of ``(family, difficulty)`` come from their own seed, so they never change, and their
+prompts are distinct. Training documents come from other seeds, and none answers an evaluation question of its
+family at any difficulty, in any of its queries, so a model never trains on a question it is scored on.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from ouro.eval.suite.families import Question, family
 
 EVAL_SIZE = 250
 """Questions per task (per family and difficulty) in the materialised suite."""
+_MAX_DRAWS_PER_QUESTION = 100  # a space too small for ``count`` distinct prompts ends in an error
 
 
 def eval_questions(name: str, difficulty: int, count: int = EVAL_SIZE) -> list[Question]:
-    """The first ``count`` evaluation questions of family ``name`` at ``difficulty`` (always the same ones)."""
+    """The first ``count`` evaluation questions of family ``name`` at ``difficulty`` (always the same ones,
+    each prompt once: a repeated draw is skipped)."""
     source = family(name)
     if difficulty not in source.difficulties:
         raise ValueError(
@@ -25,11 +27,20 @@ def eval_questions(name: str, difficulty: int, count: int = EVAL_SIZE) -> list[Q
             f"{source.difficulties.start}..{source.difficulties.stop - 1}"
         )
     rng = random.Random(f"ouro-eval/{name}/d{difficulty}")
-    return [source.question(rng, difficulty) for _ in range(count)]
+    questions: dict[str, Question] = {}
+    for _ in range(count * _MAX_DRAWS_PER_QUESTION):
+        if len(questions) == count:
+            break
+        question = source.question(rng, difficulty)
+        questions.setdefault(question.prompt, question)
+    if len(questions) < count:
+        raise ValueError(f"{name} d{difficulty} has fewer than {count} distinct questions; ask for fewer")
+    return list(questions.values())
 
 
-def _eval_prompts(name: str, difficulties: Iterable[int]) -> set[str]:
-    return {q.prompt for d in difficulties for q in eval_questions(name, d)}
+def eval_prompts(name: str) -> frozenset[str]:
+    """Every evaluation prompt of family ``name``, at every difficulty of the suite."""
+    return frozenset(q.prompt for d in family(name).difficulties for q in eval_questions(name, d))
 
 
 def curriculum_difficulty(
@@ -58,12 +69,13 @@ def training_documents(
     curriculum: bool = True,
     seed: int = 0,
 ) -> list[tuple[int, str]]:
-    """``count`` ``(difficulty, text)`` training documents of family ``name``, none starting with an evaluation
-    prompt. ``curriculum``: in order of increasing difficulty (see `curriculum_difficulty`; train without
-    shuffling to keep the order); otherwise difficulties drawn uniformly."""
+    """``count`` ``(difficulty, text)`` training documents of family ``name``, none answering an evaluation
+    question of the family (`eval_prompts`) in any query. ``curriculum``: in order of increasing difficulty
+    (see `curriculum_difficulty`; train without shuffling to keep the order); otherwise difficulties drawn
+    uniformly."""
     source = family(name)
     difficulties = sorted(difficulties or source.difficulties)
-    held_out = _eval_prompts(name, difficulties)
+    held_out = eval_prompts(name)
     rng = random.Random(f"ouro-train/{name}/{seed}")
     documents = []
     while len(documents) < count:
@@ -78,7 +90,5 @@ def training_documents(
             )
         else:
             difficulty = rng.choice(difficulties)
-        prompt, text = source.document(rng, difficulty)
-        if prompt not in held_out:
-            documents.append((difficulty, text))
+        documents.append((difficulty, source.document(rng, difficulty, held_out)))
     return documents

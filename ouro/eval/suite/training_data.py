@@ -2,13 +2,14 @@
 ``builtin-roots``).
 
 Documents of difficulties 1..4, written in curriculum order (train with ``shuffle: false`` to keep it) and
-prepared on first use under ``$OURO_CACHE``; none starts with an evaluation question of the suite. Most families
+prepared on first use under ``$OURO_CACHE``; none answers an evaluation question of the suite. Most families
 write plain text (``format: pretrain``, the built-in BPE tokenizer); ``roots`` writes text segments whose
 answers alone train (``format: sft``, packed for `SFT_SEQ_LEN`), with its own word tokenizer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -27,7 +28,13 @@ VAL_DOCUMENTS = 400
 """Documents in the validation split (difficulties mixed uniformly)."""
 DIFFICULTIES = (1, 2, 3, 4)
 """Difficulties the training documents cover, where the family has them (the suite evaluates further ones)."""
-_VERSION = 1  # bump when the documents change: the cache folder is named after it
+GENERATOR_FILES = tuple(
+    Path(__file__).with_name(name)
+    for name in ("families.py", "questions.py", "training_data.py", "word_tokenizer.py")
+)
+"""The code that writes the documents and the word tokenizer: the shard cache key hashes it."""
+SPLITS = {"train": dict(curriculum=True, seed=0), "val": dict(curriculum=False, seed=1)}
+"""How each split's documents are drawn (`training_documents` arguments besides the count, `split_count`)."""
 
 
 def source_name(family: str) -> str:
@@ -46,32 +53,59 @@ def _tokenizer_file(root: Path, source) -> Path:
     return path
 
 
+def training_difficulties(family: str) -> list[int]:
+    """The difficulties of ``family`` its training documents cover (`DIFFICULTIES` where it has them)."""
+    return [d for d in DIFFICULTIES if d in suite_family(family).difficulties]
+
+
+def split_documents(family: str, split: str) -> list[tuple[int, str | list[dict]]]:
+    """The ``(difficulty, document)`` pairs of one split (``train`` or ``val``) of ``family``'s shards."""
+    return training_documents(
+        family, split_count(family, split), difficulties=training_difficulties(family), **SPLITS[split]
+    )
+
+
+def split_count(family: str, split: str) -> int:
+    """Documents in one split of ``family``'s shards."""
+    return TRAIN_DOCUMENTS.get(family, DEFAULT_TRAIN_DOCUMENTS) if split == "train" else VAL_DOCUMENTS
+
+
+def shard_key(family: str, tokenizer: Path | None = None) -> str:
+    """The cache key of ``family``'s shards: a hash of everything their content follows from: the generator's
+    code (`GENERATOR_FILES`), the family's fields, the split settings, the packing length and the tokenizer
+    file (the built-in BPE one for plain-text families). Any change to them builds new shards."""
+    digest = hashlib.sha256()
+    for path in GENERATOR_FILES:
+        digest.update(path.read_bytes())
+    settings = {
+        "family": repr(suite_family(family)),
+        "splits": {split: {**drawn, "count": split_count(family, split)} for split, drawn in SPLITS.items()},
+        "difficulties": training_difficulties(family),
+        "seq_len": SFT_SEQ_LEN,
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    if tokenizer is not None:
+        digest.update(tokenizer.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ensure_suite_shards(family: str) -> dict[str, Path]:
-    """Prepared ``{"train": ..., "val": ...}`` pretrain shard folders of ``family`` (built on first use)."""
+    """Prepared ``{"train": ..., "val": ...}`` pretrain shard folders of ``family`` (built on first use, in a
+    folder named after `shard_key`)."""
     from ouro.data.builtin import builtin_tokenizer_path, cache_dir
     from ouro.data.prepare import prepare
 
     source = suite_family(family)
-    train_documents = TRAIN_DOCUMENTS.get(family, DEFAULT_TRAIN_DOCUMENTS)
-    # The folder names the sizes and difficulties, so changing them builds new shards instead of reusing old ones.
-    difficulties = [d for d in DIFFICULTIES if d in source.difficulties]
-    root = (
-        cache_dir()
-        / f"suite-v{_VERSION}"
-        / f"{family}-{train_documents}-{VAL_DOCUMENTS}-d{max(difficulties)}"
-    )
     sft = source.format == "sft"
-    tokenizer = _tokenizer_file(root, source) if sft else None
-    splits = {
-        "train": dict(count=train_documents, curriculum=True, seed=0),
-        "val": dict(count=VAL_DOCUMENTS, curriculum=False, seed=1),
-    }
+    text_tokenizer = None if sft else builtin_tokenizer_path()
+    root = cache_dir() / "suite" / f"{family}-{shard_key(family, text_tokenizer)}"
+    tokenizer = _tokenizer_file(root, source) if sft else text_tokenizer
     out = {}
-    for split, settings in splits.items():
+    for split in SPLITS:
         jsonl = root / f"{split}.jsonl"
         if not jsonl.is_file():
             jsonl.parent.mkdir(parents=True, exist_ok=True)
-            documents = training_documents(family, difficulties=difficulties, **settings)
+            documents = split_documents(family, split)
             field = "segments" if sft else "text"
             rows = (json.dumps({field: text, "difficulty": d}) for d, text in documents)
             atomic_write_text(jsonl, "\n".join(rows) + "\n")
@@ -80,7 +114,7 @@ def ensure_suite_shards(family: str) -> dict[str, Path]:
             prepare(
                 str(jsonl),
                 str(target),
-                tokenizer=str(tokenizer or builtin_tokenizer_path()),
+                tokenizer=str(tokenizer),
                 format="sft" if sft else "pretrain",
                 text_field="segments" if sft else None,
                 seq_len=SFT_SEQ_LEN,

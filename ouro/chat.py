@@ -12,7 +12,7 @@ with ``<|im_start|>assistant\\n``. Three views of the same format live here:
 
 from __future__ import annotations
 
-from ouro.data.errors import DataError
+from ouro.errors import DataError
 
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 #: The special tokens of a ChatML tokenizer, in the order the built-in tokenizer numbers them (0, 1, 2).

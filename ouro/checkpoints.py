@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ouro.config import OuroConfig
+from ouro.errors import SourceError, SourceNotFoundError
 
 if TYPE_CHECKING:
     from ouro.model import OuroForCausalLM
@@ -27,14 +28,6 @@ if TYPE_CHECKING:
 PROVENANCE_FILE = "ouro_provenance.json"
 #: Endings of local files that a name ORG/NAME may have but a Hub repo id never does.
 _FILE_SUFFIXES = (".ckpt", ".json", ".safetensors", ".pt", ".pth", ".yaml", ".yml")
-
-
-class SourceError(ValueError):
-    """A model source cannot be read; the message names the path and what to do."""
-
-
-class SourceNotFoundError(SourceError, FileNotFoundError):
-    """A model source names nothing that exists, locally or as a Hub repo id."""
 
 
 @dataclass

@@ -7,8 +7,11 @@ right, last wins; ``--print_config`` shows the resolved recipe). ``prepare``, ``
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+
+from ouro.errors import OuroError, plain_message
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -100,35 +103,28 @@ def _print_help() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``ouro`` console script. Errors in user input end with one message and exit code 2,
-    OS errors (a full disk) with one message and exit code 1 (set ``OURO_DEBUG=1`` for the traceback)."""
-    import os
-
+    """Entry point of the ``ouro`` console script. An `OuroError` ends with its one-line message and its
+    ``exit_code``; so do the standard errors a library raises on bad input (``ValueError``, a missing file: exit 2)
+    and the OS errors of the machine (a full disk: exit 1). ``OURO_DEBUG=1`` shows the traceback instead."""
     try:
         _dispatch(list(sys.argv[1:] if argv is None else argv))
-    except Exception as error:
-        if os.environ.get("OURO_DEBUG") or not _is_user_error(error):
-            raise
-        from ouro.errors import plain_message
-
-        print(f"ouro: error: {plain_message(error)}", file=sys.stderr)
-        raise SystemExit(_exit_code(error)) from None
-
-
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError)
+    except OuroError as error:
+        _fail(error, error.exit_code)
+    except (ValueError, OSError) as error:
+        # Raised by a library (torch, safetensors, tokenizers, the OS) on input or a machine fault that ouro
+        # did not wrap; they get the same one line.
+        _fail(error, 2 if isinstance(error, (ValueError, *INPUT_OS_ERRORS)) else 1)
 
 
-def _is_user_error(error: Exception) -> bool:
-    """Bad input (a file, a value, a recipe) or a fault of the machine (a full disk) rather than a bug: those end
-    with one message, no traceback."""
-    return isinstance(error, (*USER_ERRORS, OSError)) or type(error).__module__.startswith("ouro.")
+#: OS errors that mean "fix the path you gave" rather than "the machine failed".
+INPUT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError)
 
 
-def _exit_code(error: Exception) -> int:
-    """2 for input to fix; 1 for a failure of the machine (an OS error such as a full disk)."""
-    if hasattr(error, "exit_code"):
-        return int(error.exit_code)
-    return 1 if isinstance(error, OSError) and not isinstance(error, USER_ERRORS) else 2
+def _fail(error: Exception, exit_code: int) -> None:
+    if os.environ.get("OURO_DEBUG"):
+        raise error
+    print(f"ouro: error: {plain_message(error)}", file=sys.stderr)
+    raise SystemExit(exit_code) from None
 
 
 def _dispatch(args: list[str]) -> None:

@@ -7,16 +7,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ouro.errors import ConfigError
+
 #: ``auto_map`` of the official checkpoints: the remote code that transformers loads with trust_remote_code.
 AUTO_MAP = {
     "AutoConfig": "configuration_ouro.OuroConfig",
     "AutoModel": "modeling_ouro.OuroModel",
     "AutoModelForCausalLM": "modeling_ouro.OuroForCausalLM",
 }
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and what to change."""
 
 
 @dataclass

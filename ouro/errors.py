@@ -1,7 +1,9 @@
-"""Errors that end an ``ouro`` command with one line instead of a traceback, and how OS errors are worded.
+"""Every user-facing error of ``ouro`` under one base, `OuroError`, and how OS errors are worded.
 
-`ouro.cli.main` prints ``ouro: error: <message>`` for these and exits with their ``exit_code`` (``OURO_DEBUG=1``
-shows the traceback). Input the user can fix exits 2; a fault of the machine (a full disk) exits 1.
+`ouro.cli.main` catches `OuroError` and prints ``ouro: error: <message>``, then exits with the class's
+``exit_code`` (``OURO_DEBUG=1`` shows the traceback). Input the user can fix exits 2; a fault of the machine (a
+full disk) exits 1. Each class also keeps the standard base it had before (``ValueError``, ``RuntimeError``,
+``FileNotFoundError``), so ``except ValueError`` around a library call still catches it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,58 @@ from pathlib import Path
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-class ResumeError(ValueError):
-    """A run cannot resume: no readable checkpoint, a checkpoint ``weights_only`` refuses, or changed settings."""
+class OuroError(Exception):
+    """Base of every error ``ouro`` reports to its user in one line: the message names the thing and the fix."""
 
+    #: The exit status of the ``ouro`` command that ends with this error: 2 input to fix, 1 a machine fault.
     exit_code = 2
 
 
-class WriteError(RuntimeError):
+class ConfigError(OuroError, ValueError):
+    """A configuration value is invalid; the message names the field and what to change."""
+
+
+class RecipeError(OuroError, ValueError):
+    """A recipe cannot be read: the message names the file and what to change."""
+
+
+class DataError(OuroError, ValueError):
+    """Bad input data or prepared shards; the message names the file (and line or row) and the fix."""
+
+
+class SourceError(OuroError, ValueError):
+    """A model source cannot be read; the message names the path and what to do."""
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """A model source names nothing that exists, locally or as a Hub repo id."""
+
+
+class StageInitError(OuroError, ValueError):
+    """The stage cannot be initialised from its ``init_from``; the message says what to run or change."""
+
+
+class ResumeError(OuroError, ValueError):
+    """A run cannot resume: no readable checkpoint, a checkpoint ``weights_only`` refuses, or changed settings."""
+
+
+class UntrustedCheckpointError(ResumeError):
+    """``torch.load(weights_only=True)`` refuses the checkpoint: it holds objects that are not plain data."""
+
+
+class PipelineError(OuroError, ValueError):
+    """The pipeline file is invalid or a stage failed; the message names the stage."""
+
+
+class ExportError(OuroError, ValueError):
+    """The export cannot be written; the message names the argument to change."""
+
+
+class PushError(OuroError, RuntimeError):
+    """The upload failed; the message says why and how to retry. The local export is untouched."""
+
+
+class WriteError(OuroError, RuntimeError):
     """Writing a file a later run trusts (checkpoint, export) failed; the message says what is still intact."""
 
     exit_code = 1

@@ -31,13 +31,10 @@ from pathlib import Path
 
 import yaml
 
+from ouro.errors import PipelineError
 from ouro.preflight import yaml_syntax_problem
 from ouro.recipe_yaml import read_recipe
 from ouro.run_dir import is_complete, mark_complete
-
-
-class PipelineError(ValueError):
-    """The pipeline file is invalid or a stage failed; the message names the stage."""
 
 
 @dataclass

@@ -21,11 +21,9 @@ from typing import Any
 
 import yaml
 
+from ouro.errors import RecipeError
+
 INCLUDE_TAG = "!include"
-
-
-class RecipeError(ValueError):
-    """A recipe cannot be read: the message names the file and what to change."""
 
 
 def _loader_class(base: type) -> type:

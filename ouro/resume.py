@@ -33,16 +33,12 @@ from lightning import Callback
 
 from ouro.atomic import TEMP_PREFIX, remove_stale_temporaries
 from ouro.checkpoint_io import SHARDED_MARKER, is_complete_sharded
-from ouro.errors import ResumeError
+from ouro.errors import ResumeError, UntrustedCheckpointError
 
 #: Lightning's metadata file inside a sharded checkpoint folder.
 SHARDED_METADATA = "meta.pt"
 #: Data settings the loader state depends on (litdata refuses or silently misplaces a resume that changes them).
 RESUME_SETTINGS = ("seq_len", "batch_size", "num_workers")
-
-
-class UntrustedCheckpointError(ResumeError):
-    """``torch.load(weights_only=True)`` refuses the checkpoint: it holds objects that are not plain data."""
 
 
 @dataclass

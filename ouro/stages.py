@@ -18,6 +18,7 @@ import torch
 
 from ouro.checkpoints import ModelSource, find_run_checkpoint, is_hub_repo_id, read_source
 from ouro.config import OuroConfig
+from ouro.errors import StageInitError
 
 if TYPE_CHECKING:
     from ouro.model import OuroForCausalLM
@@ -31,10 +32,6 @@ SHAPE_FIELDS = (
     "num_attention_heads",
     "num_key_value_heads",
 )
-
-
-class StageInitError(ValueError):
-    """The stage cannot be initialised from its ``init_from``; the message says what to run or change."""
 
 
 # ------------------------------------------------------------------------------------------------- source

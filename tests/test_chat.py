@@ -9,9 +9,9 @@ import pytest
 
 from ouro.chat import CHATML_TEMPLATE, IM_END, ChatRenderer, format_chat
 from ouro.data.builtin import train_tokenizer
-from ouro.data.errors import DataError
 from ouro.data.prepare import prepare
 from ouro.data.sft import SFTDataModule
+from ouro.errors import DataError
 from ouro.generation.cli import chat_prompt_ids
 
 SYSTEM, QUESTION = "you answer briefly", "what is 3 plus  4?\n"

@@ -112,8 +112,8 @@ def test_a_new_builtin_source_is_one_registration_and_the_loaders_pickle(toy_sha
 
 
 def test_a_builtin_source_without_the_format_says_which_ones_have_it():
-    from ouro.data.errors import DataError
     from ouro.data.sft import SFTDataModule
+    from ouro.errors import DataError
 
     with pytest.raises(
         DataError, match=r"'builtin' .* has no 'sft' data.*\['builtin-reasoning', 'builtin-roots'\]"

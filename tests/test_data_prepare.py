@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ouro.data.builtin import train_tokenizer
-from ouro.data.errors import DataError
 from ouro.data.manifest import Manifest
 from ouro.data.prepare import prepare
+from ouro.errors import DataError
 
 WORDS = "alpha beta gamma delta loop model token stream shard chunk exit gate step".split()
 

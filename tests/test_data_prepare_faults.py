@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from ouro.data.builtin import train_tokenizer
-from ouro.data.errors import DataError
 from ouro.data.prepare import prepare
+from ouro.errors import DataError
 
 WORDS = "alpha beta gamma delta loop model token stream shard chunk exit gate step".split()
 CHUNK = 64  # tokens per chunk; also the bytes per unit, so every input file below is its own unit

@@ -13,9 +13,9 @@ import torch
 from ouro.config import OuroConfig
 from ouro.data.batching import IGNORE_INDEX, blocks_to_batch
 from ouro.data.builtin import train_tokenizer
-from ouro.data.errors import DataError
 from ouro.data.prepare import prepare
 from ouro.data.pretrain import PretrainDataModule
+from ouro.errors import DataError
 from ouro.module import OuroLM
 
 WORDS = "alpha beta gamma delta loop model token stream shard chunk exit gate step".split()

@@ -14,9 +14,9 @@ import torch
 
 from ouro.config import OuroConfig
 from ouro.data.builtin import train_tokenizer
-from ouro.data.errors import DataError
 from ouro.data.prepare import prepare
 from ouro.data.pretrain import PretrainDataModule
+from ouro.errors import DataError
 from ouro.module import OuroLM
 
 pytest.importorskip("moto")

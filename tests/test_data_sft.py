@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from ouro.data.builtin import train_tokenizer
-from ouro.data.errors import DataError
 from ouro.data.prepare import prepare
 from ouro.data.sft import SFTDataModule
+from ouro.errors import DataError
 
 
 def _conversation(i: int) -> dict:

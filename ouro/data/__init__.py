@@ -10,7 +10,7 @@ _EXPORTS = {
     "SFTDataModule": "ouro.data.sft",
     "prepare": "ouro.data.prepare",
     "Manifest": "ouro.data.manifest",
-    "DataError": "ouro.data.errors",
+    "DataError": "ouro.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ouro.data.errors import DataError
+from ouro.errors import DataError
 
 #: ``(format, seq_len, workers) -> {"train": folder, "val": folder}``; ``seq_len`` is the packing length SFT
 #: shards must have (None: the source's default), ``workers`` the processes that may tokenize (None: all CPUs).

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ouro.chat import ROLES, ChatRenderer
-from ouro.data.errors import DataError
+from ouro.errors import DataError
 
 __all__ = ["ChatRenderer", "validate_conversation"]
 

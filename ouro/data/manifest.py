@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ouro.atomic import atomic_write_text
-from ouro.data.errors import DataError
+from ouro.errors import DataError
 
 MANIFEST = "manifest.json"
 

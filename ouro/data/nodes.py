@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ouro.data.errors import DataError
+from ouro.errors import DataError
 
 
 def _env_int(name: str) -> int | None:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Literal
 
 from ouro.data import remote
-from ouro.data.errors import DataError
 from ouro.data.manifest import MANIFEST, Manifest
 from ouro.data.nodes import node_split
 from ouro.data.readers import ReadStats, expand_inputs, input_size, input_stamp, read_records, read_texts
@@ -36,7 +35,7 @@ from ouro.data.tokenizer import (
     resolve_tokenizer_file,
     tokenizer_hash,
 )
-from ouro.errors import NO_SPACE, WriteError, free_bytes, human_bytes
+from ouro.errors import NO_SPACE, DataError, WriteError, free_bytes, human_bytes
 
 _TOKENIZERS: dict[str, object] = {}
 

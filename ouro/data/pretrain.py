@@ -11,8 +11,8 @@ import lightning as L
 
 from ouro.data.batching import BlockCollate
 from ouro.data.builtin_sources import builtin_dirs, is_builtin
-from ouro.data.errors import DataError
 from ouro.data.manifest import Manifest, check_same_tokenizer
+from ouro.errors import DataError
 
 BUILTIN = "builtin"
 AUTO = "auto"

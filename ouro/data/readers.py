@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ouro.data.errors import DataError
+from ouro.errors import DataError
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
 HUB_PREFIX = "hf://"

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ouro.data.errors import DataError
+from ouro.errors import DataError
 
 REMOTE_SCHEMES = ("s3://", "gs://", "az://", "azure://")
 #: Schemes litdata can write to (``litdata.constants._SUPPORTED_PROVIDERS``).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ouro.data.errors import DataError
+from ouro.errors import DataError
 
 
 def is_segments(value: Any) -> bool:

@@ -9,8 +9,8 @@ attention inside each conversation; only assistant tokens (content and ``<|im_en
 
 from __future__ import annotations
 
-from ouro.data.errors import DataError
 from ouro.data.pretrain import PretrainDataModule
+from ouro.errors import DataError
 
 
 class SFTDataModule(PretrainDataModule):

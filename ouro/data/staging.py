@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ouro.atomic import atomic_write_text, fsync_directory, remove_stale_temporaries, replace_directory
 from ouro.data import remote
-from ouro.data.errors import DataError
 from ouro.data.manifest import MANIFEST
+from ouro.errors import DataError
 
 WORK = ".ouro-prepare"
 PLAN = f"{WORK}/plan.json"

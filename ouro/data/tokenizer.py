@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from ouro.chat import chat_token_ids  # noqa: F401 (ChatML lives in ouro.chat; prepare imports it here)
-from ouro.data.errors import DataError
+from ouro.errors import DataError
 
 #: Ouro's tokenizer (SmolLM2): 49,152 tokens, ``<|endoftext|>`` = 0.
 OURO_TOKENIZER = "HuggingFaceTB/SmolLM2-135M"

@@ -19,15 +19,11 @@ import torch
 
 from ouro.atomic import remove_stale_temporaries, replace_directory, temporary_sibling
 from ouro.checkpoints import PROVENANCE_FILE, ModelSource, build_model, read_source
-from ouro.errors import WriteError, describe_write_failure, os_error_behind
+from ouro.errors import ExportError, WriteError, describe_write_failure, os_error_behind
 
 REMOTE_CODE_DIR = Path(__file__).parent / "remote_code"
 REMOTE_CODE_FILES = ("configuration_ouro.py", "modeling_ouro.py")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-class ExportError(ValueError):
-    """The export cannot be written; the message names the argument to change."""
 
 
 def parse_size(text: str | int) -> int:

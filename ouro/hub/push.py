@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ouro.errors import PushError
+
 REQUIRED_FILES = ("config.json", "configuration_ouro.py", "modeling_ouro.py", "tokenizer.json")
-
-
-class PushError(RuntimeError):
-    """The upload failed; the message says why and how to retry. The local export is untouched."""
 
 
 def check_export(folder: Path) -> None:

@@ -2,7 +2,8 @@
 scoring forward per request for the whole sweep.
 
 The tasks are loaded once; lm-eval's ``evaluate`` then runs once per depth setting with the same `OuroLM`,
-whose active setting changes between runs. The first run scores every log-likelihood request at every setting
+whose active setting changes between runs, and with the few-shot sampler re-seeded before each run, so every
+setting scores the same prompts. The first run scores every log-likelihood request at every setting
 (one forward up to the deepest pass); the later runs read those scores from the backend's cache, so they cost
 lm-eval's bookkeeping and metrics, not forwards. Generation tasks run per setting.
 """
@@ -127,7 +128,6 @@ def evaluate(
             task.set_config(key="num_fewshot", value=num_fewshot)
         elif task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
-        task.set_fewshot_seed(seed=fewshot_seed)
 
     was_training = model.training
     lm = OuroLM(
@@ -145,6 +145,10 @@ def evaluate(
     try:
         for setting in settings:
             lm.active = setting
+            # lm-eval's few-shot sampler is stateful and lm-eval's evaluate does not re-seed it: re-seeding here
+            # gives every setting the prompts a run of that setting alone gets (and the cache its hits).
+            for task in loaded["tasks"].values():
+                task.set_fewshot_seed(seed=fewshot_seed)
             raw[setting.key] = lm_eval_evaluate(
                 lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False
             )

@@ -3,6 +3,9 @@ log-likelihoods, generation, and the depth sweep running one forward."""
 
 from __future__ import annotations
 
+import copy
+import importlib
+
 import pytest
 import torch
 from lm_eval.api.instance import Instance
@@ -217,3 +220,72 @@ def test_generation_ends_a_row_at_a_token_that_holds_a_stop_string(model, tokeni
     (text,) = lm.generate_until(requests("generate_until", [(prompt, {"until": [stop], "max_gen_toks": 8})]))
     assert text == tokenizer.decode(tokens).split(stop)[0]
     assert lm.stats[("toy", "step2")].tokens == first + 1  # not the 8 of max_gen_toks
+
+
+def test_generation_stops_at_the_configured_end_token_and_the_tokenizers_end_of_turn(model, tokenizer):
+    """A chat checkpoint ends its turns with the config's eos_token_id (<|im_end|>), not <|endoftext|>."""
+    for prompt in ("Two plus two equals", "The capital of", "x", "A much longer context"):
+        tokens = greedy_reference(model, encode(tokenizer, prompt), 8, TRAINED, eos=-1)
+        # the first token after the first that the row has not emitted yet: it becomes the end token
+        end = next((i for i in range(1, 8) if tokens[i] not in tokens[:i]), None)
+        if end is not None:
+            break
+    assert end is not None, "no greedy row with two distinct tokens"
+    chat_model = copy.copy(model)  # the same weights, a config whose end token is that greedy token
+    chat_model.config = model.config.replace(eos_token_id=tokens[end])
+    lm = OuroLM(model=chat_model, tokenizer=tokenizer, exit_step=TRAINED, progress=False)
+    (text,) = lm.generate_until(requests("generate_until", [(prompt, {"until": ["@@@"], "max_gen_toks": 8})]))
+    assert text == tokenizer.decode(tokens[: end + 1])
+    assert tokenizer.token_to_id("<|im_end|>") in OuroLM(model=model, tokenizer=tokenizer).end_token_ids
+
+
+def test_a_generation_longer_than_the_window_keeps_the_prompts_end_and_fits(tokenizer, monkeypatch):
+    generation = importlib.import_module(
+        "ouro.generation.generate"
+    )  # the package exports a same-named function
+
+    torch.manual_seed(0)
+    config = OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=24)
+    small = OuroForCausalLM(config).eval()
+    calls = []
+    original = generation.generate
+    monkeypatch.setattr(
+        generation,
+        "generate",
+        lambda m, p, **k: calls.append((p, k["max_new_tokens"])) or original(m, p, **k),
+    )
+    context = "one two three four five six seven eight nine ten eleven twelve"
+    lm = OuroLM(model=small, tokenizer=tokenizer, exit_step=1, progress=False)
+    (text,) = lm.generate_until(requests("generate_until", [(context, {"until": [], "max_gen_toks": 40})]))
+    ((prompts, max_new),) = calls
+    assert len(prompts[0]) + max_new == 24 and len(prompts[0]) >= 1
+    assert prompts[0] == encode(tokenizer, context)[-len(prompts[0]) :]
+    assert isinstance(text, str)
+
+
+@torch.no_grad()
+def test_a_context_that_encodes_to_no_token_is_scored_after_the_prefix_token(model, tokenizer):
+    lm = OuroLM(model=model, tokenizer=tokenizer, exit_step=TRAINED, progress=False)
+    ((got, _),) = lm.loglikelihood(requests("loglikelihood", [("   ", " Paris")]))
+    whole = [lm.prefix_token_id, *encode(tokenizer, "    Paris")]  # the spaces move to the continuation
+    out = model(torch.tensor([whole[:-1]]), num_steps=TRAINED)
+    logprobs = torch.log_softmax(model.logits(out, TRAINED - 1)[0].float(), -1)
+    want = float(logprobs.gather(-1, torch.tensor(whole[1:])[:, None]).sum())  # every token, the first too
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_sampled_generation_is_seeded_per_request(model, tokenizer):
+    prompts = ["The capital of", "Two plus two equals", "x"]
+    sample = {"until": [], "max_gen_toks": 6, "do_sample": True, "temperature": 1.0}
+
+    def run(order, batch_size, seed=1234):
+        lm = OuroLM(
+            model=model, tokenizer=tokenizer, exit_step=2, batch_size=batch_size, seed=seed, progress=False
+        )
+        texts = lm.generate_until(requests("generate_until", [(prompts[i], sample) for i in order]))
+        return dict(zip(order, texts))
+
+    first = run([0, 1, 2], batch_size=3)
+    torch.manual_seed(123)  # the global random state plays no part
+    assert run([2, 1, 0], batch_size=1) == first
+    assert run([0, 1, 2], batch_size=3, seed=99) != first

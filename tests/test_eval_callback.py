@@ -61,6 +61,11 @@ def test_logs_every_exit_step_and_q_exit_every_n_tokens_and_at_the_end(tmp_path)
         4 * TOKENS_PER_STEP,
         5 * TOKENS_PER_STEP,
     ]
+    # limit counts questions per task; the arith group spreads its 12 over 6 difficulties (the first of each)
+    assert callback.history[-1]["questions"] == {
+        "ouro_binding_d2": 12,
+        **{f"ouro_arith_d{d}": 2 for d in range(1, 7)},
+    }
     rows = _rows(tmp_path)
     assert [int(r["step"]) for r in rows] == [2, 4, 5]
     assert [float(r["train/tokens_seen"]) for r in rows] == [h["tokens"] for h in callback.history]

@@ -46,7 +46,9 @@ class EvalInTraining(L.Callback):
             every_tokens: Evaluate each time this many more tokens are trained.
             exit_thresholds: Q-exit thresholds q in (0, 1] scored besides every static exit step (default 0.5,
                 0.9).
-            limit: Questions (lm-eval: documents) per task.
+            limit: Questions (lm-eval: documents) per task. A built-in family group spreads them over its
+                difficulties (``limit // difficulties`` each: 33 of ``ouro_roots`` at the default 100). Built-in
+                questions are the first ones of each evaluation (test) set, the questions `ouro eval` reports.
             max_tokens: Prompt tokens per evaluation over all built-in tasks; questions beyond it are cut.
             max_seconds: Wall-clock seconds per evaluation; once over, the remaining tasks are cut.
             batch_size: Questions per forward.
@@ -137,6 +139,7 @@ class EvalInTraining(L.Callback):
         start, spent_tokens = time.monotonic(), 0
         metrics: dict[str, float] = {}
         cut: list[str] = []
+        questions: dict[str, int] = {}  # built-in task or difficulty -> questions scored
 
         def over_time() -> (
             bool
@@ -150,7 +153,7 @@ class EvalInTraining(L.Callback):
                 continue
             if task in self._builtin:
                 scores, spent_tokens = self._score_builtin(
-                    model, tokenizer, task, spent_tokens, cut, over_time, metrics
+                    model, tokenizer, task, spent_tokens, cut, over_time, metrics, questions
                 )
             else:
                 scores = self._lm_eval(model, tokenizer, task)
@@ -161,22 +164,34 @@ class EvalInTraining(L.Callback):
         metrics["train/tokens_seen"] = float(self.last_tokens)  # places the row exactly in `ouro plot`
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        self.history.append({"tokens": self.last_tokens, "metrics": metrics, "cut": cut})
+        self.history.append(
+            {"tokens": self.last_tokens, "metrics": metrics, "cut": cut, "questions": questions}
+        )
         last = f"/step{model.config.total_ut_steps}"
         summary = ", ".join(
             f"{k[5:]} {v:.3f}" for k, v in metrics.items() if k.startswith("eval/") and k.endswith(last)
         )
+        counted = ", ".join(f"{name} {count}" for name, count in questions.items())
         rank_zero_info(
             f"EvalInTraining at {self.last_tokens:,} tokens ({seconds:.1f} s): {summary or 'nothing scored'}"
+            + (f"; questions (the first of each test set): {counted}" if counted else "")
             + (f"; cut by the budget: {'; '.join(cut)}" if cut else "")
         )
         return metrics
 
     def _score_builtin(
-        self, model, tokenizer, task: str, spent_tokens: int, cut: list[str], over_time, metrics: dict
+        self,
+        model,
+        tokenizer,
+        task: str,
+        spent_tokens: int,
+        cut: list[str],
+        over_time,
+        metrics: dict,
+        counts: dict[str, int],
     ) -> tuple[dict[str, float], int]:
         """Scores of a built-in task; a family group also logs each difficulty into ``metrics`` as it goes, and
-        returns their mean weighted by questions."""
+        returns their mean weighted by questions. ``counts`` gets the questions scored per difficulty."""
         from ouro.eval.suite import score_questions
         from ouro.eval.suite.score import encode
 
@@ -201,6 +216,7 @@ class EvalInTraining(L.Callback):
                 )
             if not questions:
                 continue
+            counts[name] = len(questions)
             result = score_questions(model, tokenizer, questions, self.exit_thresholds, self.batch_size)
             if name != task:
                 metrics.update({f"eval/{name}/{key}": value for key, value in result.items()})

@@ -14,6 +14,7 @@ as in the paper's depth tables; ``exit_threshold=0.7`` is Q-exit, ``gate=True`` 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import sys
 from collections import defaultdict
@@ -32,6 +33,9 @@ from ouro.eval.scoring import Depth, Score, depth_settings, score_sequences
 from ouro.model import OuroForCausalLM
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+"""Chat end-of-turn tokens: generation also stops at the ones the tokenizer has, as a chat checkpoint's
+exported generation_config.json does (`ouro.hub.export`)."""
 
 
 def load_model(source: str, tokenizer: str | None = None, dtype: str = "float32", device: str = "cpu"):
@@ -99,6 +103,9 @@ class OuroLM(TemplateLM):
         dtype: Weight dtype with ``pretrained``.
         kv_sharing: Decode-time KV cache in generation: ``full``, ``last`` or ``mean``.
         progress: Show a progress bar over requests.
+        seed: Base seed of sampled generation (``do_sample``): each request draws from its own generator,
+            seeded from this and the request's text and arguments, so its output depends neither on the batch
+            nor on the other requests.
         max_batch_size: Passed by lm-eval's command line; unused (batches have ``batch_size`` sequences).
 
     An unknown ``--model_args`` key is a TypeError naming it (lm-eval passes them as keyword arguments).
@@ -119,6 +126,7 @@ class OuroLM(TemplateLM):
         dtype: str = "float32",
         kv_sharing: str = "full",
         progress: bool = True,
+        seed: int = 1234,
         max_batch_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -158,6 +166,7 @@ class OuroLM(TemplateLM):
         self.max_length = int(max_length or model.config.max_position_embeddings)
         self.kv_sharing = kv_sharing
         self.progress = progress
+        self.seed = int(seed)
         self._scores: dict[tuple[tuple[int, ...], int], dict[str, Score]] = {}
         self._generations: dict[tuple[str, str, str], tuple[str, DepthStats]] = {}
         self._stop_ids: dict[tuple[str, ...], list[int]] = {}
@@ -179,6 +188,22 @@ class OuroLM(TemplateLM):
             if isinstance(candidate, int):
                 return candidate
         return 0
+
+    @property
+    def end_token_ids(self) -> list[int]:
+        """Tokens that end a generated row: the config's ``eos_token_id``, the end-of-text token and the chat
+        end-of-turn tokens (`END_OF_TURN`) the tokenizer has."""
+        ids = [self.model.config.eos_token_id, self.eot_token_id]
+        if hasattr(self.tokenizer, "token_to_id"):
+            ids += [self.tokenizer.token_to_id(token) for token in END_OF_TURN]
+        else:
+            ids += [getattr(self.tokenizer, "eos_token_id", None)]
+            ids += [
+                self.tokenizer.convert_tokens_to_ids(t)
+                for t in END_OF_TURN
+                if t in self.tokenizer.get_vocab()
+            ]
+        return list(dict.fromkeys(i for i in ids if isinstance(i, int)))
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
         encoded = self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens))
@@ -219,6 +244,8 @@ class OuroLM(TemplateLM):
         return [self._scores[item] for item in items]
 
     def _item(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[tuple[int, ...], int]:
+        if not context:  # as lm-eval does for an empty context: the prefix token predicts the first token
+            context = [self.prefix_token_id]
         whole = (list(context) + list(continuation))[-(self.max_length + 1) :]
         return tuple(whole), min(len(continuation), len(whole) - 1)
 
@@ -248,8 +275,8 @@ class OuroLM(TemplateLM):
             if request.args not in self._encoded:  # the later settings of a sweep skip tokenizing
                 context, continuation = request.args
                 if context == "":
-                    ctx, cont = [self.prefix_token_id], self.tok_encode(continuation)
-                else:
+                    ctx, cont = [], self.tok_encode(continuation)
+                else:  # a context may still encode to no token (only spaces): `_item` handles both
                     ctx, cont = self._encode_pair(context, continuation)
                 self._encoded[request.args] = self._item(ctx, cont)
             items.append(self._encoded[request.args])
@@ -289,6 +316,11 @@ class OuroLM(TemplateLM):
             return {"exit_step": int(self.active.value) - 1, "kv_sharing": self.kv_sharing}
         return {"exit_threshold": q, "kv_sharing": self.kv_sharing}
 
+    def request_seed(self, context: str, kwargs_key: str) -> int:
+        """The sampling seed of one generation request: `seed` and the request's text and arguments hashed."""
+        digest = hashlib.sha256(f"{self.seed}\0{context}\0{kwargs_key}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") % 2**63
+
     def stop_token_ids(self, until: Sequence[str]) -> list[int]:
         """Ids of the tokens whose text contains a stop string. Once a row emits one, everything after it is
         cut from its text anyway, so ending the row there changes no output and saves the rest of
@@ -324,17 +356,22 @@ class OuroLM(TemplateLM):
         )
         steps = self.active.passes(self.model.config.total_ut_steps)
         model = _deeper(self.model, steps) if self.active.kind == "step" else self.model
+        # Prompt and new tokens together fit the context window: lm-eval's max_gen_toks is clamped so that at
+        # least one prompt token remains, and the prompt keeps its end.
+        window = min(self.max_length, self.model.config.max_position_embeddings)
         for kwargs_key, contexts in todo.items():
             pending = list(contexts.items())
             gen_kwargs = dict(pending[0][1])
             until = gen_kwargs.get("until") or [self.tok_decode([self.eot_token_id])]
             until = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen_kwargs.get("max_gen_toks", 256))
+            max_new = min(int(gen_kwargs.get("max_gen_toks", 256)), window - 1)
             sample = bool(gen_kwargs.get("do_sample", False))
             temperature = float(gen_kwargs.get("temperature", 1.0 if sample else 0.0)) if sample else 0.0
-            keep = max(self.max_length - max_new, 1)
-            for start in range(0, len(pending), self.batch_size):
-                chunk = pending[start : start + self.batch_size]
+            keep = window - max_new
+            # Sampled rows run one by one, each with its own seeded generator; greedy rows run in batches.
+            size = 1 if temperature > 0 else self.batch_size
+            for start in range(0, len(pending), size):
+                chunk = pending[start : start + size]
                 prompts = [(self.tok_encode(c) if c else [self.prefix_token_id])[-keep:] for c, _ in chunk]
                 result = generate(
                     model,
@@ -342,7 +379,8 @@ class OuroLM(TemplateLM):
                     tokenizer=self.tokenizer,
                     max_new_tokens=max_new,
                     temperature=temperature,
-                    eos_token_id=[self.eot_token_id, *self.stop_token_ids(until)],
+                    seed=self.request_seed(chunk[0][0], kwargs_key) if temperature > 0 else None,
+                    eos_token_id=[*self.end_token_ids, *self.stop_token_ids(until)],
                     **self.generation_arguments(),
                 )
                 seconds = (result.prefill_seconds + result.decode_seconds) / len(chunk)

@@ -16,7 +16,13 @@ import json
 import shutil
 from pathlib import Path
 
-from ouro.atomic import atomic_write_text, fsync_directory, remove_stale_temporaries, replace_directory
+from ouro.atomic import (
+    atomic_write_text,
+    fsync_directory,
+    recover_directory,
+    remove_stale_temporaries,
+    replace_directory,
+)
 from ouro.data import remote
 from ouro.data.manifest import MANIFEST
 from ouro.errors import DataError
@@ -38,6 +44,7 @@ class LocalStaging:
         self.chunk_dir = self.folder
 
     def finished_manifest(self) -> str | None:
+        recover_directory(self.output)  # a prepare interrupted while it swapped the old output for the new
         path = self.output / MANIFEST
         return path.read_text() if path.is_file() else None
 

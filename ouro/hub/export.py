@@ -17,7 +17,12 @@ from typing import Literal
 
 import torch
 
-from ouro.atomic import remove_stale_temporaries, replace_directory, temporary_sibling
+from ouro.atomic import (
+    recover_directory,
+    remove_stale_temporaries,
+    replace_directory,
+    temporary_sibling,
+)
 from ouro.checkpoints import PROVENANCE_FILE, ModelSource, build_model, read_source
 from ouro.errors import ExportError, WriteError, describe_write_failure, os_error_behind
 
@@ -71,6 +76,7 @@ def export(
         overwrite: Replace out_dir if it already exists (only after the new export is complete).
     """
     out = Path(out_dir).expanduser().resolve()
+    recover_directory(out)  # an export of out_dir interrupted while it swapped folders
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another out_dir or pass --overwrite true")
     return export_source(
@@ -99,6 +105,7 @@ def export_source(
     from ouro.hub.tokenizer_files import resolve_tokenizer_file, write_tokenizer_files
 
     out = Path(out_dir).expanduser().resolve()
+    recover_directory(out)  # an export of out_dir interrupted while it swapped folders
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; choose another out_dir or pass --overwrite true")
     if dtype not in DTYPES:

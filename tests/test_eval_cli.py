@@ -127,6 +127,14 @@ def test_ouro_eval_runs_local_tasks_at_every_depth(tasks, exported, tmp_path, ca
     assert set(results["results"]["toy_answer"]) == set(keys)
     assert results["request_types"] == {"toy_choice": "loglikelihood", "toy_answer": "generate_until"}
     assert results["generation"]["settings"]["q0.5"].startswith("Q-exit at q = 0.5")
+    # The mode of every setting: under Q-exit, log-likelihood runs every pass, generation exits early.
+    assert set(results["scoring"]) == set(keys)
+    assert results["scoring"]["step2"]["loglikelihood"].startswith(
+        "static exit: every token runs passes 1..2"
+    )
+    assert "every token runs all 4 passes" in results["scoring"]["q0.5"]["loglikelihood"]
+    assert "real early exit" in results["scoring"]["q0.5"]["generation"]
+    assert "logits only" in results["scoring"]["gate"]["loglikelihood"]
     assert "toy_choice" in results["configs"] and "toy_choice" in results["versions"]  # lm-eval's own keys
     assert (out / "results.md").read_text().count("| toy_choice |") == len(keys)
     assert (out / "accuracy_vs_step.png").stat().st_size > 0

@@ -4,7 +4,9 @@
 lm-eval writes under ``results[task]`` (``"acc,none"``, ``"acc_stderr,none"``, ``"alias"`` ...), plus
 ``mean_depth``, ``tokens_per_second`` and ``requests``. ``configs``, ``versions``, ``n-shot``,
 ``higher_is_better``, ``n-samples`` and ``group_subtasks`` are lm-eval's own; ``depth_settings``, ``model``,
-``request_types`` and ``generation`` (which exit mode and KV sharing generation ran with) are added.
+``request_types``, ``generation`` (which exit mode and KV sharing generation ran with) and ``scoring`` (per
+setting, how log-likelihood and generation requests were scored: under Q-exit, log-likelihood runs every pass
+and the exit only picks the logits, generation really exits early) are added.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class EvalResults:
     request_types: dict[str, str] = field(default_factory=dict)
     generation: dict[str, Any] | None = None
     """How generation tasks ran (None when there were none)."""
+    scoring: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Setting key -> request kind (``loglikelihood``, ``generation``) -> how it was scored under that setting."""
     requested: list[str] = field(default_factory=list)
     """The task names asked for; the table and plots show these (e.g. ``mmlu``, not its 57 subtasks)."""
 
@@ -123,6 +127,7 @@ class EvalResults:
             "model": self.model,
             "request_types": self.request_types,
             "generation": self.generation,
+            "scoring": self.scoring,
         }
 
     def markdown(self) -> str:

@@ -182,6 +182,18 @@ def _collect(raw: dict[str, dict[str, Any]], settings, lm: OuroLM, names: list[s
             "settings": {s.key: _generation_mode(lm, s) for s in settings},
         }
     config = lm.model.config
+    kinds = set(lm.request_types.values())
+    scoring = {
+        s.key: {
+            **(
+                {"loglikelihood": _loglikelihood_mode(s, config.total_ut_steps)}
+                if kinds - {"generate_until"}
+                else {}
+            ),
+            **({"generation": _generation_mode(lm, s)} if "generate_until" in kinds else {}),
+        }
+        for s in settings
+    }
     return EvalResults(
         settings=list(settings),
         tasks=tasks,
@@ -195,6 +207,7 @@ def _collect(raw: dict[str, dict[str, Any]], settings, lm: OuroLM, names: list[s
         },
         request_types=dict(lm.request_types),
         generation=generation,
+        scoring=scoring,
         requested=list(names),
     )
 
@@ -210,6 +223,19 @@ def _stats_of(name: str, key: str, stats: dict, subtasks: dict[str, list[str]]) 
     return total
 
 
+def _loglikelihood_mode(setting, trained_steps: int) -> str:
+    """How a log-likelihood token is scored under ``setting`` (results.json ``scoring``)."""
+    if setting.kind == "step":
+        k = int(setting.value)
+        return f"static exit: every token runs passes 1..{k}; pass {k}'s logits score it"
+    q = "the config's early_exit_threshold" if setting.kind == "gate" else f"q = {setting.value:g}"
+    return (
+        f"Q-exit at {q}, logits only: every token runs all {trained_steps} passes (later tokens attend to "
+        "them), and its exit pass (the first whose exit CDF reaches q) picks the logits that score it, as in "
+        "the official code; no pass is saved"
+    )
+
+
 def _generation_mode(lm: OuroLM, setting) -> str:
     previous, lm.active = lm.active, setting
     try:
@@ -219,4 +245,7 @@ def _generation_mode(lm: OuroLM, setting) -> str:
     if "exit_step" in arguments:
         passes = arguments["exit_step"] + 1
         return f"static exit: every new token runs {passes} pass{'es' if passes > 1 else ''}"
-    return f"Q-exit at q = {arguments['exit_threshold']:g} over {lm.model.config.total_ut_steps} passes"
+    return (
+        f"Q-exit at q = {arguments['exit_threshold']:g} over {lm.model.config.total_ut_steps} passes, real early "
+        "exit: the passes after a token's exit are not run"
+    )

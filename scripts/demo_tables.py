@@ -2,17 +2,21 @@
 
     .venv/bin/python scripts/demo_tables.py                  # reads docs/demo-results/seed<S>/<arm>/results.json
     .venv/bin/python scripts/demo_tables.py --results DIR    # another folder of the same layout
+    .venv/bin/python scripts/demo_tables.py --collect runs   # first copy runs/demo-seed<S>/... there
 
-Each `results.json` is what `ouro eval` wrote for one arm and seed (the commands are in docs/eval.md). The
+Each `results.json` is what `ouro eval` wrote for one arm and seed (the commands are in docs/eval.md), and
+`looped/training_d3.csv` the looped arm's in-training d3 accuracy per exit step (from its `metrics.csv`). The
 output is Markdown: accuracy at difficulty 3 (two look-ups composed) for every seed with the mean and the
-range, every difficulty per seed, and the orderings that hold in every seed.
+range, every difficulty per seed, the orderings that hold in every seed, and the looped arm's d3 curve.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -115,13 +119,65 @@ def claims(runs: dict[int, dict[str, dict]]) -> list[str]:
     return out
 
 
+CURVE_COLUMNS = ["tokens"] + [f"step{k}" for k in range(1, 5)]
+
+
+def collect(runs: Path, results: Path) -> None:
+    """Copy ``runs/demo-seed<S>/eval/<arm>/results.json`` and the looped arm's in-training d3 curve (from
+    ``runs/demo-seed<S>/looped/logs/version_*/metrics.csv``) into ``results/seed<S>/``."""
+    for run in sorted(runs.glob("demo-seed*")):
+        seed = run.name.removeprefix("demo-")
+        for arm in ARMS:
+            source = run / "eval" / arm / "results.json"
+            if source.is_file():
+                (results / seed / arm).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, results / seed / arm / "results.json")
+        logs = sorted((run / "looped" / "logs").glob("version_*/metrics.csv"))
+        if logs and (results / seed / "looped").is_dir():
+            with open(logs[-1], newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if r.get("eval/ouro_roots_d3/step4")]
+            with open(results / seed / "looped" / "training_d3.csv", "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(CURVE_COLUMNS)
+                for r in rows:
+                    steps = [r[f"eval/ouro_roots_d3/step{k}"] for k in range(1, 5)]
+                    writer.writerow([int(float(r["train/tokens_seen"])), *steps])
+
+
+def curve(results: Path, seeds: list[int]) -> list[str]:
+    """The looped arm's in-training d3 accuracy at exit step 4, one column per seed."""
+    curves = {}
+    for seed in seeds:
+        path = results / f"seed{seed}" / "looped" / "training_d3.csv"
+        if path.is_file():
+            with open(path, newline="") as handle:
+                curves[seed] = {int(r["tokens"]): float(r["step4"]) for r in csv.DictReader(handle)}
+    if not curves:
+        return []
+    tokens = sorted(set.intersection(*(set(c) for c in curves.values())))
+    lines = [
+        "",
+        "The looped arm's d3 accuracy during training, exit step 4 (`EvalInTraining`: the first 33 d3 test questions):",
+        "",
+        "| tokens | " + " | ".join(f"seed {s}" for s in curves) + " |",
+        "|---:|" + "---:|" * len(curves),
+    ]
+    for n in tokens:
+        lines.append(f"| {n / 1e6:.1f}M | " + " | ".join(f"{c[n]:.2f}" for c in curves.values()) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--results", type=Path, default=DEFAULT_RESULTS, help="folder of seed<S>/<arm>/results.json"
     )
+    parser.add_argument("--collect", type=Path, help="a runs/ folder to copy the results from first")
     args = parser.parse_args(argv)
-    print(tables(load(args.results)), end="")
+    if args.collect:
+        collect(args.collect, args.results)
+    runs = load(args.results)
+    print(tables(runs) + "\n".join(curve(args.results, sorted(runs))) + "\n", end="")
 
 
 if __name__ == "__main__":

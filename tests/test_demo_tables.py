@@ -69,3 +69,22 @@ def test_docs_quote_the_tables_of_the_committed_results():
     if not (ROOT / "docs" / "demo-results").is_dir():
         pytest.skip("no committed demonstration results")
     assert run() in (ROOT / "docs" / "eval.md").read_text()
+
+
+def test_collect_copies_the_results_and_the_looped_training_curve(tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    fake_seed(runs / "demo-seed7" / "eval_tmp", 7, looped_d3=1.0, one_pass_d3=0.4, deep_d3=0.5)
+    (runs / "demo-seed7" / "eval_tmp" / "seed7").rename(runs / "demo-seed7" / "eval")
+    logs = runs / "demo-seed7" / "looped" / "logs" / "version_0"
+    logs.mkdir(parents=True)
+    header = "train/tokens_seen,train/loss," + ",".join(f"eval/ouro_roots_d3/step{k}" for k in range(1, 5))
+    rows = ["100,0.5,,,,", "2048000,,0.1,0.2,0.3,0.39", "4096000,0.4,,,,", "12288000,,0.0,1.0,1.0,1.0"]
+    (logs / "metrics.csv").write_text("\n".join([header, *rows]) + "\n")
+    out = run("--collect", str(runs), "--results", str(results))
+    assert (results / "seed7" / "one_pass_deep" / "results.json").is_file()
+    assert (results / "seed7" / "looped" / "training_d3.csv").read_text().splitlines() == [
+        "tokens,step1,step2,step3,step4",
+        "2048000,0.1,0.2,0.3,0.39",
+        "12288000,0.0,1.0,1.0,1.0",
+    ]
+    assert "| 2.0M | 0.39 |" in out and "| 12.3M | 1.00 |" in out

@@ -37,6 +37,10 @@ class DataError(OuroError, ValueError):
     """Bad input data or prepared shards; the message names the file (and line or row) and the fix."""
 
 
+class PreparedOtherwiseError(DataError):
+    """A prepare's output folder holds shards made from other inputs or settings (redone only when told to)."""
+
+
 class SourceError(OuroError, ValueError):
     """A model source cannot be read; the message names the path and what to do."""
 

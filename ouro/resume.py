@@ -21,6 +21,7 @@ in every checkpoint; `check_resume_settings` refuses a resume that changed one o
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -37,6 +38,8 @@ from ouro.errors import ResumeError, UntrustedCheckpointError
 
 #: Lightning's metadata file inside a sharded checkpoint folder.
 SHARDED_METADATA = "meta.pt"
+#: Longest reason given for an unreadable checkpoint (the line naming it stays under 200 characters).
+MAX_REASON = 48
 #: Data settings the loader state depends on (litdata refuses or silently misplaces a resume that changes them).
 RESUME_SETTINGS = ("seq_len", "batch_size", "num_workers")
 
@@ -48,20 +51,39 @@ class Inspection:
     path: Path
     checkpoint: dict[str, Any] | None = None
     problem: str | None = None
+    detail: str | None = None
+    """PyTorch's whole message, shown with ``OURO_DEBUG=1``."""
 
 
 def _load_structure(path: Path, weights_only: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except RuntimeError as error:
-        if "mmap" not in str(error):
+    except (RuntimeError, OSError) as error:
+        if isinstance(error, RuntimeError) and "mmap" not in str(error):
             raise
-        return torch.load(path, map_location="cpu", weights_only=weights_only)  # legacy (non-zip) format
+        # A legacy (non-zip) file, or one mmap refuses (a truncated file: EINVAL): read it to say why.
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
-def inspect_checkpoint(path: str | Path, trusted: bool = False) -> Inspection:
+def short_reason(error: BaseException) -> str:
+    """A few words on why ``torch.load`` failed (PyTorch's messages run to several hundred characters; the
+    whole text is shown with ``OURO_DEBUG=1``)."""
+    text = str(error).strip()
+    if not text or isinstance(error, OSError):  # torch's zip reader seeks before the start of a cut file
+        return f"cut short or not a checkpoint ({getattr(error, 'strerror', None) or type(error).__name__})"
+    unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if unpickler:
+        return f"not a checkpoint: {unpickler.group(1).strip()[:MAX_REASON]}"
+    first = text.splitlines()[0].split(". ")[0]
+    if len(first) > MAX_REASON:
+        first = first.rsplit(": ", 1)[-1]
+    return first[:MAX_REASON]
+
+
+def inspect_checkpoint(path: str | Path, trusted: bool = False, resuming: bool = False) -> Inspection:
     """Open ``path`` as a resumable Lightning checkpoint; raise `UntrustedCheckpointError` if ``weights_only``
-    refuses it (``trusted``: the user passed ``--weights_only false``, so it is opened without that check)."""
+    refuses it (``trusted``: the user passed ``--weights_only false``, so it is opened without that check;
+    ``resuming``: ``ouro fit`` resumes, so its flags may be advised)."""
     path = Path(path)
     target = path
     if path.is_dir():
@@ -77,16 +99,21 @@ def inspect_checkpoint(path: str | Path, trusted: bool = False) -> Inspection:
     try:
         checkpoint = _load_structure(target, weights_only=not trusted)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "Weights only load failed" in str(error) and "Unsupported global" in str(error):
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
             what = f"a pickled {found.group(1)}" if found else "pickled objects"
+            advice = (
+                "If you trust the file, rerun with --weights_only false; otherwise move it out of the folder to "
+                "resume from the checkpoint before it"
+                if resuming
+                else "Move it out of the folder to use the checkpoint before it, or name a checkpoint you trust"
+            )
             raise UntrustedCheckpointError(
                 f"{path} was not loaded: torch.load(weights_only=True) refuses it (it holds {what}, not only "
-                "tensors and plain data). If you trust the file, rerun with --weights_only false; otherwise "
-                "move it out of the folder to resume from the checkpoint before it"
+                f"tensors and plain data). {advice}"
             ) from None
-        return Inspection(path, problem=f"{type(error).__name__}: {reason[:160]}")
+        detail = f"{type(error).__name__}: {str(error).strip()}"
+        return Inspection(path, problem=short_reason(error), detail=detail)
     if not isinstance(checkpoint, dict) or (target == path and "state_dict" not in checkpoint):
         return Inspection(path, problem="not a Lightning checkpoint (no state_dict)")
     return Inspection(path, checkpoint=checkpoint)
@@ -140,7 +167,11 @@ def _say(line: str) -> None:
 
 
 def newest_readable_checkpoint(
-    run_dir: str | Path, move_aside: bool = False, quiet: bool = False, trusted: bool = False
+    run_dir: str | Path,
+    move_aside: bool = False,
+    quiet: bool = False,
+    trusted: bool = False,
+    resuming: bool = False,
 ) -> Inspection | None:
     """The checkpoint ``run_dir`` resumes from (see the module docstring); None if it has none.
 
@@ -150,6 +181,8 @@ def newest_readable_checkpoint(
             ``last.ckpt`` into this folder) and remove temporary files left by interrupted writes.
         quiet: Do not print the line about each unreadable checkpoint.
         trusted: Open checkpoints without ``weights_only`` (the user passed ``--weights_only false``).
+        resuming: ``ouro fit`` resumes the run: its messages may advise ``ouro fit``'s flags (other commands read
+            run directories too, and have none of them).
 
     Raises:
         ResumeError: checkpoints exist but none is readable (the message names each and why).
@@ -159,7 +192,7 @@ def newest_readable_checkpoint(
         remove_stale_temporaries(Path(run_dir) / "checkpoints")
     tried: list[Inspection] = []
     for path in candidates(run_dir):
-        inspection = inspect_checkpoint(path, trusted)
+        inspection = inspect_checkpoint(path, trusted, resuming)
         if inspection.problem is None:
             return _later_numbered(inspection) if path.name == "last.ckpt" else inspection
         tried.append(inspection)
@@ -168,13 +201,21 @@ def newest_readable_checkpoint(
             where = f"; moved it to {_move_aside(path).name}"
         if not quiet and (where or path not in _reported):
             _say(f"checkpoint {path} is unreadable ({inspection.problem}){where}")
+            if os.environ.get("OURO_DEBUG") and inspection.detail:
+                print(inspection.detail, file=sys.stderr, flush=True)
         _reported.add(path)
     if tried:
-        names = "; ".join(f"{i.path.name} ({i.problem})" for i in tried)
-        raise ResumeError(
-            f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}: {names}. Pass --ckpt_path with a good "
-            "checkpoint, or --restart true to start the stage again"
+        if len(tried) == 1:
+            names = f"{tried[0].path.name} ({tried[0].problem})"
+        else:  # each one's reason is on its own line above
+            names = ", ".join(i.path.name for i in tried[:4])
+            names += f" and {len(tried) - 4} more" if len(tried) > 4 else ""
+        advice = (
+            "Pass --ckpt_path with a good checkpoint, or --restart true to start the stage again"
+            if resuming
+            else "Rerun its stage with `ouro fit` to write a good one, or name a good checkpoint file"
         )
+        raise ResumeError(f"no readable checkpoint in {Path(run_dir) / 'checkpoints'}: {names}. {advice}")
     return None
 
 
@@ -278,7 +319,7 @@ def resume_checkpoint(
     if ckpt_path is None:
         try:
             found = newest_readable_checkpoint(
-                run_dir, move_aside=rank_zero, quiet=not rank_zero, trusted=trusted
+                run_dir, move_aside=rank_zero, quiet=not rank_zero, trusted=trusted, resuming=True
             )
         except UntrustedCheckpointError:
             raise
@@ -296,7 +337,7 @@ def resume_checkpoint(
             restarted = " (--restart true leaves a readable checkpoint in use)" if restart else ""
             _say(f"resuming {run_dir} from {found.path}{restarted}")
     elif Path(ckpt_path).exists():
-        found = inspect_checkpoint(ckpt_path, trusted)
+        found = inspect_checkpoint(ckpt_path, trusted, resuming=True)
         if found.problem is not None:
             raise ResumeError(f"--ckpt_path {ckpt_path} is unreadable ({found.problem})")
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -195,14 +196,16 @@ def test_truncated_last_checkpoint_is_moved_aside_and_the_newest_good_one_used(t
     assert (folder / "last.ckpt").exists()
 
 
-def test_no_readable_checkpoint_names_every_one(tmp_path):
+def test_no_readable_checkpoint_names_every_one(tmp_path, capsys):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     (folder / "last.ckpt").write_bytes(b"")
     (folder / "step-00000002.ckpt").write_bytes(b"garbage")
     _age(folder / "step-00000002.ckpt", 10)
-    with pytest.raises(ResumeError, match=r"no readable checkpoint .*last\.ckpt \(.*step-00000002\.ckpt \("):
-        newest_readable_checkpoint(tmp_path, quiet=True)
+    with pytest.raises(ResumeError, match=r"no readable checkpoint .*last\.ckpt, step-00000002\.ckpt"):
+        newest_readable_checkpoint(tmp_path)
+    err = capsys.readouterr().err  # each one's reason on its own line
+    assert re.search(r"last\.ckpt is unreadable \(.+\)", err) and "step-00000002.ckpt is unreadable" in err
     assert newest_readable_checkpoint(tmp_path / "elsewhere") is None
 
 

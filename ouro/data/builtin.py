@@ -13,6 +13,8 @@ import sysconfig
 from pathlib import Path
 
 from ouro.chat import SPECIAL_TOKENS
+from ouro.data.cache import cache_dir
+from ouro.errors import PreparedOtherwiseError
 
 #: Vocabulary of the built-in tokenizer (special tokens included): small so a tiny model trains in minutes.
 BUILTIN_VOCAB_SIZE = 4096
@@ -20,11 +22,6 @@ _SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "
 _CORPUS_VERSION = 2  # bump when the selection below changes: the cache folder is named after it
 _VAL_EVERY = 50  # about 2% of the documents, chosen by a hash of their name, form the validation split
 _TRAIN_FILES = 4  # the training split is written as several files so prepare can use several workers
-
-
-def cache_dir() -> Path:
-    """Root of Ouro's cache (``$OURO_CACHE`` or ``~/.cache/ouro``)."""
-    return Path(os.environ.get("OURO_CACHE") or Path.home() / ".cache" / "ouro").expanduser()
 
 
 def builtin_dir() -> Path:
@@ -144,11 +141,12 @@ def ensure_builtin_corpus(num_workers: int | None = None) -> dict[str, Path]:
     out = {}
     for split, files in splits.items():
         out[split] = directory / "shards" / split
-        prepare(
-            [str(f) for f in files],
-            str(out[split]),
-            tokenizer=str(tokenizer),
-            num_workers=num_workers,
-            chunk_tokens=1 << 20,
-        )
+        settings = dict(tokenizer=str(tokenizer), num_workers=num_workers, chunk_tokens=1 << 20)
+        try:
+            prepare([str(f) for f in files], str(out[split]), **settings)
+        except PreparedOtherwiseError:  # shards of another tokenizer or ouro version: ouro's own, rebuilt
+            print(
+                f"rebuilding the built-in shards {out[split]}: they were prepared from other inputs or settings"
+            )
+            prepare([str(f) for f in files], str(out[split]), overwrite=True, **settings)
     return out

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from ouro.data import remote
+from ouro.data.cache import cache_dir, local_path, portable_path
 from ouro.data.manifest import MANIFEST, Manifest
 from ouro.data.nodes import node_split
 from ouro.data.readers import ReadStats, expand_inputs, input_size, input_stamp, read_records, read_texts
@@ -35,7 +36,7 @@ from ouro.data.tokenizer import (
     resolve_tokenizer_file,
     tokenizer_hash,
 )
-from ouro.errors import NO_SPACE, DataError, WriteError, free_bytes, human_bytes
+from ouro.errors import NO_SPACE, DataError, PreparedOtherwiseError, WriteError, free_bytes, human_bytes
 
 _TOKENIZERS: dict[str, object] = {}
 
@@ -248,8 +249,11 @@ def _check_existing(staging, key: dict, overwrite: bool) -> Manifest | None:
     manifest = Manifest.from_text(text, f"{staging.output}/{MANIFEST}")
     if overwrite:
         return None
-    if not all(getattr(manifest, name) == value for name, value in key.items()):
-        raise DataError(
+    recorded = {name: getattr(manifest, name) for name in key}
+    # Sources inside $OURO_CACHE compare by where they are now (manifests of older versions hold absolute paths).
+    recorded["sources"] = [local_path(s) for s in manifest.sources]
+    if recorded != {**key, "sources": [local_path(s) for s in key["sources"]]}:
+        raise PreparedOtherwiseError(
             f"{staging.output} was prepared from other inputs or settings (see {staging.output}/{MANIFEST}); "
             "pass --overwrite true to redo it, or choose another output_dir"
         )
@@ -306,14 +310,14 @@ def prepare(
     if remote.is_remote(output_dir):
         output: str | Path = remote.litdata_url(output_dir)
         digest = remote.cache_dir(output_dir).name
-        staging = RemoteStaging(output, remote._ouro_cache() / "prepare" / digest / f"node-{rank}")
+        staging = RemoteStaging(output, cache_dir() / "prepare" / digest / f"node-{rank}")
     else:
         output = Path(output_dir).expanduser().resolve()
         staging = LocalStaging(output)
     key = dict(
         format=format,
         tokenizer_hash=tokenizer_hash(tok),
-        sources=list(files),
+        sources=[portable_path(f) for f in files],  # a cache that moves stays valid
         block_size=block_size,
         text_field=field,
     )
@@ -377,7 +381,7 @@ def _merge(staging, records, key, tokenizer, tokenizer_file, tok, eos, dtype, ch
         )
     manifest = Manifest(
         format=key["format"],
-        tokenizer=str(tokenizer),
+        tokenizer=portable_path(tokenizer) if Path(str(tokenizer)).exists() else str(tokenizer),
         tokenizer_hash=key["tokenizer_hash"],
         vocab_size=tok.get_vocab_size(),
         eos_token_id=eos,

@@ -11,6 +11,7 @@ import lightning as L
 
 from ouro.data.batching import BlockCollate
 from ouro.data.builtin_sources import builtin_dirs, is_builtin
+from ouro.data.cache import local_path
 from ouro.data.manifest import Manifest, check_same_tokenizer
 from ouro.errors import DataError
 
@@ -153,11 +154,11 @@ class PretrainDataModule(L.LightningDataModule):
             if manifest.format != self.format:
                 raise DataError(
                     f"{directory} holds {manifest.format!r} shards but {type(self).__name__} needs "
-                    f"{self.format!r}; prepare it with --format {self.format}"
+                    f"{self.format!r}; prepare it with `ouro prepare ... --format {self.format}`"
                 )
         self.eos_id = first.eos_token_id
         shipped = self._shipped_tokenizer(self._train_dirs[0])
-        self.tokenizer_path = str(shipped) if shipped is not None else first.tokenizer
+        self.tokenizer_path = str(shipped) if shipped is not None else local_path(first.tokenizer)
         self._check_block_size()
         module = self.trainer.lightning_module if self.trainer is not None else None
         config = getattr(module, "config", None)

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ouro.data import cache as ouro_cache
 from ouro.errors import DataError
 
 REMOTE_SCHEMES = ("s3://", "gs://", "az://", "azure://")
@@ -43,13 +44,9 @@ def cache_dir(url: str, root: str | Path | None = None) -> Path:
 
     Default root: ``$OURO_CACHE/chunks`` (``~/.cache/ouro/chunks``), never the system temp dir.
     """
-    base = Path(root).expanduser() if root else _ouro_cache() / "chunks"
+    base = Path(root).expanduser() if root else ouro_cache.cache_dir() / "chunks"
     digest = hashlib.sha256(litdata_url(url).encode()).hexdigest()[:16]
     return base / f"{Path(litdata_url(url)).name}-{digest}"
-
-
-def _ouro_cache() -> Path:
-    return Path(os.environ.get("OURO_CACHE", "~/.cache/ouro")).expanduser()
 
 
 def _small_file_options(url: str) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class SFTDataModule(PretrainDataModule):
         if len(sizes) != 1 or None in sizes:
             raise DataError(
                 f"the SFT sources were packed for different sequence lengths {sorted(map(str, sizes))}; "
-                "prepare them all with the same --seq_len"
+                "prepare them all with the same `ouro prepare --format sft --seq_len N`"
             )
         packed = sizes.pop() - 1
         if self.packed_seq_len is not None and self.packed_seq_len != packed:

@@ -79,6 +79,7 @@ class HubPushCallback(Callback):
             overwrite=True,
             repo_name=self.repo_id,
             source_name=str(trainer.default_root_dir),
+            tokenizer_option="HubPushCallback's tokenizer (init_args.tokenizer in the recipe)",
         )
         if not self.push:
             return

@@ -100,8 +100,10 @@ def export_source(
     repo_name: str | None = None,
     overwrite: bool = False,
     source_name: str | None = None,
+    tokenizer_option: str = "--tokenizer",
 ) -> Path:
-    """`export` for weights already in memory (used by `HubPushCallback`); same arguments as `export`."""
+    """`export` for weights already in memory (used by `HubPushCallback`); same arguments as `export`, and
+    ``tokenizer_option``: how the caller's user sets ``tokenizer`` (named when none is known)."""
     from ouro.hub.tokenizer_files import resolve_tokenizer_file, write_tokenizer_files
 
     out = Path(out_dir).expanduser().resolve()
@@ -114,7 +116,7 @@ def export_source(
     tokenizer_source = tokenizer or loaded.tokenizer_path
     if tokenizer_source is None:
         raise ExportError(
-            f"{source_name or loaded.path} records no tokenizer; pass --tokenizer with a "
+            f"{source_name or loaded.path} records no tokenizer; set {tokenizer_option} to a "
             "tokenizer.json file, a folder that holds one or a Hub repo id"
         )
     tokenizer_file = resolve_tokenizer_file(tokenizer_source)

@@ -1,0 +1,82 @@
+"""Error lines a user reads: short, and advising only flags of the command that printed them."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from ouro.cli import main
+from ouro.hub.export import export
+
+
+def _error_line(capsys, args: list[str]) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ouro: error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def _flags(line: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--([a-z][\w.]*)", line))
+
+
+def _export_flags() -> set[str]:
+    return set(inspect.signature(export).parameters)
+
+
+def test_export_of_a_run_without_a_readable_checkpoint_advises_only_export_flags(tmp_path, capsys):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    line = _error_line(capsys, ["export", str(tmp_path / "run"), str(tmp_path / "out")])
+    assert "no readable checkpoint" in line
+    assert _flags(line) <= _export_flags(), line
+    assert (folder / "last.ckpt").exists(), "another command's read moves nothing aside"
+
+
+def test_export_of_an_untrusted_checkpoint_advises_only_export_flags(tmp_path, capsys):
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 1, "extra": ValueError("pickled object")}, path)
+    line = _error_line(capsys, ["export", str(tmp_path / "run"), str(tmp_path / "out")])
+    assert "was not loaded" in line
+    assert _flags(line) <= _export_flags(), line
+
+
+def test_an_unreadable_checkpoint_line_is_short_and_the_detail_waits_for_ouro_debug(
+    tmp_path, capsys, monkeypatch
+):
+    """PyTorch explains a damaged file in 300-700 characters; the line naming it stays under 200."""
+    from ouro.resume import newest_readable_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    folder = Path("runs") / "stage" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(4096)}, "global_step": 2}, folder / "last.ckpt")
+    data = (folder / "last.ckpt").read_bytes()
+    damaged = {"last.ckpt": data[: len(data) // 3], "step-1.ckpt": b"", "step-2.ckpt": b"garbage" * 9}
+    for name, content in damaged.items():
+        (folder / name).write_bytes(content)
+    monkeypatch.delenv("OURO_DEBUG", raising=False)
+    with pytest.raises(ValueError) as refused:
+        newest_readable_checkpoint(folder.parent, move_aside=True, resuming=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all("is unreadable" in line for line in lines)
+    assert "Check the documentation" not in "".join(lines)
+    for line in [*lines, f"ouro: error: {refused.value}"]:
+        assert len(line) < 200, (len(line), line)
+
+    for name, content in damaged.items():
+        (folder / name).write_bytes(content)
+    monkeypatch.setenv("OURO_DEBUG", "1")
+    with pytest.raises(ValueError):
+        newest_readable_checkpoint(folder.parent, move_aside=True, resuming=True)
+    err = capsys.readouterr().err
+    assert "Check the documentation of torch.load" in err, "PyTorch's whole explanation, on request"

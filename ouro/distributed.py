@@ -15,7 +15,11 @@ parameters gathered from its first call to the end of backward instead (measured
 Both write sharded checkpoint folders atomically (`ouro.checkpoint_io.AtomicShardedSave`: a staging folder, a
 completion marker written last, then a rename).
 
-DDP needs nothing of ours: ``trainer.strategy: ddp``. Recipes name these classes by ``class_path``::
+DDP needs nothing of ours: ``trainer.strategy: ddp``. On the command line the strategies have short names
+(`STRATEGY_NAMES`: ``--trainer.strategy fsdp2``; under ``ouro fit``, ``fsdp`` is ours, not Lightning's plain
+FSDP), and a class path
+given as a plain string (``--trainer.strategy ouro.distributed.OuroFSDP2Strategy``) builds the class with its
+defaults (`resolve_strategy`). Recipes name these classes by ``class_path``::
 
     trainer:
       precision: bf16-mixed
@@ -27,13 +31,14 @@ DDP needs nothing of ours: ``trainer.strategy: ddp``. Recipes name these classes
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch import nn
 
 from ouro.checkpoint_io import AtomicShardedSave
@@ -221,6 +226,52 @@ def apply_fsdp2(
     return module
 
 
+#: Short ``trainer.strategy`` names of the strategies above (`resolve_strategy`): name -> (class, its arguments,
+#: description).
+STRATEGY_NAMES: dict[str, tuple[type[Strategy], dict[str, Any], str]] = {
+    "fsdp": (
+        OuroFSDPStrategy,
+        {},
+        "ouro's FSDP1: one unit per decoder layer, SHARD_GRAD_OP, sharded checkpoints",
+    ),
+    "fsdp1": (OuroFSDPStrategy, {}, "the same as fsdp"),
+    "fsdp_full_shard": (
+        OuroFSDPStrategy,
+        {"sharding_strategy": "FULL_SHARD"},
+        "ouro's FSDP1 freeing parameters after every layer call (least memory)",
+    ),
+    "fsdp2": (
+        OuroFSDP2Strategy,
+        {},
+        "ouro's FSDP2: fully_shard per decoder layer, kept gathered across passes",
+    ),
+}
+
+
+def resolve_strategy(strategy: Any) -> Any:
+    """``trainer.strategy`` as Lightning takes it. A name of `STRATEGY_NAMES` becomes an instance (Lightning's
+    registry would refuse ``fsdp`` on CPU by name); a plain string with a dot is a class path (Lightning would
+    take it for a registered name and fail): it becomes an instance of that class with default arguments.
+    Anything else passes through (Lightning's names such as ``ddp`` and ``auto``, instances)."""
+    if isinstance(strategy, str) and strategy in STRATEGY_NAMES:
+        cls, init_args, _ = STRATEGY_NAMES[strategy]
+        return cls(**init_args)
+    if not isinstance(strategy, str) or "." not in strategy:
+        return strategy
+    module_name, _, class_name = strategy.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        names = ", ".join(sorted({*STRATEGY_NAMES, "auto", "ddp"}))
+        raise ValueError(
+            f"trainer.strategy {strategy!r} is neither a strategy name ({names}, ...) nor the class path of "
+            "a lightning Strategy; give a name, or a class path such as ouro.distributed.OuroFSDP2Strategy"
+        )
+    return cls()
+
+
 @contextlib.contextmanager
 def count_collectives() -> Iterator[Counter]:
     """Count calls of ``torch.distributed`` collectives (by name) made while the context is open.
@@ -255,8 +306,10 @@ def all_gathers(counts: Counter) -> int:
 __all__ = [
     "OuroFSDPStrategy",
     "OuroFSDP2Strategy",
+    "STRATEGY_NAMES",
     "all_gathers",
     "apply_fsdp2",
     "count_collectives",
+    "resolve_strategy",
     "wrap_policy",
 ]

@@ -42,6 +42,9 @@ SHARDED_METADATA = "meta.pt"
 MAX_REASON = 48
 #: Data settings the loader state depends on (litdata refuses or silently misplaces a resume that changes them).
 RESUME_SETTINGS = ("seq_len", "batch_size", "num_workers")
+#: Of those, the ones no resume may change (a loader that restripes its position still needs the same blocks
+#: and batches; ``num_workers`` and the world size may change then).
+FIXED_SETTINGS = ("seq_len", "batch_size")
 
 
 @dataclass
@@ -258,14 +261,31 @@ def data_settings(datamodule: Any) -> dict[str, int]:
     return values
 
 
+def run_settings(datamodule: Any, world_size: int) -> dict[str, int]:
+    """What `ResumeSettings` records: the data settings plus the number of ranks (``world_size``)."""
+    return {**data_settings(datamodule), "world_size": int(world_size)}
+
+
+def restripes(datamodule: Any) -> bool | None:
+    """Whether the data module's loader continues its position on another world size or ``num_workers``
+    (``elastic_resume``: True for one litdata source; False for a mixture); None when it does not say."""
+    value = getattr(datamodule, "elastic_resume", None)
+    return None if value is None else bool(value)
+
+
 class ResumeSettings(Callback):
-    """Keeps the recipe's data settings (`RESUME_SETTINGS`) in every checkpoint, so that `check_resume_settings`
-    can tell a resume that changed one of them."""
+    """Keeps the recipe's data settings (`RESUME_SETTINGS`) and the world size in every checkpoint, so that
+    `check_resume_settings` can tell a resume that changed one of them.
+
+    On a resume with another world size it also restates the epoch's progress in batches of the new world
+    (Lightning counts batches per rank: 4 batches on 2 ranks are 8 on 1), so the epoch ends where the data
+    does, not early or late.
+    """
 
     def __init__(self, settings: dict[str, int]) -> None:
         """
         Args:
-            settings: The recipe's values (``data_settings(datamodule)`` before training starts).
+            settings: The run's values (``run_settings(datamodule, world_size)`` before training starts).
         """
         self.settings = dict(settings)
 
@@ -279,25 +299,88 @@ class ResumeSettings(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to restore: the recipe's values win, and `check_resume_settings` ran before fit."""
 
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        recorded = (checkpoint.get("callbacks") or {}).get(self.state_key) or {}
+        before, now = recorded.get("world_size"), self.settings.get("world_size")
+        if not before or not now or before == now:
+            return
+        progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if progress and "current" in progress:
+            current = progress["current"]
+            for key, value in current.items():
+                current[key] = int(value) * int(before) // int(now)
+
+
+def _ranks(count: int) -> str:
+    return f"{count} rank" if count == 1 else f"{count} ranks"
+
+
+def _rows_taken(checkpoint: dict[str, Any]) -> int | None:
+    """Rows of the epoch the checkpoint's training loader had handed out over all ranks (litdata's loader
+    state), if it records them."""
+    loops = (checkpoint.get("loops") or {}).get("fit_loop", {})
+    states = (loops.get("state_dict") or {}).get("combined_loader") or []
+    dataset = states[0].get("dataset") if states and isinstance(states[0], dict) else None
+    if not isinstance(dataset, dict) or "num_samples_yielded" not in dataset:
+        return None
+    if "sample_in_epoch" in dataset:
+        return int(dataset["sample_in_epoch"])
+    return int(dataset["num_samples_yielded"]) * int(dataset.get("world_size", 1))
+
 
 def check_resume_settings(
-    checkpoint: dict[str, Any], current: dict[str, int], path: Path, run_dir: Path
-) -> None:
-    """Refuse to resume ``checkpoint`` with data settings other than the ones it was trained with."""
+    checkpoint: dict[str, Any],
+    current: dict[str, int],
+    path: Path,
+    run_dir: Path,
+    elastic: bool | None = None,
+) -> str | None:
+    """Refuse to resume ``checkpoint`` with data settings other than the ones it was trained with, except the
+    world size and ``num_workers`` where the loader restripes its position (``elastic``, see `restripes`).
+
+    Returns the line that says what changed (None when nothing did)."""
     recorded = (checkpoint.get("callbacks") or {}).get("OuroResumeSettings")
     if not recorded:
-        return  # written before settings were recorded
+        return None  # written before settings were recorded
+    fixed = RESUME_SETTINGS if not elastic else FIXED_SETTINGS
     changed = [
         f"data.{name} is {current[name]} but {path.name} was trained with {recorded[name]}"
-        for name in RESUME_SETTINGS
+        for name in fixed
         if name in current and name in recorded and current[name] != recorded[name]
     ]
+    world_before, world_now = recorded.get("world_size"), current.get("world_size")
+    world_changed = bool(world_before and world_now and world_before != world_now)
+    if world_changed and elastic is False:
+        changed.append(
+            f"it was written by {world_before} ranks and this run has {world_now} (a data mixture continues "
+            "its position only on the same world size, num_workers and batch_size)"
+        )
     if changed:
         raise ResumeError(
             f"cannot resume {run_dir}: {'; '.join(changed)}. The data-loader position only resumes with the "
             "same values: keep the old value(s), or start a new stage in another run directory with "
             f"--model.init_from {run_dir}"
         )
+    what = []
+    if world_changed:
+        what.append(f"checkpoint written by {_ranks(world_before)}, resuming on {world_now}")
+    workers_before, workers_now = recorded.get("num_workers"), current.get("num_workers")
+    if workers_before is not None and workers_now is not None and workers_before != workers_now:
+        what.append(f"data.num_workers {workers_before} -> {workers_now}")
+    if not what:
+        return None
+    line = ", ".join(what)
+    if elastic:
+        line += ": data position restriped"
+        taken, batch = _rows_taken(checkpoint), current.get("batch_size")
+        if taken is not None and batch and world_now:
+            stride = batch * world_now
+            if taken % stride:
+                line += (
+                    f"; the loader restarts at row {taken - taken % stride} of the epoch (a multiple of the new "
+                    f"global batch, {stride} rows), so the {taken % stride} rows after it are seen again"
+                )
+    return line
 
 
 def resume_checkpoint(
@@ -306,12 +389,14 @@ def resume_checkpoint(
     datamodule: Any,
     trusted: bool = False,
     restart: bool = False,
+    world_size: int = 1,
 ) -> str | None:
     """The checkpoint ``ouro fit`` resumes from: ``--ckpt_path`` if given, else the run directory's newest
     readable checkpoint (rank 0 moves unreadable ones aside); None starts the stage. Refuses a checkpoint
     ``weights_only`` rejects, a resume with changed data settings, and a start from step 0 in a run directory that
     has held a checkpoint (`refuse_silent_restart`) unless ``restart``. ``restart`` never discards a readable
-    checkpoint: a requeued job whose command says ``--restart true`` resumes like any other."""
+    checkpoint: a requeued job whose command says ``--restart true`` resumes like any other. Rank 0 says in one
+    line what changed (world size, ``num_workers``) when the loader restripes its position."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     rank_zero = rank_zero_only.rank == 0
@@ -342,5 +427,8 @@ def resume_checkpoint(
             raise ResumeError(f"--ckpt_path {ckpt_path} is unreadable ({found.problem})")
     else:
         return ckpt_path  # "last", "hpc", a remote URL: Lightning resolves it
-    check_resume_settings(found.checkpoint, data_settings(datamodule), found.path, run_dir)
+    current = run_settings(datamodule, world_size)
+    change = check_resume_settings(found.checkpoint, current, found.path, run_dir, restripes(datamodule))
+    if change and rank_zero:
+        _say(change)
     return str(found.path)

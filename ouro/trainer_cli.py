@@ -13,10 +13,11 @@ from lightning.pytorch.cli import LightningCLI
 from ouro.callbacks.progress import StageProgress
 from ouro.checkpoint_io import with_atomic_checkpoint_io
 from ouro.cli import configure_parsing
+from ouro.distributed import resolve_strategy
 from ouro.library_warnings import filter_harmless_warnings
 from ouro.module import OuroLM
 from ouro.preflight import check_recipe_syntax, check_sequence_fits
-from ouro.resume import ResumeSettings, data_settings, resume_checkpoint
+from ouro.resume import ResumeSettings, resume_checkpoint, run_settings
 from ouro.run_dir import (
     FinalCheckpoint,
     RunConfigCallback,
@@ -76,6 +77,7 @@ class OuroCLI(LightningCLI):
         from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
         use_run_scratch(root, rank_zero_only.rank)
+        config["strategy"] = resolve_strategy(config.get("strategy", "auto"))
         config["plugins"] = with_atomic_checkpoint_io(config.get("plugins"), config.get("strategy"))
         if config.get("logger") in (None, True):
             config["logger"] = default_loggers(root)
@@ -106,9 +108,12 @@ class OuroCLI(LightningCLI):
             fit_config["weights_only"] = True
         trusted = fit_config["weights_only"] is False
         restart = bool(self._get(self.config_init, "restart", default=False))
-        ckpt_path = resume_checkpoint(root, fit_config.get("ckpt_path"), self.datamodule, trusted, restart)
+        world_size = self.trainer.world_size
+        ckpt_path = resume_checkpoint(
+            root, fit_config.get("ckpt_path"), self.datamodule, trusted, restart, world_size
+        )
         fit_config["ckpt_path"] = ckpt_path
-        self.trainer.callbacks.append(ResumeSettings(data_settings(self.datamodule)))
+        self.trainer.callbacks.append(ResumeSettings(run_settings(self.datamodule, world_size)))
         self.model.resuming = ckpt_path is not None
         self.model.stage_name = root.name
         configs = self.config["fit"].get("config") or []

@@ -385,6 +385,29 @@ def test_batch_ramp_resumes_with_the_same_windows(tmp_path):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_batch_ramp_resumed_with_a_larger_micro_batch_keeps_tokens_per_step(tmp_path):
+    """A resume on twice the ranks doubles the tokens of a micro-batch (here: twice the rows per batch, which is
+    the same to the ramp): the ramp takes half the micro-batches per step instead of refusing."""
+
+    def callbacks(root):
+        return [BatchSizeRamp(MICRO, 4 * MICRO, ramp_tokens=12 * MICRO), step_checkpoints(root, 4)]
+
+    fit(tmp_path / "full", callbacks(tmp_path / "full"), 4, data=TinyData(period=BATCH))
+    _, _, resumed = fit(
+        tmp_path / "resumed",
+        callbacks(tmp_path / "resumed"),
+        8,
+        data=TinyData(period=2 * BATCH, batch_size=2 * BATCH),
+        ckpt_path=str(tmp_path / "full" / "ckpt" / "s4.ckpt"),
+    )
+    assert len(resumed.steps) == 4
+    for step in resumed.steps:
+        assert step["accumulate"] == step["micro"]  # whole windows
+        before = step["tokens"] - step["micro"] * 2 * MICRO
+        target = MICRO + min(before / (12 * MICRO), 1.0) * 3 * MICRO
+        assert step["micro"] == max(1, int(target // (2 * MICRO))), step
+
+
 # --------------------------------------------------------------------------------------- long context
 def test_split_rows_keeps_tokens_labels_and_documents():
     batch = {

@@ -28,7 +28,15 @@ import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ouro.config import OuroConfig
-from ouro.distributed import OuroFSDPStrategy, all_gathers, apply_fsdp2, count_collectives, wrap_policy
+from ouro.distributed import (
+    OuroFSDP2Strategy,
+    OuroFSDPStrategy,
+    all_gathers,
+    apply_fsdp2,
+    count_collectives,
+    resolve_strategy,
+    wrap_policy,
+)
 from ouro.model import OuroForCausalLM
 
 TESTS = Path(__file__).resolve().parent
@@ -418,6 +426,19 @@ def test_fsdp_strategy_defaults_and_precision() -> None:
         ).mixed_precision_config.reduce_dtype
         == torch.bfloat16
     )
+
+
+def test_strategy_short_names_and_plain_class_paths() -> None:
+    from torch.distributed.fsdp import ShardingStrategy
+
+    assert isinstance(resolve_strategy("fsdp2"), OuroFSDP2Strategy)
+    assert resolve_strategy("fsdp").sharding_strategy == ShardingStrategy.SHARD_GRAD_OP
+    assert resolve_strategy("fsdp_full_shard").sharding_strategy == ShardingStrategy.FULL_SHARD
+    assert isinstance(resolve_strategy("ouro.distributed.OuroFSDP2Strategy"), OuroFSDP2Strategy)
+    assert resolve_strategy("ddp") == "ddp" and resolve_strategy("auto") == "auto"
+    for wrong in ("ouro.distributed.Nothing", "ouro.config.OuroConfig"):
+        with pytest.raises(ValueError, match="is neither a strategy name"):
+            resolve_strategy(wrong)
 
 
 def test_apply_fsdp2_needs_decoder_layers() -> None:

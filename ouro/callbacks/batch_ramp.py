@@ -55,6 +55,7 @@ class BatchSizeRamp(L.Callback):
             )
         self.micro_tokens: int | None = None
         self.factor: int | None = None
+        self._session_started = False  # a batch of this process's fit has been seen
 
     @property
     def state_key(self) -> str:
@@ -110,12 +111,25 @@ class BatchSizeRamp(L.Callback):
             if self.factor is None:
                 self.factor = self.factor_at(tokens_seen(pl_module))
                 trainer.accumulate_grad_batches = self.factor
+        elif (
+            not self._session_started and batch["input_ids"].numel() * trainer.world_size != self.micro_tokens
+        ):
+            # Resumed on another world size: the same tokens per step take another number of micro-batches.
+            before, self.micro_tokens = self.micro_tokens, batch["input_ids"].numel() * trainer.world_size
+            self.factor = self.factor_at(tokens_seen(pl_module))
+            trainer.accumulate_grad_batches = self.factor
+            rank_zero_info(
+                f"BatchSizeRamp: micro-batch {before} -> {self.micro_tokens} tokens (world size {trainer.world_size});"
+                f" {self.factor} micro-batches per step ({self.factor * self.micro_tokens} tokens)"
+            )
         elif batch["input_ids"].numel() * trainer.world_size != self.micro_tokens:
             raise ValueError(
                 f"BatchSizeRamp: micro-batch changed from {self.micro_tokens} to "
                 f"{batch['input_ids'].numel() * trainer.world_size} tokens; the ramp needs a "
                 "fixed micro-batch size"
             )
+
+        self._session_started = True
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

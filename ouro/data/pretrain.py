@@ -26,7 +26,9 @@ class PretrainDataModule(L.LightningDataModule):
     serve every sequence length. Batches follow the batch contract: ``input_ids``, ``labels`` (next tokens) and
     ``doc_ids`` numbered from the EOS positions. The loader state (position in every source and the mixture's
     random state) lives in the Lightning checkpoint: ``fit(ckpt_path=...)`` continues with exactly the batches an
-    uninterrupted run would have seen (same world size, workers and batch size).
+    uninterrupted run would have seen (same world size, workers and batch size). One source also resumes on
+    another world size or ``num_workers`` (`elastic_resume`): litdata restripes the rest of the epoch over the
+    new ranks and workers, so no row of the epoch is skipped or repeated.
 
     A mixture epoch ends as soon as **any** source runs out (litdata ``CombinedStreamingDataset``); the next epoch
     reshuffles and restarts every source. A small, up-weighted source can therefore keep a large one from ever
@@ -59,7 +61,7 @@ class PretrainDataModule(L.LightningDataModule):
             seq_len: Tokens per training sequence (blocks of seq_len + 1). `set_seq_len` changes it; that takes
                 effect when the train loader is rebuilt (a new stage, or ``reload_dataloaders_every_n_epochs``).
             batch_size: Micro-batch size per device.
-            num_workers: Loader worker processes per device (resume needs the same value).
+            num_workers: Loader worker processes per device (a resume may change it when there is one source).
             seed: Shuffle and mixture seed.
             shuffle: Shuffle chunks and blocks (validation never shuffles).
             doc_masking: Emit ``doc_ids`` so attention never crosses documents and the prediction across a
@@ -98,6 +100,13 @@ class PretrainDataModule(L.LightningDataModule):
         self._builtin_dirs: dict[str, dict[str, Path]] = {}
 
     format = "pretrain"
+
+    @property
+    def elastic_resume(self) -> bool:
+        """Whether a resume may change the world size or ``num_workers``: litdata restripes one source's
+        remaining epoch; a weighted mixture resumes only on the same world size, workers and batch size."""
+        return len(self.sources) == 1
+
     #: Packing length that SFT shards of a built-in source must have (None: any; pretraining shards serve every
     #: ``seq_len``). `SFTDataModule` sets it from its ``seq_len``.
     packed_seq_len: int | None = None

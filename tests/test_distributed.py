@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from spawn_ranks import free_port, nodes
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ouro.config import OuroConfig
@@ -231,9 +232,16 @@ def single_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[float], l
     return losses, tokens, torch.load(tmp / "single" / "weights.pt", weights_only=True), decayed
 
 
-def test_ddp_two_processes_match_one_process_and_resume(tmp_path: Path, single_run) -> None:
-    # Two processes with DDP under torchrun, through the real `ouro fit`.
-    _torchrun(["fit", "--config", str(_recipe(tmp_path, "ddp", 2, tmp_path / "ckpt_ddp"))], nproc=2)
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two processes with DDP on one node under torchrun, through the real `ouro fit`; its folder."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    _torchrun(["fit", "--config", str(_recipe(tmp, "ddp", 2, tmp / "ckpt_ddp"))], nproc=2)
+    return tmp
+
+
+def test_ddp_two_processes_match_one_process_and_resume(ddp_run: Path, single_run) -> None:
+    tmp_path = ddp_run
     single, single_tokens, single_weights, single_decayed = single_run
     ddp, ddp_tokens = _world_losses(tmp_path / "ddp", 2)
     assert len(ddp) == len(single) == MAX_STEPS
@@ -257,6 +265,47 @@ def test_ddp_two_processes_match_one_process_and_resume(tmp_path: Path, single_r
     assert len(resumed) == MAX_STEPS - RESUME_AT
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(ddp[RESUME_AT:]), rtol=1e-5, atol=1e-6)
     assert resumed_tokens == ddp_tokens[RESUME_AT:]
+
+
+def _two_nodes(tmp: Path, name: str, launcher: str) -> None:
+    """The DDP stage as two "nodes" of one process each on this machine (``NODE_RANK`` 0 and 1, the master on
+    127.0.0.1), started by Lightning itself or by one torchrun per node; the commands docs/scale-out.md gives."""
+    port = str(free_port())
+    fit = ["fit", "--config", str(_recipe(tmp, name, 2, tmp / f"ckpt_{name}"))]
+    fit += ["--trainer.num_nodes", "2", "--trainer.devices", "1"]
+    if launcher == "lightning":
+        commands = [
+            (
+                ["-m", "spawn_ranks", *fit],
+                {"NODE_RANK": str(k), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+            )
+            for k in (0, 1)
+        ]
+    else:
+        commands = [
+            (
+                ["-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={k}", "--nproc_per_node=1"]
+                + ["--master_addr=127.0.0.1", f"--master_port={port}", "-m", "spawn_ranks", *fit],
+                {},
+            )
+            for k in (0, 1)
+        ]
+    nodes(commands)
+
+
+def test_two_nodes_reach_the_weights_of_one_node(tmp_path: Path, ddp_run: Path) -> None:
+    """Lightning's own multi-node launch and torchrun with two nodes train the 2-process stage of one node to
+    the same losses, tokens and weights (the same gloo collectives in the same order)."""
+    reference_losses, reference_tokens = _world_losses(ddp_run / "ddp", 2)
+    reference = torch.load(ddp_run / "ddp" / "weights.pt", weights_only=True)
+    for launcher in ("lightning", "torchrun"):
+        _two_nodes(tmp_path, launcher, launcher)
+        losses, tokens = _world_losses(tmp_path / launcher, 2)
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(reference_losses), rtol=1e-6, atol=0)
+        assert tokens == reference_tokens
+        weights = torch.load(tmp_path / launcher / "weights.pt", weights_only=True)
+        for name, value in reference.items():
+            torch.testing.assert_close(weights[name], value, rtol=1e-6, atol=1e-7, msg=f"{launcher}: {name}")
 
 
 # -------------------------------------------------------------------------------------------------- FSDP

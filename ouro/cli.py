@@ -89,6 +89,20 @@ def _bare_flags_to_true(args: list[str], function: Callable) -> list[str]:
     return result
 
 
+def _with_compile_caches(function: Callable) -> Callable:
+    """``function``, choosing torch.compile's caches (the user's cache folder) once its arguments are checked."""
+    import functools
+
+    from ouro.preflight import choose_compile_caches, user_cache_dir
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        choose_compile_caches(user_cache_dir())
+        return function(*args, **kwargs)
+
+    return run
+
+
 def _print_help() -> None:
     print("usage: ouro {fit,validate,test,predict," + ",".join(_tool_commands()) + "} ...\n")
     print("Train looped language models (Ouro / LoopLM) end to end.\n\nTrainer commands (LightningCLI):")
@@ -134,20 +148,20 @@ def _dispatch(args: list[str]) -> None:
     command = args[0]
     tools = _tool_commands()
     if command in tools:
-        from ouro.preflight import choose_compile_caches
+        from ouro.preflight import hold_compile_caches
 
-        choose_compile_caches(args[1:], trainer_command=False)
+        hold_compile_caches()  # before torch is imported
         from jsonargparse import auto_cli
 
         function, options = tool_arguments(command, args[1:])
-        auto_cli(function, args=options, as_positional=True)
+        auto_cli(_with_compile_caches(function), args=options, as_positional=True)
         return
     if command not in TRAINER_COMMANDS:
         print(f"ouro: unknown command {command!r}; run `ouro --help` for the list", file=sys.stderr)
         raise SystemExit(2)
-    from ouro.preflight import choose_compile_caches
+    from ouro.preflight import hold_compile_caches
 
-    choose_compile_caches(args[1:], trainer_command=True)
+    hold_compile_caches()  # before torch is imported; `use_run_scratch` chooses RUN/cache once the recipe is read
     from ouro.trainer_cli import run_trainer_cli
 
     run_trainer_cli(args)

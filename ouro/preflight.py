@@ -3,13 +3,14 @@
 * `check_recipe_syntax`: every ``--config`` file parses as YAML (the line and column of the first error,
   instead of LightningCLI's usage dump).
 * `check_sequence_fits`: the sequences the stage trains on fit the model's ``max_position_embeddings``.
-* `choose_compile_caches`: torch.compile's caches go under the run directory, not the system temp dir (set
-  before torch's compiler is imported, which creates them).
+* `hold_compile_caches` / `choose_compile_caches`: torch.compile's caches go under the run directory, not the
+  system temp dir, and a refused command creates no cache folder (importing torch's compiler creates one at once).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -80,37 +81,37 @@ COMPILE_CACHES = {"TORCHINDUCTOR_CACHE_DIR": "torchinductor", "TRITON_CACHE_DIR"
 CACHES_CHOSEN_BY_OURO = "OURO_COMPILE_CACHES_DEFAULTED"
 
 
-def run_directory(args: list[str]) -> Path:
-    """``trainer.default_root_dir`` as a trainer command's arguments and ``--config`` files set it (last wins)."""
-    root = None
-    for index, arg in enumerate(args):
-        following = args[index + 1] if index + 1 < len(args) else None
-        if arg == "--trainer.default_root_dir" and following:
-            root = following
-        elif arg.startswith("--trainer.default_root_dir="):
-            root = arg.split("=", 1)[1]
-        elif arg in ("--config",) or arg.startswith("--config="):
-            name = following if arg == "--config" else arg.split("=", 1)[1]
-            try:
-                trainer = (read_recipe(name) or {}).get("trainer") or {}
-            except Exception:
-                continue  # reported by check_recipe_syntax / LightningCLI
-            if isinstance(trainer, dict) and trainer.get("default_root_dir"):
-                root = str(trainer["default_root_dir"])
-    return Path(root or "runs/default")
-
-
-def choose_compile_caches(args: list[str], trainer_command: bool) -> None:
-    """Point torch.compile's caches at ``RUN/cache/`` for a trainer command (kept for resumes), else at the user's
-    cache folder (``~/.cache/ouro``), unless the user set ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR``.
-    Their default, ``/tmp/torchinductor_<user>``, is created as soon as Lightning is imported."""
+def _user_chose_caches() -> bool:
     chosen_by_ouro = os.environ.get(CACHES_CHOSEN_BY_OURO) == "1"
-    if not chosen_by_ouro and any(name in os.environ for name in COMPILE_CACHES):
+    return not chosen_by_ouro and any(name in os.environ for name in COMPILE_CACHES)
+
+
+def hold_compile_caches() -> None:
+    """Before torch is imported: point torch.compile's caches at the system temp dir, a folder that exists.
+
+    Importing torch's compiler (Lightning does) creates the inductor cache folder at once (its default is
+    ``/tmp/torchinductor_<user>``). Its real place, ``RUN/cache/`` or the user's cache folder, is chosen by
+    `choose_compile_caches` only once the arguments are checked, so a refused command creates no folder. Nothing
+    compiles in between. A place the user set (``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR``) is kept.
+    """
+    if _user_chose_caches():
         return
-    if trainer_command:
-        base = run_directory(args).absolute() / "cache"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ouro"
+    for name in COMPILE_CACHES:
+        os.environ[name] = tempfile.gettempdir()
+    os.environ[CACHES_CHOSEN_BY_OURO] = "1"
+
+
+def user_cache_dir() -> Path:
+    """The user's cache folder of ``ouro`` (``$XDG_CACHE_HOME/ouro``, default ``~/.cache/ouro``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ouro"
+
+
+def choose_compile_caches(base: str | Path) -> None:
+    """Point torch.compile's caches at ``base/torchinductor`` and ``base/triton`` (created when something
+    compiles), unless the user set ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR``. ``ouro fit`` passes
+    ``RUN/cache`` (kept for resumes), the other commands `user_cache_dir`."""
+    if _user_chose_caches():
+        return
     for name, folder in COMPILE_CACHES.items():
-        os.environ[name] = str(base / folder)
+        os.environ[name] = str(Path(base).absolute() / folder)
     os.environ[CACHES_CHOSEN_BY_OURO] = "1"

@@ -29,6 +29,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ouro.atomic import atomic_write_text
+from ouro.preflight import COMPILE_CACHES, choose_compile_caches
 
 COMPLETE_MARKER = "stage_complete.json"
 #: Temporary files of a run (emptied at each start: a killed run leaves nothing in the system temp dir).
@@ -106,7 +107,8 @@ def use_run_scratch(root: str | Path, rank: int = 0) -> Path:
     Where that path is too long for the Unix sockets that multiprocessing puts in the temp dir, a folder named
     after the run in the system temp dir takes its place (emptied and removed the same way). torch.compile's
     caches (inductor, triton) go to ``ROOT/cache`` unless the user chose a place (``TORCHINDUCTOR_CACHE_DIR``,
-    ``TRITON_CACHE_DIR``). Child processes inherit the environment.
+    ``TRITON_CACHE_DIR``). Child processes inherit the environment. The folders it creates go again at
+    `release_run_scratch` while empty: a fit refused before training leaves nothing behind.
     """
     root = Path(root).absolute()
     scratch = root / TEMP_DIR / str(rank)
@@ -115,15 +117,20 @@ def use_run_scratch(root: str | Path, rank: int = 0) -> Path:
         scratch = Path(tempfile.gettempdir()) / f"ouro-run-{digest}" / str(rank)
     release_run_scratch()
     shutil.rmtree(scratch, ignore_errors=True)
+    created = scratch
+    while not created.parent.exists():
+        created = created.parent
     scratch.mkdir(parents=True, exist_ok=True)
-    names = ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+    names = ("TMPDIR", *COMPILE_CACHES)
     _scratch_state.update(
-        scratch=scratch, tempdir=tempfile.tempdir, env={n: os.environ.get(n) for n in names}
+        scratch=scratch,
+        created=created,
+        tempdir=tempfile.tempdir,
+        env={n: os.environ.get(n) for n in names},
     )
     os.environ["TMPDIR"] = str(scratch)
     tempfile.tempdir = str(scratch)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / CACHE_DIR / "torchinductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(root / CACHE_DIR / "triton"))
+    choose_compile_caches(root / CACHE_DIR)
     return scratch
 
 
@@ -144,10 +151,15 @@ def release_run_scratch() -> None:
         else:
             os.environ[name] = value
     shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        scratch.parent.rmdir()
-    except OSError:
-        pass
+    created = _scratch_state.pop("created")
+    # `.tmp` once no other rank uses it, then the folders `use_run_scratch` created while they stay empty: a fit
+    # refused before it trained leaves no empty run directory behind.
+    parents = scratch.parent.parents
+    for folder in [scratch.parent, *(p for p in parents if p == created or created in p.parents)]:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 atexit.register(release_run_scratch)

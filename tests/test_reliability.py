@@ -493,26 +493,27 @@ def test_generation_past_the_positions_is_refused():
 
 
 def test_compile_caches_go_under_the_run_directory(tmp_path, monkeypatch):
-    from ouro.preflight import CACHES_CHOSEN_BY_OURO, choose_compile_caches, run_directory
+    import tempfile
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("trainer:\n  default_root_dir: runs/a\n")
-    assert run_directory(["--config", str(recipe)]) == Path("runs/a")
-    assert run_directory([f"--config={recipe}", "--trainer.default_root_dir", "runs/b"]) == Path("runs/b")
-    assert run_directory(["--trainer.default_root_dir=runs/b", "--config", str(recipe)]) == Path("runs/a")
+    from ouro.preflight import CACHES_CHOSEN_BY_OURO, choose_compile_caches, hold_compile_caches
+
     monkeypatch.delenv(CACHES_CHOSEN_BY_OURO, raising=False)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/mine")
-    choose_compile_caches(["--config", str(recipe)], trainer_command=True)
+    hold_compile_caches()
+    choose_compile_caches(tmp_path / "cache")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine", "the user's choice wins"
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    hold_compile_caches()  # while the arguments are read: a folder that exists, so importing torch creates none
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == tempfile.gettempdir()
     monkeypatch.chdir(tmp_path)
-    choose_compile_caches(["--config", str(recipe)], trainer_command=True)
+    use_run_scratch("runs/a")  # the recipe is read: the run's own cache
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "runs" / "a" / "cache" / "torchinductor")
-    choose_compile_caches(
-        ["--trainer.default_root_dir", "runs/c"], trainer_command=True
-    )  # a pipeline's next stage
+    release_run_scratch()
+    use_run_scratch("runs/c")  # a pipeline's next stage
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "runs" / "c" / "cache" / "triton")
+    release_run_scratch()
+    assert not (tmp_path / "runs").exists(), "nothing was written: the folders it created are gone"
 
 
 @pytest.fixture

@@ -61,6 +61,10 @@ class UntrustedCheckpointError(ResumeError):
     """``torch.load(weights_only=True)`` refuses the checkpoint: it holds objects that are not plain data."""
 
 
+class RunInUseError(OuroError, ValueError):
+    """Another live ``ouro fit`` holds the run directory (`ouro.run_lock`)."""
+
+
 class PipelineError(OuroError, ValueError):
     """The pipeline file is invalid or a stage failed; the message names the stage."""
 

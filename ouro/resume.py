@@ -123,26 +123,31 @@ def inspect_checkpoint(path: str | Path, trusted: bool = False, resuming: bool =
 
 
 def candidates(run_dir: str | Path) -> list[Path]:
-    """A run's checkpoints in the order they are tried: ``last.ckpt``, then the others newest first."""
+    """A run's checkpoints in the order they are tried: ``last.ckpt``, then the others newest first (numbered
+    ones, and the ``hpc_ckpt_<n>.ckpt`` that Lightning's own pre-emption handler writes at the top of the run)."""
     folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    others = [p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"]
     found = [folder / "last.ckpt"] if (folder / "last.ckpt").exists() else []
-    return found + sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)
+    return found + sorted(_others(run_dir), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _others(run_dir: str | Path) -> list[Path]:
+    folder = Path(run_dir) / "checkpoints"
+    numbered = [p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"] if folder.is_dir() else []
+    return numbered + list(Path(run_dir).glob("hpc_ckpt_*.ckpt"))
 
 
 def _step(inspection: Inspection) -> int:
     return int((inspection.checkpoint or {}).get("global_step", -1))
 
 
-def _later_numbered(last: Inspection) -> Inspection:
-    """A numbered checkpoint saved after ``last.ckpt`` at a later step, else ``last``: a crash while writing
-    ``last.ckpt`` leaves the previous one intact, and the numbered file of the same step written just before."""
+def _later_numbered(last: Inspection, run_dir: str | Path) -> Inspection:
+    """A numbered (or hpc) checkpoint saved after ``last.ckpt`` at a later step, else ``last``: a crash while
+    writing ``last.ckpt`` leaves the previous one intact, and the numbered file of the same step written just
+    before."""
     newest = last
     since = last.path.stat().st_mtime
-    for path in last.path.parent.glob("*.ckpt"):
-        if path != last.path and path.stat().st_mtime > since:
+    for path in _others(run_dir):
+        if path.stat().st_mtime > since:
             inspection = inspect_checkpoint(path)
             if inspection.problem is None and _step(inspection) > _step(newest):
                 newest = inspection
@@ -197,7 +202,8 @@ def newest_readable_checkpoint(
     for path in candidates(run_dir):
         inspection = inspect_checkpoint(path, trusted, resuming)
         if inspection.problem is None:
-            return _later_numbered(inspection) if path.name == "last.ckpt" else inspection
+            last = path == Path(run_dir) / "checkpoints" / "last.ckpt"
+            return _later_numbered(inspection, run_dir) if last else inspection
         tried.append(inspection)
         where = ""
         if move_aside:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from lightning import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ouro.callbacks.progress import StageProgress
 from ouro.checkpoint_io import with_atomic_checkpoint_io
@@ -16,6 +18,7 @@ from ouro.cli import configure_parsing
 from ouro.distributed import resolve_strategy
 from ouro.library_warnings import filter_harmless_warnings
 from ouro.module import OuroLM
+from ouro.preemption import PreemptionCheckpoint, PreemptionSignals, exit_status, stop_line
 from ouro.preflight import check_recipe_syntax, check_sequence_fits
 from ouro.resume import ResumeSettings, resume_checkpoint, run_settings
 from ouro.run_dir import (
@@ -26,6 +29,7 @@ from ouro.run_dir import (
     release_run_scratch,
     use_run_scratch,
 )
+from ouro.run_lock import RunLock, release_run_locks
 
 
 class OuroCLI(LightningCLI):
@@ -37,6 +41,8 @@ class OuroCLI(LightningCLI):
       position) instead of failing; otherwise the model starts from ``model.init_from`` (or from scratch), except
       in a run directory that has held a checkpoint, where that takes ``--restart true``.
     * Checkpoints are loaded with ``weights_only=True``.
+    * ``ouro fit`` holds the run directory's lock (`ouro.run_lock`) and turns a pre-emption warning (SIGUSR1)
+      into a checkpoint at a step boundary all ranks agree on, then requeues the SLURM job (`ouro.preemption`).
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -74,8 +80,8 @@ class OuroCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         root = Path(config.get("default_root_dir") or "runs/default")
         config["default_root_dir"] = str(root)
-        from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
+        if self.subcommand == "fit" and rank_zero_only.rank == 0:
+            RunLock(root).acquire()  # before anything is written into the run directory
         use_run_scratch(root, rank_zero_only.rank)
         config["strategy"] = resolve_strategy(config.get("strategy", "auto"))
         config["plugins"] = with_atomic_checkpoint_io(config.get("plugins"), config.get("strategy"))
@@ -89,14 +95,20 @@ class OuroCLI(LightningCLI):
         ):
             every = self._get(self.config_init, "checkpoint_every_n_steps", default=None)
             callbacks.append(default_checkpoint(root, every))
+        preemption = None
         if config.get("enable_checkpointing") is not False:
             callbacks.append(FinalCheckpoint())
+            preemption = PreemptionCheckpoint()
+            callbacks.append(preemption)
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
             callbacks.append(StageProgress())
         config["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if preemption is not None:
+            trainer._signal_connector = PreemptionSignals(trainer, preemption.request)
+        return trainer
 
     def before_fit(self) -> None:
         fit_config = self.config_init["fit"]
@@ -126,6 +138,14 @@ def run_trainer_cli(args: list[str]) -> OuroCLI:
     check_recipe_syntax(args)
     try:
         return _build_cli(args)
+    except BaseException as error:  # pre-empted, cancelled, or another rank died: one line, no traceback
+        status = exit_status(error)
+        if status is None or os.environ.get("OURO_DEBUG"):
+            raise
+        if rank_zero_only.rank == 0:
+            notes = getattr(error, "__notes__", None)
+            print(notes[-1] if notes else stop_line(error), file=sys.stderr, flush=True)
+        raise SystemExit(status) from None
     finally:
         # Tear the process group down so multi-process runs exit cleanly (gloo may abort at interpreter exit).
         import torch.distributed as dist
@@ -133,6 +153,7 @@ def run_trainer_cli(args: list[str]) -> OuroCLI:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         release_run_scratch()
+        release_run_locks()
 
 
 def _build_cli(args: list[str]) -> OuroCLI:

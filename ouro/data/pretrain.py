@@ -13,6 +13,7 @@ from ouro.data.batching import BlockCollate
 from ouro.data.builtin_sources import builtin_dirs, is_builtin
 from ouro.data.cache import local_path
 from ouro.data.manifest import Manifest, check_same_tokenizer
+from ouro.data.workers import LeaveSignalsToMainProcess
 from ouro.errors import DataError
 
 BUILTIN = "builtin"
@@ -282,12 +283,14 @@ class PretrainDataModule(L.LightningDataModule):
         )
 
     def _worker_init(self) -> dict:
-        """Loader workers of remote sources redo this process's litdata settings: a spawned worker (the start
-        method litdata's ``optimize`` sets for the whole process) starts without them."""
+        """Loader workers leave SIGTERM / SIGUSR1 to the training process (`ouro.data.workers`), and workers of
+        remote sources redo this process's litdata settings: a spawned worker (the start method litdata's
+        ``optimize`` sets for the whole process) starts without them."""
         from ouro.data import remote
 
         dirs = [*self._train_dirs, *([self._val_dir] if self._val_dir else [])]
-        return {"worker_init_fn": remote.worker_init} if any(map(remote.is_remote, dirs)) else {}
+        then = remote.worker_init if any(map(remote.is_remote, dirs)) else None
+        return {"worker_init_fn": LeaveSignalsToMainProcess(then)}
 
     # ------------------------------------------------------------------------------------- per-source tokens
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

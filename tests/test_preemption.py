@@ -1,0 +1,90 @@
+"""Pre-emption without SLURM (`ouro.preemption`): SIGUSR1 becomes a checkpoint at the next optimizer step and a
+one-line stop; the rerun ends bit-identical to an uninterrupted run. Loader workers ignore SIGTERM / SIGUSR1;
+Lightning's own ``hpc_ckpt_<n>.ckpt`` counts as a checkpoint of the run. (Under a real SLURM: test_slurm.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from lightning import Callback
+from test_reliability import _age, _assert_same_training_state, _fit_args, _fit_in_process, _load, _recipe
+from test_reliability import _tiny_checkpoint as tiny_checkpoint
+from torch.utils.data import DataLoader, Dataset
+
+from ouro.cli import main
+from ouro.data.workers import LeaveSignalsToMainProcess
+from ouro.preemption import EXIT_PREEMPTED, lost_a_process, stop_line
+from ouro.resume import newest_readable_checkpoint
+
+
+class SignalAtStep(Callback):
+    """Sends SIGUSR1 to this process when optimizer step ``step`` has been taken (as SLURM's warning would)."""
+
+    def __init__(self, step: int = 3) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_sigusr1_saves_at_the_next_step_and_the_rerun_is_bit_identical(tmp_path, capsys) -> None:
+    recipe = _recipe(tmp_path, 6)
+    reference = tmp_path / "reference"
+    _fit_in_process(*_fit_args(recipe, reference))
+
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        main(_fit_args(recipe, run, "--trainer.callbacks+=test_preemption.SignalAtStep"))
+    assert stopped.value.code == EXIT_PREEMPTED
+    last = run / "checkpoints" / "last.ckpt"
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ouro: pre-empted")]
+    assert lines == [f"ouro: pre-empted (SIGUSR1): saved step 3 to {last}; rerun to resume"]
+    assert _load(last)["global_step"] == 3
+    assert not (run / "run.lock").exists(), "the lock is released on the way out"
+    assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None), "handlers restored after the fit"
+
+    _fit_in_process(*_fit_args(recipe, run))
+    assert "ouro: resuming" in capsys.readouterr().err
+    _assert_same_training_state(_load(last), _load(reference / "checkpoints" / "last.ckpt"))
+
+
+class _Dispositions(Dataset):
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor(
+            [
+                signal.getsignal(signal.SIGTERM) == signal.SIG_IGN,
+                signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN,
+            ]
+        )
+
+
+def test_loader_workers_leave_sigterm_and_sigusr1_to_the_main_process() -> None:
+    loader = DataLoader(_Dispositions(), num_workers=1, worker_init_fn=LeaveSignalsToMainProcess())
+    assert next(iter(loader)).tolist() == [[True, True]]
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN, "the main process keeps its own handlers"
+
+
+def test_lightning_hpc_checkpoint_counts_when_newer(tmp_path) -> None:
+    _age(tiny_checkpoint(tmp_path / "checkpoints" / "last.ckpt", 4), 60)
+    assert newest_readable_checkpoint(tmp_path).path.name == "last.ckpt"
+    hpc = tiny_checkpoint(tmp_path / "hpc_ckpt_1.ckpt", 6)
+    assert newest_readable_checkpoint(tmp_path).path == hpc
+
+
+def test_a_lost_peer_is_one_line() -> None:
+    error = RuntimeError(
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:28060. This is "
+        "typically caused by a remote worker crashing. Check the logs of the remote worker before reporting an error."
+    )
+    assert lost_a_process(error) and not lost_a_process(RuntimeError("shape mismatch"))
+    assert stop_line(error, step=7) == (
+        "ouro: error: lost another process of this job at step 7 (Connection closed by peer [127.0.0.1]:28060): it "
+        "died or was killed; rerun to resume from the newest checkpoint"
+    )

@@ -133,7 +133,7 @@ def candidates(run_dir: str | Path) -> list[Path]:
 def _others(run_dir: str | Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     numbered = [p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"] if folder.is_dir() else []
-    return numbered + list(Path(run_dir).glob("hpc_ckpt_*.ckpt"))
+    return numbered + list(Path(run_dir).glob(HPC_CHECKPOINTS))
 
 
 def _step(inspection: Inspection) -> int:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +21,15 @@ from torch.utils.data import DataLoader, Dataset
 from ouro.cli import main
 from ouro.data.workers import LeaveSignalsToMainProcess
 from ouro.preemption import EXIT_PREEMPTED, lost_a_process, stop_line
-from ouro.resume import newest_readable_checkpoint
+from ouro.resume import inspect_checkpoint, newest_readable_checkpoint
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class SignalAtStep(Callback):
@@ -88,3 +100,40 @@ def test_a_lost_peer_is_one_line() -> None:
         "ouro: error: lost another process of this job at step 7 (Connection closed by peer [127.0.0.1]:28060): it "
         "died or was killed; rerun to resume from the newest checkpoint"
     )
+
+
+class SignalOneRank(Callback):
+    """Sends SIGUSR1 to rank 1 alone after optimizer step 2: rank 0 never receives it."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == 2 and trainer.global_rank == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_signal_to_one_rank_is_a_sharded_checkpoint_of_every_rank_at_one_step(tmp_path) -> None:
+    """FSDP2 on 2 processes: the sharded save is a collective, so the rank that got the signal must not enter it
+    alone; the ranks agree at the step boundary and both write their shard of the same step."""
+    recipe = _recipe(tmp_path, 6)
+    fsdp = "{class_path: ouro.distributed.OuroFSDP2Strategy, init_args: {param_dtype: null}}"
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        "-m", "reliability_helpers", "none", *_fit_args(recipe, run),
+        "--trainer.devices", "2", "--trainer.strategy", fsdp, "--trainer.use_distributed_sampler", "false",
+        "--trainer.callbacks+=test_preemption.SignalOneRank",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]),
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    last = run / "checkpoints" / "last.ckpt"
+    assert (
+        f"ouro: pre-empted (another rank's signal): saved step 2 to {last}; rerun to resume" in result.stderr
+    ), result.stderr[-4000:]
+    assert result.stderr.count("ouro: pre-empted") == 1, "one line, from rank 0"
+    assert "exitcode  : 75" in result.stderr  # what torchrun reports for each rank
+    assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    saved = inspect_checkpoint(last)
+    assert saved.problem is None and saved.checkpoint["global_step"] == 2

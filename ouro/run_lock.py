@@ -121,9 +121,14 @@ class RunLock:
         self.path = self.root / LOCK_NAME
         self.holder = Holder.this_process()
         self.held = False
+        self._created: Path | None = None  # the topmost folder `acquire` created
 
     def acquire(self) -> None:
         """Take the lock; raise `RunInUseError` if a live process holds it, take it over if its holder is gone."""
+        self._created = self.root.absolute()
+        while not self._created.parent.exists():
+            self._created = self._created.parent
+        self._created = None if self._created.exists() else self._created
         self.root.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
             try:
@@ -160,7 +165,8 @@ class RunLock:
         print(f"ouro: took over the lock of {self.root} left by a job that is gone ({what})", file=sys.stderr)
 
     def release(self) -> None:
-        """Remove the lock if this process still holds it."""
+        """Remove the lock if this process still holds it, and the folders `acquire` created while they are still
+        empty (a fit refused before it trained leaves nothing behind)."""
         if not self.held:
             return
         self.held = False
@@ -168,6 +174,14 @@ class RunLock:
         current = _read(self.path)
         if current is not None and current.pid == self.holder.pid and current.host == self.holder.host:
             self.path.unlink(missing_ok=True)
+        if self._created is None:
+            return
+        root = self.root.absolute()
+        for folder in [root, *(p for p in root.parents if self._created in (p, *p.parents))]:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
 
 
 #: Locks this process holds (released by `release_run_locks` at the end of ``ouro fit``, or at exit).

@@ -15,7 +15,8 @@ A stage whose run directory holds ``stage_complete.json`` is skipped; an interru
 ``checkpoints/last.ckpt`` (``ouro fit`` does that by itself). Each stage runs in a fresh process that never
 outlives the pipeline: on Linux the kernel kills it when the pipeline process dies (``PR_SET_PDEATHSIG``, so even
 ``kill -9`` of the pipeline takes the stage with it), and SIGTERM / SIGINT / SIGHUP sent to the pipeline are
-passed on to the stage before the pipeline exits.
+passed on to the stage before the pipeline exits. SIGUSR1, SLURM's pre-emption warning, is passed on too: the stage
+saves at its next step and exits with `ouro.preemption.EXIT_PREEMPTED`, and so does the pipeline.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from ouro.errors import PipelineError
+from ouro.preemption import EXIT_PREEMPTED
 from ouro.preflight import yaml_syntax_problem
 from ouro.recipe_yaml import read_recipe
 from ouro.run_dir import is_complete, mark_complete
@@ -135,8 +137,10 @@ def load_pipeline(path: str | Path) -> list[Stage]:
 
 
 PR_SET_PDEATHSIG = 1
-#: Signals the pipeline passes on to its running stage.
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: Signals the pipeline passes on to its running stage: the stop signals, and the pre-emption warning.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+#: Passed on without stopping the pipeline: the stage saves, says so and exits with `EXIT_PREEMPTED`.
+WARNING_SIGNALS = (signal.SIGUSR1,)
 
 
 def _die_with_parent(parent_pid: int):  # noqa: ANN202 (a preexec_fn)
@@ -155,7 +159,8 @@ def _die_with_parent(parent_pid: int):  # noqa: ANN202 (a preexec_fn)
 def run_stage(command: list[str]) -> int:
     """Run one stage's command as a child that cannot outlive this process; return its exit code.
 
-    A forwarded signal stops the stage, and the pipeline then exits with 128 + the signal's number.
+    A forwarded stop signal stops the stage, and the pipeline then exits with 128 + the signal's number; a
+    pre-emption warning (`WARNING_SIGNALS`) is only passed on.
     """
     # Its own process group: a Ctrl-C at the terminal reaches the pipeline only, which passes it on once.
     child = subprocess.Popen(
@@ -167,7 +172,8 @@ def run_stage(command: list[str]) -> int:
     received: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
-        received.append(signum)
+        if signum not in WARNING_SIGNALS:
+            received.append(signum)
         if child.poll() is None:
             child.send_signal(signum)
 
@@ -214,6 +220,8 @@ def pipeline(file: str, only: list[str] | None = None, dry_run: bool = False, re
         print(f"ouro pipeline: {stage.name}: {' '.join(command[3:])}", flush=True)
         started = time.time()
         returncode = run_stage(command)
+        if returncode == EXIT_PREEMPTED:  # the stage saved its state and said so; a rerun resumes it
+            raise SystemExit(EXIT_PREEMPTED)
         if returncode != 0:
             raise PipelineError(
                 f"stage {stage.name} failed (exit {returncode}); fix it and rerun the "

@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from ouro.pipeline import PipelineError, load_pipeline, pipeline
+from ouro.pipeline import PipelineError, load_pipeline, pipeline, run_stage
+from ouro.preemption import EXIT_PREEMPTED
 from ouro.run_dir import mark_complete
 
 RECIPE = "trainer:\n  default_root_dir: runs/{name}\n"
@@ -133,3 +135,35 @@ def test_killing_the_pipeline_kills_its_stage(tmp_path, how):
         time.sleep(0.1)
     assert all(_gone(pid) for pid in stages), "the stage outlived its pipeline"
     assert not (tmp_path / "runs" / "long" / "stage_complete.json").exists()
+
+
+def test_a_preemption_warning_is_passed_to_the_stage_and_ends_the_pipeline_quietly(
+    tmp_path, recipes, monkeypatch, capsys
+):
+    """SIGUSR1 to the pipeline reaches its stage (which saves and exits 75), and the pipeline then exits 75 with
+    no 'stage failed' error: a rerun or the requeued job resumes the stage."""
+    ready = tmp_path / "ready"
+    stage = (
+        "import pathlib, signal, sys, time; signal.signal(signal.SIGUSR1, lambda *a: sys.exit(75)); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60); sys.exit(1)"
+    )
+
+    def warn_when_ready() -> None:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    warner = threading.Thread(target=warn_when_ready)
+    warner.start()
+    assert run_stage([sys.executable, "-c", stage]) == EXIT_PREEMPTED
+    warner.join()
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL, "the pipeline's handler is removed again"
+
+    (recipes / "p.yaml").write_text("stages:\n  - warmup.yaml\n  - stable.yaml\n")
+    started = []
+    monkeypatch.setattr("ouro.pipeline.run_stage", lambda command: started.append(command) or EXIT_PREEMPTED)
+    with pytest.raises(SystemExit) as exited:
+        pipeline(str(recipes / "p.yaml"))
+    assert exited.value.code == EXIT_PREEMPTED and len(started) == 1, "the next stage does not start"
+    assert not (recipes / "runs" / "warmup" / "stage_complete.json").exists()

@@ -51,9 +51,12 @@ def _tokens_by_step(rows: list[dict[str, float]]) -> tuple[list[float], list[flo
 
 def series(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
     """(tokens, values) of one metric. Rows without ``train/tokens_seen`` (validation, throughput) take the
-    tokens of the latest training row at or before their step."""
+    tokens of the latest training row at or before their step. ``rows`` run oldest attempt first: where a resumed
+    attempt logged a step again, its value is the one kept."""
     steps, tokens = _tokens_by_step(rows)
-    xs, ys = [], []
+    points: dict[
+        float, tuple[float, float]
+    ] = {}  # by step: a step logged by two attempts counts once, the later
     for row in rows:
         if key not in row or not math.isfinite(row[key]):
             continue
@@ -64,10 +67,10 @@ def series(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[fl
             x = tokens[max(i, 0)]
         else:
             continue
-        xs.append(x)
-        ys.append(row[key])
-    order = sorted(range(len(xs)), key=xs.__getitem__)
-    return [xs[i] for i in order], [ys[i] for i in order]
+        points.pop(row.get("step", x), None)
+        points[row.get("step", x)] = (x, row[key])
+    ordered = sorted(points.values(), key=lambda point: point[0])
+    return [x for x, _ in ordered], [y for _, y in ordered]
 
 
 def _step_keys(rows: list[dict[str, float]], split: str, kind: str) -> list[str]:

@@ -79,6 +79,46 @@ class FinalCheckpoint(Callback):
         )
 
 
+class CheckpointedStepRow(Callback):
+    """Keeps the training metrics of a checkpoint's own step in the checkpoint and logs them again on resume.
+
+    Lightning logs a step's row after the step's checkpoints are saved, so a kill in between (in the middle of
+    writing ``last.ckpt``, say, with ``step-N.ckpt`` already complete) loses row N for good: the rerun resumes
+    after step N. With this row the resumed attempt writes it first, and ``ouro plot`` draws an unbroken series
+    (a step that two attempts logged counts once, the later one).
+    """
+
+    def __init__(self) -> None:
+        self.row: dict[str, Any] = {}
+        self._restored: dict[str, Any] = {}
+
+    @property
+    def state_key(self) -> str:
+        return "OuroCheckpointedStepRow"
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        # Runs before the checkpoint callbacks (Lightning puts them last); the metrics hold this step's values.
+        values = {}
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith("train/") and getattr(value, "numel", lambda: 1)() == 1:
+                values[name] = float(value)
+        self.row = {"step": trainer.global_step - 1, "metrics": values}  # the step Lightning's loggers record
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.row)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        restored, self._restored = self._restored, {}
+        if not restored.get("metrics"):
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics(restored["metrics"], step=int(restored["step"]))
+            logger.save()
+
+
 class RunConfigCallback(SaveConfigCallback):
     """Also keep the resolved config at the top of the run directory (overwritten by each attempt)."""
 

@@ -22,6 +22,7 @@ from ouro.preemption import PreemptionCheckpoint, PreemptionSignals, exit_status
 from ouro.preflight import check_recipe_syntax, check_sequence_fits
 from ouro.resume import ResumeSettings, resume_checkpoint, run_settings
 from ouro.run_dir import (
+    CheckpointedStepRow,
     FinalCheckpoint,
     RunConfigCallback,
     default_checkpoint,
@@ -100,6 +101,7 @@ class OuroCLI(LightningCLI):
             callbacks.append(FinalCheckpoint())
             preemption = PreemptionCheckpoint()
             callbacks.append(preemption)
+            callbacks.append(CheckpointedStepRow())
         if config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):

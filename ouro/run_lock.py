@@ -40,6 +40,18 @@ ACTIVE_SLURM_STATES = {
 }
 
 
+#: Variables in which launchers give a process its place: torchrun (RANK, GROUP_RANK, LOCAL_RANK), SLURM
+#: (SLURM_PROCID), Lightning's own launcher (NODE_RANK, LOCAL_RANK).
+LAUNCH_RANKS = ("RANK", "GROUP_RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+
+
+def is_first_process() -> bool:
+    """Whether this process will be global rank 0 of its job (it takes the lock), judged from what the launcher
+    set before the process group exists: every rank variable unset or 0. Lightning's ``rank_zero_only.rank``
+    says 0 on every node's first process under its own multi-node launcher."""
+    return all(os.environ.get(name, "0") == "0" for name in LAUNCH_RANKS)
+
+
 def _process_start(pid: int) -> str | None:
     """The start time of process ``pid`` in clock ticks since boot (Linux), or None where unknown."""
     try:

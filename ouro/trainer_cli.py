@@ -30,7 +30,7 @@ from ouro.run_dir import (
     release_run_scratch,
     use_run_scratch,
 )
-from ouro.run_lock import RunLock, release_run_locks
+from ouro.run_lock import RunLock, is_first_process, release_run_locks
 
 
 class OuroCLI(LightningCLI):
@@ -81,7 +81,7 @@ class OuroCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         root = Path(config.get("default_root_dir") or "runs/default")
         config["default_root_dir"] = str(root)
-        if self.subcommand == "fit" and rank_zero_only.rank == 0:
+        if self.subcommand == "fit" and is_first_process():
             RunLock(root).acquire()  # before anything is written into the run directory
         use_run_scratch(root, rank_zero_only.rank)
         config["strategy"] = resolve_strategy(config.get("strategy", "auto"))
@@ -144,7 +144,7 @@ def run_trainer_cli(args: list[str]) -> OuroCLI:
         status = exit_status(error)
         if status is None or os.environ.get("OURO_DEBUG"):
             raise
-        if rank_zero_only.rank == 0:
+        if is_first_process():
             notes = getattr(error, "__notes__", None)
             print(notes[-1] if notes else stop_line(error), file=sys.stderr, flush=True)
         raise SystemExit(status) from None

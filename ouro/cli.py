@@ -7,6 +7,7 @@ right, last wins; ``--print_config`` shows the resolved recipe). ``prepare``, ``
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -32,7 +33,16 @@ def _tool_commands() -> dict[str, tuple[str, str]]:
             "Run the stages of a pipeline file in order, resuming where it stopped.",
         ),
         "plot": ("ouro.plot:plot", "Write PNG charts (per-step loss, exit distribution, LR) of a run."),
+        "plan": (
+            "ouro.plan.cli:plan",
+            "Memory per GPU, largest micro-batch and days of a recipe at its real size (fake tensors, CPU).",
+        ),
     }
+
+
+#: Flags a tool command takes under another name: jsonargparse reserves ``--config`` for its own config files,
+#: while ``ouro plan --config RECIPE`` names recipes as ``ouro fit`` does.
+FLAG_ALIASES = {"plan": {"--config": "--recipes"}}
 
 
 def configure_parsing() -> None:
@@ -54,7 +64,10 @@ def tool_arguments(command: str, args: list[str]) -> tuple[Callable, list[str]]:
     filter_harmless_warnings()
     function = _load(_tool_commands()[command][0])
     # Accept --repo-id as well as --repo_id: jsonargparse spells options with underscores.
-    return function, _bare_flags_to_true([_underscore_option(a) for a in args], function)
+    aliases = FLAG_ALIASES.get(command, {})
+    args = [_alias(_underscore_option(a), aliases) for a in args]
+    args = _repeated_list_flags(args, function)
+    return function, _bare_flags_to_true(args, function)
 
 
 def _load(target: str) -> Callable:
@@ -69,6 +82,35 @@ def _underscore_option(arg: str) -> str:
         return arg
     name, sep, value = arg[2:].partition("=")
     return "--" + name.replace("-", "_") + sep + value
+
+
+def _alias(arg: str, aliases: dict[str, str]) -> str:
+    flag, sep, value = arg.partition("=")
+    return aliases.get(flag, flag) + sep + value
+
+
+def _repeated_list_flags(args: list[str], function: Callable) -> list[str]:
+    """``--config A --config B`` means the list ``[A, B]`` for the function's ``list[str]`` parameters (as
+    ``ouro fit`` takes repeated ``--config``); jsonargparse alone would keep the last one."""
+    import inspect
+
+    names = {
+        f"--{name}"
+        for name, p in inspect.signature(function).parameters.items()
+        if str(p.annotation).replace(" ", "").startswith("list[str]")
+    }
+    values: dict[str, list[str]] = {}
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        flag, _, inline = args[index].partition("=")
+        if flag in names and (inline or index + 1 < len(args)):
+            values.setdefault(flag, []).append(inline or args[index + 1])
+            index += 1 if inline else 2
+            continue
+        rest.append(args[index])
+        index += 1
+    return rest + [f"{flag}={json.dumps(items)}" for flag, items in values.items()]
 
 
 def _bare_flags_to_true(args: list[str], function: Callable) -> list[str]:

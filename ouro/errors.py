@@ -77,6 +77,11 @@ class PushError(OuroError, RuntimeError):
     """The upload failed; the message says why and how to retry. The local export is untouched."""
 
 
+class PlanError(OuroError, ValueError):
+    """``ouro plan`` (or the plan ``ouro fit`` makes before a GPU run) cannot plan what it was given; the message
+    names the option and what to change."""
+
+
 class WriteError(OuroError, RuntimeError):
     """Writing a file a later run trusts (checkpoint, export) failed; the message says what is still intact."""
 

@@ -18,6 +18,7 @@ from ouro.cli import configure_parsing
 from ouro.distributed import resolve_strategy
 from ouro.library_warnings import filter_harmless_warnings
 from ouro.module import OuroLM
+from ouro.plan.preflight import plan_before_fit
 from ouro.preemption import PreemptionCheckpoint, PreemptionSignals, exit_status, stop_line
 from ouro.preflight import check_recipe_syntax, check_sequence_fits
 from ouro.resume import ResumeSettings, resume_checkpoint, run_settings
@@ -62,6 +63,13 @@ class OuroCLI(LightningCLI):
             help="Start the stage again from step 0 in a run directory that has held a checkpoint but has no "
             "readable one left (unreadable ones stay moved aside). Never discards a readable checkpoint: with "
             "one, the run resumes as usual.",
+        )
+        parser.add_argument(
+            "--skip_plan",
+            type=bool,
+            default=False,
+            help="Do not plan the step's GPU memory before a GPU run (the plan takes seconds on the CPU and "
+            "prints one warning line when the step will not fit; `ouro plan` shows it in full).",
         )
         parser.add_argument(
             "--cpu_threads",
@@ -118,6 +126,8 @@ class OuroCLI(LightningCLI):
         check_sequence_fits(
             self.model.config.max_position_embeddings, self.datamodule, self.trainer.callbacks
         )
+        skip_plan = bool(self._get(self.config_init, "skip_plan", default=False))
+        plan_before_fit(self.trainer, self.model, self.datamodule, skip=skip_plan)
         if fit_config.get("weights_only") is None:
             fit_config["weights_only"] = True
         trusted = fit_config["weights_only"] is False

@@ -10,18 +10,22 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
 from ouro.config import OuroConfig
 from ouro.distributed import OuroFSDPStrategy
 from ouro.model import flops_per_token
 from ouro.module import OuroLM
+from ouro.plan import preflight
 from ouro.plan.flash import flash_attention
+from ouro.plan.gpus import GPU
 from ouro.plan.live_memory import LiveStorages
 from ouro.plan.recorder import StepRecorder
 from ouro.plan.spec import PlanSpec
@@ -219,3 +223,42 @@ def test_ouro_plan_refuses_an_unknown_gpu_in_one_line():
     result = _ouro("--config", "recipes/tiny/warmup.yaml", "--gpu", "tpu-v9")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "h100-80gb" in result.stderr
+
+
+# ------------------------------------------------------------------------------------- before ouro fit
+def _fit_objects(accelerator):
+    trainer = SimpleNamespace(
+        accelerator=accelerator,
+        strategy=None,
+        precision="32-true",
+        num_nodes=1,
+        num_devices=1,
+        accumulate_grad_batches=1,
+        gradient_clip_val=1.0,
+        default_root_dir="runs/tiny",
+    )
+    module = OuroLM(model=OuroConfig(**TINY), loss_chunk_size=256)
+    return trainer, module, SimpleNamespace(batch_size=4, seq_len=64)
+
+
+def test_fit_plans_before_a_gpu_run_and_warns_in_one_line(monkeypatch, capsys):
+    trainer, module, data = _fit_objects(CUDAAccelerator())
+    monkeypatch.setattr(preflight, "device_gpu", lambda: GPU("Tiny GPU", 2**20, 0.0))
+    warning = preflight.plan_before_fit(trainer, module, data)
+    assert warning is not None and "\n" not in warning and "--skip_plan" in warning
+    assert capsys.readouterr().err.strip() == warning
+    spec = _spec(TINY, False, 4, 64)
+    with fake_world(1):
+        peak = count_step(spec, fake=True).peak_bytes
+    assert f"{peak / 2**30:.1f} GiB" in warning
+    monkeypatch.setattr(preflight, "device_gpu", lambda: GPU("Large GPU", 2**40, 0.0))
+    assert preflight.plan_before_fit(trainer, module, data) is None
+    assert preflight.plan_before_fit(trainer, module, data, skip=True) is None
+
+
+def test_fit_on_cpu_does_not_plan(monkeypatch):
+    trainer, module, data = _fit_objects(CPUAccelerator())
+    planned = []
+    monkeypatch.setattr(preflight, "make_plan", lambda *args, **kwargs: planned.append(args))
+    assert preflight.plan_before_fit(trainer, module, data) is None
+    assert planned == []

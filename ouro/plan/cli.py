@@ -94,7 +94,7 @@ def format_plan(plan: Plan) -> str:
         f"  micro-batch largest with {HEADROOM:.0%} headroom: {micro}",
         f"  compute     {plan.flops_per_token:.3g} FLOPs per token, all {plan.total_ut_steps} passes "
         f"({plan.hardware_flops_per_token:.3g} with recomputation)",
-        f"  time        {plan.step_seconds:.2f} s per step of {plan.tokens_per_step:,} tokens at "
+        f"  time        {plan.step_seconds or 0:.2f} s per step of {plan.tokens_per_step:,} tokens at "
         f"{plan.mfu:.0%} MFU"
         + (
             f"; {plan.max_tokens / 1e9:,.0f}B tokens: {plan.est_days:.1f} days on {plan.world_size} GPUs"

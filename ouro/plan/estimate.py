@@ -50,8 +50,8 @@ class Plan:
     """FLOPs per token the GPU runs, activation checkpointing's recomputation included."""
     mfu: float
     tokens_per_step: int
-    step_seconds: float
-    """One optimizer step at ``mfu`` of the GPU's dense bf16 peak."""
+    step_seconds: float | None
+    """One optimizer step at ``mfu`` of the GPU's dense bf16 peak (None: the peak is not known)."""
     max_tokens: int | None
     est_days: float | None
     """Days for the stage's token budget (``TokenBudget``) at ``mfu`` on ``world_size`` GPUs."""
@@ -73,7 +73,9 @@ def make_plan(spec: PlanSpec, gpu: GPU, mfu: float = 0.4, search_micro_batch: bo
     budget = (1 - HEADROOM) * gpu.memory_bytes
     resident = count.params_bytes + count.grads_bytes + count.optimizer_bytes
     flops_per_token = count.model_flops / count.tokens
-    global_rate = mfu * gpu.bf16_flops * spec.world_size / flops_per_token  # tokens per second
+    global_rate = (
+        mfu * gpu.bf16_flops * spec.world_size / flops_per_token
+    )  # tokens per second (0: peak unknown)
     model = spec.module.get("model") or {}
     plan = Plan(
         recipe=" + ".join(spec.sources) or spec.name,
@@ -99,9 +101,9 @@ def make_plan(spec: PlanSpec, gpu: GPU, mfu: float = 0.4, search_micro_batch: bo
         hardware_flops_per_token=count.hardware_flops / count.tokens,
         mfu=mfu,
         tokens_per_step=spec.tokens_per_step,
-        step_seconds=spec.tokens_per_step / global_rate,
+        step_seconds=spec.tokens_per_step / global_rate if global_rate else None,
         max_tokens=spec.max_tokens,
-        est_days=None if spec.max_tokens is None else spec.max_tokens / global_rate / 86400,
+        est_days=spec.max_tokens / global_rate / 86400 if spec.max_tokens and global_rate else None,
     )
     plan.advice = advice(spec, plan)
     plan.plan_seconds = time.perf_counter() - started

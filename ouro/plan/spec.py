@@ -108,3 +108,22 @@ def spec_from_recipes(configs: list[str | Path], world_size: int | None = None) 
         name=str(trainer.get("default_root_dir") or Path(configs[-1]).stem),
         sources=[str(c) for c in configs],
     )
+
+
+def spec_from_fit(trainer: Any, module: Any, datamodule: Any) -> PlanSpec | None:
+    """The `PlanSpec` of a fit that is about to start (its Trainer, `OuroLM` and DataModule, as built from the
+    recipe); None when the DataModule does not say its ``batch_size`` and ``seq_len``."""
+    micro_batch, seq_len = getattr(datamodule, "batch_size", None), getattr(datamodule, "seq_len", None)
+    if not isinstance(micro_batch, int) or not isinstance(seq_len, int):
+        return None
+    return PlanSpec(
+        module=dict(module.hparams),
+        strategy=trainer.strategy,
+        precision=str(trainer.precision),
+        world_size=trainer.num_nodes * trainer.num_devices,
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        accumulate_grad_batches=int(trainer.accumulate_grad_batches),
+        gradient_clip_val=trainer.gradient_clip_val,
+        name=str(trainer.default_root_dir),
+    )

@@ -272,6 +272,26 @@ def resolve_strategy(strategy: Any) -> Any:
     return cls()
 
 
+def full_network_state(trainer: Any, pl_module: Any) -> dict[str, torch.Tensor]:
+    """The network's (``pl_module.net``) full weights on CPU, official key names. Under FSDP1 / FSDP2 the
+    shards are gathered: a collective every rank must call; only rank 0 receives the tensors (the others get an
+    empty dict). Without sharding every rank gets them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    model = trainer.strategy.model
+    if isinstance(model, FullyShardedDataParallel):
+        # FSDP1: its full-state-dict hooks crash on CPU (gloo) after an evaluation forward; gathering the
+        # parameters and copying them is the same on any device.
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            state = {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
+        return state if trainer.is_global_zero else {}
+    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+        return {k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()}
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+
+
 @contextlib.contextmanager
 def count_collectives() -> Iterator[Counter]:
     """Count calls of ``torch.distributed`` collectives (by name) made while the context is open.
@@ -310,6 +330,7 @@ __all__ = [
     "all_gathers",
     "apply_fsdp2",
     "count_collectives",
+    "full_network_state",
     "resolve_strategy",
     "wrap_policy",
 ]

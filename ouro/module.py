@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -211,18 +210,26 @@ class OuroLM(L.LightningModule):
                 layer.compile(dynamic=True)
 
     # ------------------------------------------------------------------------------------------------ step
+    def forward(
+        self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``net.last_position_logits``: evaluation during training calls it through the strategy's wrapper
+        (``trainer.strategy.model``), so that a sharded root (FSDP1) gathers its parameters around the LM head
+        too."""
+        return self.net.last_position_logits(input_ids, doc_ids)
+
     def _flatten(self, batch: dict[str, torch.Tensor]):
         input_ids, labels = batch["input_ids"], batch["labels"]
         layout = AttentionLayout.build(input_ids, batch.get("doc_ids"), self.attention_backend)
-        with torch.no_grad() if self.objective == "stage2" else contextlib.nullcontext():
-            out = self.net(input_ids, layout=layout)
+        # Stage II: the language model is frozen (no parameter of it requires grad), so autograd keeps only the
+        # gate's graph. The gate runs inside the network's forward, where FSDP2 hooks its gradient reduction.
+        out = self.net(input_ids, layout=layout)
         targets = labels.reshape(-1)
         mask = targets != IGNORE_INDEX
         hidden = [h.reshape(-1, h.shape[-1]) for h in out.hidden_states]
         if self.objective == "stage2":
-            gate_logits = self.net.model.early_exit_gate(torch.stack(hidden, 1).detach()).squeeze(-1)
-        else:
-            gate_logits = out.gate_logits.reshape(-1, out.num_steps)
+            hidden = [h.detach() for h in hidden]
+        gate_logits = out.gate_logits.reshape(-1, out.num_steps)
         if not bool(mask.all()):  # e.g. SFT: only assistant tokens count, skip the rest before the LM head
             keep = mask.nonzero().squeeze(1)
             hidden = [h.index_select(0, keep) for h in hidden]

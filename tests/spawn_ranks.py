@@ -105,10 +105,29 @@ class StepRecorder(L.Callback):
             tokens_seen=int(pl_module.tokens_seen),
             lr=trainer.optimizers[0].param_groups[0]["lr"],
             rope_theta=float(pl_module.config.rope_theta),
+            loops=int(pl_module.config.total_ut_steps),
+            accumulate=trainer.accumulate_grad_batches,
             loss=float(outputs["loss"]),
         )
         with open(self.out_dir / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class EvalDump(L.Callback):
+    """At the end of training writes ``<out_dir>/eval<r>.json``: each `EvalInTraining` evaluation's metrics and
+    how many built-in questions this rank scored (list it after EvalInTraining, whose last evaluation runs at
+    train end)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        from ouro.callbacks import EvalInTraining
+
+        evals = [c for c in trainer.callbacks if isinstance(c, EvalInTraining)]
+        record = [{"history": c.history, "scored_here": c.scored_here} for c in evals]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"eval{trainer.global_rank}.json").write_text(json.dumps(record))
 
 
 def read_steps(out_dir: Path) -> list[dict]:

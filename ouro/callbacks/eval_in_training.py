@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from ouro.callbacks.schedule import check_token_count, tokens_seen
+from ouro.eval.suite.score import count_correct, encode, scores_from_counts
 
 _BUILTIN = re.compile(r"^ouro_([a-z]+)(?:_d(\d+))?$")
 
@@ -79,6 +80,7 @@ class EvalInTraining(L.Callback):
         self._tokenizer = None
         self.last_tokens = -1  # tokens seen at the last evaluation
         self.history: list[dict[str, Any]] = []  # what each evaluation scored and cut (this session)
+        self.scored_here = 0  # built-in questions this rank scored (this session; the ranks share each task)
 
     @property
     def state_key(self) -> str:
@@ -153,7 +155,7 @@ class EvalInTraining(L.Callback):
                 continue
             if task in self._builtin:
                 scores, spent_tokens = self._score_builtin(
-                    model, tokenizer, task, spent_tokens, cut, over_time, metrics, questions
+                    trainer, model, tokenizer, task, spent_tokens, cut, over_time, metrics, questions
                 )
             else:
                 scores = self._lm_eval(model, tokenizer, task)
@@ -181,6 +183,7 @@ class EvalInTraining(L.Callback):
 
     def _score_builtin(
         self,
+        trainer: L.Trainer,
         model,
         tokenizer,
         task: str,
@@ -192,8 +195,6 @@ class EvalInTraining(L.Callback):
     ) -> tuple[dict[str, float], int]:
         """Scores of a built-in task; a family group also logs each difficulty into ``metrics`` as it goes, and
         returns their mean weighted by questions. ``counts`` gets the questions scored per difficulty."""
-        from ouro.eval.suite import score_questions
-        from ouro.eval.suite.score import encode
 
         scores: dict[str, float] = {}
         totals: dict[str, float] = {}
@@ -217,7 +218,7 @@ class EvalInTraining(L.Callback):
             if not questions:
                 continue
             counts[name] = len(questions)
-            result = score_questions(model, tokenizer, questions, self.exit_thresholds, self.batch_size)
+            result = self._score_shared(trainer, model, tokenizer, questions)
             if name != task:
                 metrics.update({f"eval/{name}/{key}": value for key, value in result.items()})
             for key, value in result.items():
@@ -226,6 +227,25 @@ class EvalInTraining(L.Callback):
         if scored:
             scores.update({f"{task}/{key}": value / scored for key, value in totals.items()})
         return scores, spent_tokens
+
+    def _score_shared(self, trainer: L.Trainer, model, tokenizer, questions: list) -> dict[str, float]:
+        """Scores of ``questions``, each rank scoring every ``world size``-th one through the strategy's model
+        (a sharded network gathers its parameters in its own forward), the counts summed over ranks."""
+        world, rank = trainer.world_size, trainer.global_rank
+        mine = questions[rank::world]
+        self.scored_here += len(mine)
+        counts = count_correct(
+            model,
+            tokenizer,
+            mine,
+            self.exit_thresholds,
+            self.batch_size,
+            forward=trainer.strategy.model,
+            pad_to=-(-len(questions) // world),  # every rank runs as many forwards
+            filler=questions[0],
+        )
+        counts = trainer.strategy.reduce(counts, reduce_op="sum")
+        return scores_from_counts(counts, model.config.total_ut_steps, self.exit_thresholds)
 
     def _lm_eval(self, model, tokenizer, task: str) -> dict[str, float]:
         from ouro.eval.runner import evaluate

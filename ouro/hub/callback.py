@@ -7,12 +7,15 @@ from pathlib import Path
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ouro.distributed import full_network_state
+
 
 class HubPushCallback(Callback):
     """At the end of training, write an official-format export of the model and push it to the Hub.
 
     Add it to a recipe under ``trainer.callbacks`` (``class_path: ouro.hub.callback.HubPushCallback``). A failed
-    push does not fail the stage: it warns with the command that retries it; the export stays on disk.
+    push does not fail the stage: it warns with the command that retries it; the export stays on disk. Under
+    FSDP every rank gathers the shards and rank 0 writes the full model.
     """
 
     def __init__(
@@ -47,7 +50,10 @@ class HubPushCallback(Callback):
         self.exported: Path | None = None
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.interrupted or not trainer.is_global_zero:
+        if trainer.interrupted:
+            return
+        weights = full_network_state(trainer, pl_module)  # every rank: gathers the shards under FSDP
+        if not trainer.is_global_zero:
             return
         from ouro.checkpoints import ModelSource
         from ouro.hub.export import export_source
@@ -63,7 +69,7 @@ class HubPushCallback(Callback):
         info = meta.get("ouro", {})
         source = ModelSource(
             config=pl_module.net.config,
-            state_dict={k: v.detach().cpu() for k, v in pl_module.net.state_dict().items()},
+            state_dict=weights,
             path=str(trainer.default_root_dir),
             kind="memory",
             tokens_seen=int(info.get("tokens_seen", getattr(pl_module, "tokens_seen", 0))),

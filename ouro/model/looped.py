@@ -203,6 +203,15 @@ class OuroForCausalLM(nn.Module):
         """Run all passes. ``num_steps`` overrides ``config.total_ut_steps`` (e.g. for a depth sweep)."""
         return self.model(input_ids, doc_ids=doc_ids, num_steps=num_steps, layout=layout, cache=cache)
 
+    def last_position_logits(
+        self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits of every pass at the last position (batch, steps, vocab) and the exit gate's logits
+        there (batch, steps): what scoring a prompt reads, without the logits of every position."""
+        out = self(input_ids, doc_ids=doc_ids)
+        last = torch.stack([h[:, -1] for h in out.hidden_states], dim=1)
+        return self.lm_head(last), out.gate_logits[:, -1]
+
     def logits(self, output: LoopOutput, step: int = -1) -> torch.Tensor:
         """Logits (batch, seq, vocab) of pass ``step`` (0-based; -1 = the last pass)."""
         return self.lm_head(output.hidden_states[step])

@@ -11,6 +11,7 @@ the cluster's jobs and stops what `start_cluster` started.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -157,8 +158,12 @@ class SlurmCluster:
             fields.setdefault(name, value)
         return fields
 
+    def cancel_all(self) -> None:
+        """Cancel every job of this cluster's user."""
+        subprocess.run(["scancel", "--full", "--user", getpass.getuser()], env=self.env, capture_output=True)
+
     def stop(self) -> None:
-        subprocess.run(["scancel", "--full", "--user", "root"], env=self.env, capture_output=True)
+        self.cancel_all()
         for name in ("slurmd", "slurmctld"):
             pid_file = self.folder / f"{name}.pid"
             if pid_file.is_file():

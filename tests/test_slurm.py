@@ -74,7 +74,7 @@ data:
 
 
 @pytest.fixture(scope="session")
-def slurm(tmp_path_factory: pytest.TempPathFactory):
+def cluster(tmp_path_factory: pytest.TempPathFactory):
     """A running one-node SLURM (installed with apt-get when missing, as root); skipped with the reason."""
     try:
         cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
@@ -82,6 +82,13 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(str(reason))
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def slurm(cluster: SlurmCluster):
+    """The cluster, with every job a test left behind (a failed assertion mid-job) cancelled after it."""
+    yield cluster
+    cluster.cancel_all()
 
 
 def _job_env(cluster: SlurmCluster | None) -> dict[str, str]:

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from ouro.errors import OuroError, plain_message
 
@@ -145,6 +146,16 @@ def _with_compile_caches(function: Callable) -> Callable:
     return run
 
 
+def usage_error(command: str, error: Exception) -> NoReturn:
+    """End a command whose arguments do not parse: the error line first, then where the options are listed
+    (instead of the parser's usage of up to a hundred lines, printed before the error)."""
+    if os.environ.get("OURO_DEBUG"):
+        raise error
+    print(f"ouro: error: {plain_message(error)}", file=sys.stderr)
+    print(f"run `ouro {command} --help` for the options", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 def _print_help() -> None:
     print("usage: ouro {fit,validate,test,predict," + ",".join(_tool_commands()) + "} ...\n")
     print("Train looped language models (Ouro / LoopLM) end to end.\n\nTrainer commands (LightningCLI):")
@@ -193,10 +204,13 @@ def _dispatch(args: list[str]) -> None:
         from ouro.preflight import hold_compile_caches
 
         hold_compile_caches()  # before torch is imported
-        from jsonargparse import auto_cli
+        from jsonargparse import ArgumentError, auto_cli
 
         function, options = tool_arguments(command, args[1:])
-        auto_cli(_with_compile_caches(function), args=options, as_positional=True)
+        try:
+            auto_cli(_with_compile_caches(function), args=options, as_positional=True, exit_on_error=False)
+        except ArgumentError as error:
+            usage_error(command, error)
         return
     if command not in TRAINER_COMMANDS:
         print(f"ouro: unknown command {command!r}; run `ouro --help` for the list", file=sys.stderr)

@@ -142,10 +142,13 @@ def plain_message(error: BaseException) -> str:
             "stage markers) is intact: free space and rerun to resume"
         )
     text = str(error).strip()
-    if text.startswith("Does not validate against any of the Union subtypes"):
-        reasons = []
+    head, union, rest = text.partition("Does not validate against any of the Union subtypes")
+    if union:
+        lines = rest.splitlines()[1:]
+        indent = min((len(line) - len(line.lstrip()) for line in lines if line.strip()), default=0)
+        reasons, given = [], None
         in_errors = False
-        for line in text.splitlines():
+        for line in (line[indent:] for line in lines):
             if line.startswith("Errors:"):
                 in_errors = True
             elif in_errors and line.startswith("  - "):
@@ -154,8 +157,12 @@ def plain_message(error: BaseException) -> str:
                     reasons.append(reason)
             elif in_errors and not line.startswith("    "):
                 in_errors = False
+            if line.startswith("Given value: "):
+                given = line.removeprefix("Given value: ").strip()
         if reasons:
-            return "; ".join(reasons)
+            where = " ".join(head.split())  # a command-line value: 'Parser key "num_workers":'
+            got = f" (got {given})" if where and given else ""
+            return f"{where} {'; '.join(reasons)}{got}".strip()
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentError
 from lightning import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -14,7 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ouro.callbacks.progress import StageProgress
 from ouro.checkpoint_io import with_atomic_checkpoint_io
-from ouro.cli import configure_parsing
+from ouro.cli import configure_parsing, usage_error
 from ouro.distributed import resolve_strategy
 from ouro.library_warnings import filter_harmless_warnings
 from ouro.module import OuroLM
@@ -150,6 +151,8 @@ def run_trainer_cli(args: list[str]) -> OuroCLI:
     check_recipe_syntax(args)
     try:
         return _build_cli(args)
+    except ArgumentError as error:
+        usage_error(args[0] if args else "fit", error)
     except BaseException as error:  # pre-empted, cancelled, or another rank died: one line, no traceback
         status = exit_status(error)
         if status is None or os.environ.get("OURO_DEBUG"):
@@ -176,5 +179,6 @@ def _build_cli(args: list[str]) -> OuroCLI:
         save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},  # `usage_error` prints the error line first
         args=None if args == sys.argv[1:] else args,
     )

@@ -155,3 +155,20 @@ def test_killed_while_strace_holds_each_rename_the_final_folder_is_complete(tmp_
             process.kill()  # strace itself would sit out the rest of the delay
             process.wait(timeout=60)
         _assert_complete_after_recovery(final, directory_wide=False)
+
+
+def test_a_resume_restores_a_sharded_checkpoint_caught_between_renames(tmp_path):
+    """The checkpoints folder of a run killed while a sharded last.ckpt was swapped in: the resume finds it."""
+    import torch
+
+    from ouro.checkpoint_io import SHARDED_MARKER
+    from ouro.resume import newest_readable_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    for name, step in ((".replaced-last.ckpt.11111111", 2), (".complete-last.ckpt.22222222", 4)):
+        (folder / name).mkdir(parents=True)
+        torch.save({"global_step": step, "loops": {}}, folder / name / "meta.pt")
+        (folder / name / SHARDED_MARKER).write_text("{}\n")
+    found = newest_readable_checkpoint(tmp_path, move_aside=True)
+    assert found.path == folder / "last.ckpt" and found.checkpoint["global_step"] == 4
+    assert [p.name for p in folder.iterdir()] == ["last.ckpt"]

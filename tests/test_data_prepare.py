@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import multiprocessing
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -254,3 +255,17 @@ def test_token_dtype_follows_the_vocabulary():
     assert token_dtype(65_537, "pretrain") == "int32"
     assert token_dtype(32_768, "sft") == "uint16"  # SFT stores id * 2 + trained
     assert token_dtype(49_152, "sft") == "int32"
+
+
+def test_a_prepare_killed_while_swapping_folders_is_recovered_not_redone(tmp_path, tokenizer_file, capsys):
+    """Killed between `replace_directory`'s renames (`--overwrite true`): the old folder aside, the complete new
+    one under a hidden name, no output folder. The rerun restores the complete one instead of preparing again."""
+    (tmp_path / "a.txt").write_text(_text(1))
+    out = tmp_path / "out"
+    first = prepare([str(tmp_path / "a.txt")], str(out), tokenizer=str(tokenizer_file), num_workers=1)
+    shutil.copytree(out, tmp_path / ".replaced-out.11111111")
+    out.rename(tmp_path / ".complete-out.22222222")
+    capsys.readouterr()
+    assert prepare([str(tmp_path / "a.txt")], str(out), tokenizer=str(tokenizer_file)) == first
+    assert "nothing to do" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]

@@ -80,3 +80,33 @@ def test_an_unreadable_checkpoint_line_is_short_and_the_detail_waits_for_ouro_de
         newest_readable_checkpoint(folder.parent, move_aside=True, resuming=True)
     err = capsys.readouterr().err
     assert "Check the documentation of torch.load" in err, "PyTorch's whole explanation, on request"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fit", "--bogus", "1"],
+        ["fit", "--trainer.max_steps", "many"],
+        ["export"],
+        ["prepare", "in.jsonl", "out", "--bogus", "1"],
+        ["prepare", "in.jsonl", "out", "--num_workers", "x"],
+    ],
+    ids=[
+        "fit-unknown-option",
+        "fit-bad-value",
+        "tool-missing-arguments",
+        "tool-unknown-option",
+        "tool-bad-value",
+    ],
+)
+def test_a_parser_error_comes_first_with_at_most_a_short_hint(args, capsys):
+    """Not some 90 lines of usage before it: the error line, then at most a line saying where the options are."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines[0].startswith("ouro: error: "), lines[:3]
+    assert len(lines) <= 2 and all(len(line) < 300 for line in lines), lines
+    assert f"ouro {args[0]} --help" in lines[-1]
+    assert "Union subtypes" not in lines[0], "the reason, not jsonargparse's list of every type it tried"

@@ -157,17 +157,13 @@ def stages(tmp_path_factory) -> dict:
 
 def _per_batch(steps: list[dict]) -> list[dict]:
     """One record per micro-batch of the world: the ranks' mean loss (equal rows per rank) and rank 0's rest."""
-    ranks: dict[int, list[dict]] = {}
-    for row in steps:
-        ranks.setdefault(row["world"], []).append(row)
-    rows = [row for row in steps]
-    half = len(rows) // rows[0]["world"]
-    first, *others = [rows[i * half : (i + 1) * half] for i in range(rows[0]["world"])]
-    merged = []
-    for i, row in enumerate(first):
-        losses = [row["loss"]] + [other[i]["loss"] for other in others]
-        merged.append({**row, "loss": sum(losses) / len(losses), "rows": None})
-    return merged
+    world = steps[0]["world"]
+    per_rank = len(steps) // world
+    ranks = [steps[r * per_rank : (r + 1) * per_rank] for r in range(world)]  # read_steps: rank 0 first
+    return [
+        {**rows[0], "loss": sum(row["loss"] for row in rows) / world, "rows": None}
+        for rows in zip(*ranks, strict=True)
+    ]
 
 
 @pytest.mark.parametrize("stage", ["A", "B"])

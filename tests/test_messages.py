@@ -110,3 +110,24 @@ def test_a_parser_error_comes_first_with_at_most_a_short_hint(args, capsys):
     assert len(lines) <= 2 and all(len(line) < 300 for line in lines), lines
     assert f"ouro {args[0]} --help" in lines[-1]
     assert "Union subtypes" not in lines[0], "the reason, not jsonargparse's list of every type it tried"
+
+
+def test_eval_in_training_names_its_own_arguments_for_an_unknown_task(tmp_path, monkeypatch):
+    """Inside `ouro fit`, which has no --tasks or --include_path: the callback's arguments are named, and the
+    mistake is found before training."""
+    from types import SimpleNamespace
+
+    from ouro.callbacks.eval_in_training import EvalInTraining
+    from ouro.eval import runner
+
+    # lm-eval's own task index takes a minute to build on 2 busy cores: a stand-in that knows one task.
+    monkeypatch.setattr(runner, "_task_manager", lambda paths: SimpleNamespace(all_tasks=["arc_easy"]))
+    monkeypatch.setattr(runner, "suite_include_path", lambda: None)
+
+    with pytest.raises(ValueError) as refused:
+        EvalInTraining(tasks="no_such_task_anywhere").setup(None, None, "fit")
+    message = str(refused.value)
+    assert "EvalInTraining's tasks" in message and "EvalInTraining's include_path" in message
+    assert not _flags(message), message
+    with pytest.raises(FileNotFoundError, match="EvalInTraining's include_path"):
+        EvalInTraining(tasks="arc_easy", include_path=str(tmp_path / "none")).setup(None, None, "fit")

@@ -107,6 +107,16 @@ class EvalInTraining(L.Callback):
         return [(task_name(name, d), eval_questions(name, d, per)) for d in difficulties]
 
     # ------------------------------------------------------------------------------------------- hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Refuse unknown lm-eval task names before training, naming this callback's arguments."""
+        lm_eval_tasks = [t for t in self.tasks if t not in self._builtin]
+        if stage == "fit" and lm_eval_tasks:
+            from ouro.eval.runner import check_task_names, task_manager
+
+            include = "EvalInTraining's include_path"
+            manager = task_manager(self.include_path, include_option=include)
+            check_task_names(manager, lm_eval_tasks, "EvalInTraining's tasks", include)
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -52,25 +52,28 @@ def _task_manager(include_paths: tuple[str, ...]):
     return TaskManager(include_path=list(include_paths) or None)
 
 
-def task_manager(include_path: str | Sequence[str] | None = None):
+def task_manager(include_path: str | Sequence[str] | None = None, include_option: str = "--include_path"):
     """lm-eval's TaskManager over its own tasks, the built-in suite and ``include_path`` (cached: indexing
-    lm-eval's task folder takes seconds)."""
+    lm-eval's task folder takes seconds). ``include_option``: how the caller's user sets ``include_path``."""
     paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path or [])
     for path in paths:
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"--include_path {path} is not a folder of lm-eval task YAML files")
+            raise FileNotFoundError(f"{include_option} {path} is not a folder of lm-eval task YAML files")
     suite = suite_include_path()
     return _task_manager(tuple(str(Path(p).resolve()) for p in paths) + ((suite,) if suite else ()))
 
 
-def check_task_names(manager, names: Sequence[str]) -> None:
-    """One clear error for names that are neither a task, group or tag of ``manager`` nor a YAML file."""
+def check_task_names(
+    manager, names: Sequence[str], tasks_option: str = "--tasks", include_option: str = "--include_path"
+) -> None:
+    """One clear error for names that are neither a task, group or tag of ``manager`` nor a YAML file (the
+    options named as the caller's user sets them: ``ouro eval``'s flags, or a callback's arguments)."""
     known = set(manager.all_tasks)
     unknown = [n for n in names if n not in known and not Path(n).is_file()]
     if unknown:
         raise ValueError(
-            f"--tasks: unknown lm-eval task {', '.join(map(repr, unknown))}; list the tasks with "
-            "`lm-eval ls tasks`, or add a folder of task YAMLs with --include_path"
+            f"{tasks_option}: unknown lm-eval task {', '.join(map(repr, unknown))}; list the tasks with "
+            f"`lm-eval ls tasks`, or add a folder of task YAMLs with {include_option}"
         )
 
 

@@ -35,40 +35,47 @@ TASKS = {"d1": "ouro_roots_d1", "d2": "ouro_roots_d2", "d3": "ouro_roots_d3", "a
 
 
 def load(results: Path) -> dict[int, dict[str, dict]]:
-    """``{seed: {arm: results.json}}`` for every seed folder that holds all three arms."""
+    """``{seed: {arm: results.json}}`` for every seed folder that holds at least one arm."""
     runs: dict[int, dict[str, dict]] = {}
     for folder in sorted(results.glob("seed*")):
         match = re.fullmatch(r"seed(\d+)", folder.name)
         files = {arm: folder / arm / "results.json" for arm in ARMS}
-        if match and all(f.is_file() for f in files.values()):
-            runs[int(match.group(1))] = {arm: json.loads(f.read_text()) for arm, f in files.items()}
+        found = {arm: json.loads(f.read_text()) for arm, f in files.items() if f.is_file()}
+        if match and found:
+            runs[int(match.group(1))] = found
     if not runs:
-        raise SystemExit(f"no seed<S>/<arm>/results.json with all of {', '.join(ARMS)} under {results}")
+        raise SystemExit(f"no seed<S>/<arm>/results.json ({', '.join(ARMS)}) under {results}")
     return runs
 
 
-def accuracy(result: dict, task: str, key: str) -> float:
-    return float(result["results"][task][key]["acc,none"])
+def accuracy(runs: dict, seed: int, arm: str, task: str, key: str) -> float | None:
+    """The accuracy, or None where that arm of that seed was not run."""
+    result = runs[seed].get(arm)
+    return None if result is None else float(result["results"][task][key]["acc,none"])
 
 
-def passes(result: dict, task: str, key: str) -> float:
-    return float(result["results"][task][key]["mean_depth"])
+def passes(runs: dict, seed: int, arm: str, task: str, key: str) -> float | None:
+    result = runs[seed].get(arm)
+    return None if result is None else float(result["results"][task][key]["mean_depth"])
+
+
+def show(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def tables(runs: dict[int, dict[str, dict]]) -> str:
     seeds = sorted(runs)
     lines = [
-        "Accuracy at d3 (two look-ups composed), every seed:",
+        "Accuracy at d3 (two look-ups composed), every seed (-: not run):",
         "",
         "| arm, exit | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | range |",
         "|---|" + "---:|" * (len(seeds) + 2),
     ]
     for label, arm, key in ROWS:
-        values = [accuracy(runs[s][arm], TASKS["d3"], key) for s in seeds]
-        cells = " | ".join(f"{v:.3f}" for v in values)
-        lines.append(
-            f"| {label} | {cells} | {statistics.mean(values):.3f} | {min(values):.3f} - {max(values):.3f} |"
-        )
+        values = [accuracy(runs, s, arm, TASKS["d3"], key) for s in seeds]
+        known = [v for v in values if v is not None]
+        spread = f"{statistics.mean(known):.3f} | {min(known):.3f} - {max(known):.3f}" if known else "- | -"
+        lines.append(f"| {label} | " + " | ".join(map(show, values)) + f" | {spread} |")
     lines += [
         "",
         f"Every difficulty, seeds {' / '.join(map(str, seeds))} (Q-exit: mean passes in brackets):",
@@ -79,43 +86,56 @@ def tables(runs: dict[int, dict[str, dict]]) -> str:
     for label, arm, key in ROWS:
         cells = []
         for task in TASKS.values():
-            values = " / ".join(f"{accuracy(runs[s][arm], task, key):.3f}" for s in seeds)
+            values = " / ".join(show(accuracy(runs, s, arm, task, key)) for s in seeds)
             if key.startswith("q"):
-                values += " (" + " / ".join(f"{passes(runs[s][arm], task, key):.2f}" for s in seeds) + ")"
+                values += " (" + " / ".join(show(passes(runs, s, arm, task, key), 2) for s in seeds) + ")"
             cells.append(values)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "What holds in every seed (d3):", ""]
+    lines += ["", "Checked in every seed that ran the arms compared (d3):", ""]
     lines += [f"* {claim}" for claim in claims(runs)]
     return "\n".join(lines) + "\n"
 
 
+def _compare(runs, arms: tuple[str, ...]) -> list[int]:
+    return [s for s in sorted(runs) if all(a in runs[s] for a in arms)]
+
+
+def _seeds(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
+
+
 def claims(runs: dict[int, dict[str, dict]]) -> list[str]:
-    """Orderings at d3, each checked in every seed and said as it came out."""
-    seeds = sorted(runs)
-    d3 = {(arm, key): [accuracy(runs[s][arm], TASKS["d3"], key) for s in seeds] for _, arm, key in ROWS}
-    looped_from_2 = [
-        min(d3[("looped", k)][i] for k in ("step2", "step4", "step6")) for i in range(len(seeds))
-    ]
-    best_one_pass = [
-        max(d3[("one_pass", "step1")][i], d3[("one_pass_deep", "step1")][i]) for i in range(len(seeds))
-    ]
+    """Orderings at d3, each checked in the seeds that ran both sides, said as it came out."""
+    d3 = TASKS["d3"]
     out = []
-    above = all(a > b for a, b in zip(looped_from_2, best_one_pass))
-    out.append(
-        f"looped at steps 2, 4 and 6 above both one-pass arms: {'yes' if above else 'no'} "
-        f"(looped's lowest of those {', '.join(f'{v:.3f}' for v in looped_from_2)}; "
-        f"best one-pass arm {', '.join(f'{v:.3f}' for v in best_one_pass)})"
-    )
-    first = d3[("looped", "step1")]
-    below = all(f < b for f, b in zip(first, best_one_pass))
-    out.append(f"looped at step 1 below the best one-pass arm: {'yes' if below else 'no'}")
-    deep, shallow = d3[("one_pass_deep", "step1")], d3[("one_pass", "step1")]
-    order = ["4 layers" if a > b else "1 layer" if b > a else "tie" for a, b in zip(deep, shallow)]
-    same = len(set(order)) == 1
-    out.append(
-        "one pass, 4 layers against 1 layer: "
-        + (f"{order[0]} ahead in every seed" if same else f"the order changes ({', '.join(order)} ahead)")
-    )
+    for arm, name in (("one_pass", "one pass, 1 layer"), ("one_pass_deep", "one pass, 4 layers")):
+        seeds = _compare(runs, ("looped", arm))
+        if not seeds:
+            continue
+        lowest = [min(accuracy(runs, s, "looped", d3, k) for k in ("step2", "step4", "step6")) for s in seeds]
+        other = [accuracy(runs, s, arm, d3, "step1") for s in seeds]
+        first = [accuracy(runs, s, "looped", d3, "step1") for s in seeds]
+        above = all(a > b for a, b in zip(lowest, other))
+        below = all(f < b for f, b in zip(first, other))
+        out.append(
+            f"looped at steps 2, 4, 6 above {name}, {_seeds(seeds)}: {'yes' if above else 'no'} "
+            f"({', '.join(map(show, lowest))} at worst, against {', '.join(map(show, other))}); "
+            f"at step 1 below it: {'yes' if below else 'no'}"
+        )
+    seeds = _compare(runs, ("one_pass", "one_pass_deep"))
+    if seeds:
+        order = []
+        for s in seeds:
+            deep, shallow = (
+                accuracy(runs, s, "one_pass_deep", d3, "step1"),
+                accuracy(runs, s, "one_pass", d3, "step1"),
+            )
+            order.append("4 layers" if deep > shallow else "1 layer" if shallow > deep else "tie")
+        same = len(set(order)) == 1
+        out.append(
+            f"one pass, 4 layers against 1 layer, {_seeds(seeds)}: "
+            + (f"{order[0]} ahead in each" if same else f"the order changes ({', '.join(order)} ahead)")
+        )
     return out
 
 

@@ -48,14 +48,19 @@ def run(*args: str) -> str:
 def test_tables_report_every_seed_the_mean_and_what_holds(tmp_path):
     fake_seed(tmp_path, 7, looped_d3=0.996, one_pass_d3=0.44, deep_d3=0.60)
     fake_seed(tmp_path, 8, looped_d3=1.0, one_pass_d3=0.564, deep_d3=0.52)
-    (tmp_path / "seed9" / "looped").mkdir(parents=True)  # an unfinished seed is left out
+    fake_seed(tmp_path, 9, looped_d3=1.0, one_pass_d3=0.5, deep_d3=0.5)
+    for arm in ("looped", "one_pass_deep"):  # seed 9 ran one arm only
+        (tmp_path / "seed9" / arm / "results.json").unlink()
+    (tmp_path / "seed10" / "looped").mkdir(parents=True)  # a seed without any results file is left out
     out = run("--results", str(tmp_path))
-    assert "| looped, step 2 | 0.996 | 1.000 | 0.998 | 0.996 - 1.000 |" in out
-    assert "| one pass, 1 layer | 0.440 | 0.564 | 0.502 | 0.440 - 0.564 |" in out
-    assert "seed 9" not in out
-    assert "| looped, Q-exit 0.5 | 1.000 / 1.000 (2.50 / 2.50) |" in out
-    assert "looped at steps 2, 4 and 6 above both one-pass arms: yes" in out
-    assert "one pass, 4 layers against 1 layer: the order changes (4 layers, 1 layer ahead)" in out
+    assert "| looped, step 2 | 0.996 | 1.000 | - | 0.998 | 0.996 - 1.000 |" in out
+    assert "| one pass, 1 layer | 0.440 | 0.564 | 0.500 | 0.501 | 0.440 - 0.564 |" in out
+    assert "seed 10" not in out
+    assert "| looped, Q-exit 0.5 | 1.000 / 1.000 / - (2.50 / 2.50 / -) |" in out
+    assert "looped at steps 2, 4, 6 above one pass, 1 layer, seeds 7, 8: yes (0.996, 1.000 at worst" in out
+    assert (
+        "one pass, 4 layers against 1 layer, seeds 7, 8: the order changes (4 layers, 1 layer ahead)" in out
+    )
 
 
 def test_no_results_is_one_line(tmp_path):

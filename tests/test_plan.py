@@ -23,7 +23,8 @@ from ouro.config import OuroConfig
 from ouro.distributed import OuroFSDPStrategy
 from ouro.model import flops_per_token
 from ouro.module import OuroLM
-from ouro.plan import preflight
+from ouro.plan import gpu_named, make_plan, preflight
+from ouro.plan.cli import pipeline_line, pipeline_stages
 from ouro.plan.flash import flash_attention
 from ouro.plan.gpus import GPU
 from ouro.plan.live_memory import LiveStorages
@@ -262,3 +263,18 @@ def test_fit_on_cpu_does_not_plan(monkeypatch):
     monkeypatch.setattr(preflight, "make_plan", lambda *args, **kwargs: planned.append(args))
     assert preflight.plan_before_fit(trainer, module, data) is None
     assert planned == []
+
+
+def test_a_pipeline_plan_reads_every_stage_and_sums_tokens_and_days(tmp_path):
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("stages:\n  - recipe: a.yaml\n  - name: b\n    recipe: [b.yaml, b-2.6b.yaml]\n")
+    assert pipeline_stages(str(pipeline)) == [["a.yaml"], ["b.yaml", "b-2.6b.yaml"]]
+    gpu = gpu_named("h100-80gb")
+    plans = [
+        make_plan(replace(_spec(TINY, False, 2, 32), max_tokens=tokens), gpu, search_micro_batch=False)
+        for tokens in (3 * 10**12, 10**12)
+    ]
+    line = pipeline_line(plans, gpu.label)
+    days = plans[0].est_days + plans[1].est_days
+    assert line == f"pipeline: 4.00T tokens on up to 1 H100 80GB at 40% MFU: {days:.1f} days"
+    assert plans[0].est_days == pytest.approx(3 * plans[1].est_days)

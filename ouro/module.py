@@ -11,14 +11,14 @@ from torchmetrics import MeanMetric
 
 from ouro.config import OuroConfig
 from ouro.cross_entropy import IGNORE_INDEX, per_step_cross_entropy
-from ouro.model import AttentionLayout, OuroForCausalLM, exit_distribution, flops_per_token
+from ouro.model import AttentionLayout, OuroForCausalLM, exit_distribution
 from ouro.objective import (
     LoopLoss,
     q_exit_cross_entropy,
     stage1_loss_from_hidden,
     stage2_gate_loss,
 )
-from ouro.stages import StageStart
+from ouro.stages import StageInfo, StageStart
 
 
 @dataclass
@@ -123,20 +123,10 @@ class OuroLM(L.LightningModule):
         if objective == "stage2":
             self.freeze_language_model()
         self.tokens_seen = 0
-        #: Set by the CLI: True when this fit resumes its own run directory (then ``init_from`` is not applied).
-        self.resuming = False
-        #: Name and recipe of this stage, and the stages before it (recorded in checkpoints and model cards).
-        self.stage_name: str | None = None
-        self.recipe: str | None = None
-        self.provenance: list[dict[str, Any]] = []
-        #: Learning rate the ``init_from`` checkpoint ended with (annealing stages may start from it).
-        self.previous_stage_final_lr: float | None = None
-        self.tokenizer_path: str | None = None
-        #: What this stage took over from ``init_from`` (`ouro.stages.StageStart`); None when resuming or fresh.
-        self.stage_start: StageStart | None = None
+        #: What this stage is and where it came from (set by the CLI and at stage start, read by callbacks).
+        self.stage = StageInfo()
         # Validation means, created on first use so a loop count that changes mid-stage is reported correctly.
         self.val_metrics = torch.nn.ModuleDict()
-        self.flops_per_batch = 0.0
 
     def _check_args(self) -> None:
         if self.entropy_coef < 0:
@@ -158,8 +148,10 @@ class OuroLM(L.LightningModule):
 
     # --------------------------------------------------------------------------------------- stage start
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.init_from and not self.resuming:
+        if stage == "fit" and self.init_from and not self.stage.resuming:
             self.start_from(self.init_from)
+        if self._trainer is not None:
+            self.stage.connect(self.trainer.datamodule, self.config)
 
     def start_from(self, init_from: str) -> None:
         """Take a new stage's starting weights from ``init_from`` (see `ouro.stages.StageStart`)."""
@@ -172,18 +164,12 @@ class OuroLM(L.LightningModule):
         )
         if self.objective == "stage2":
             self.freeze_language_model()
-        self.previous_stage_final_lr = start.source.final_lr
-        self.provenance = start.source.provenance
-        self.tokenizer_path = self.tokenizer_path or start.source.tokenizer_path
-        self.stage_start = start
+        self.stage.begin(start)
 
     def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self.stage_start is not None:
-            self.stage_start.on_fit_start(self.trainer.optimizers[0], datamodule)
-        self.tokenizer_path = getattr(datamodule, "tokenizer_path", None) or self.tokenizer_path
-        if self.tokenizer_path is not None:
-            self.tokenizer_path = str(self.tokenizer_path)
+        if self.stage.start is not None:
+            self.stage.start.hand_over_optimizer_state(self.trainer.optimizers[0])
+        self.stage.take_data_tokenizer(self.trainer.datamodule)
 
     # ---------------------------------------------------------------------------------- schedule controls
     def set_loop_count(self, steps: int) -> None:
@@ -260,9 +246,6 @@ class OuroLM(L.LightningModule):
         result, _, _ = self.compute_loss(batch)
         tokens = batch["input_ids"].numel() * self.trainer.world_size
         self.tokens_seen += tokens
-        self.flops_per_batch = (
-            flops_per_token(self.config, batch["input_ids"].shape[1]) * batch["input_ids"].numel()
-        )
         self._log_train_loss(result, batch["input_ids"].shape[0])
         self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False, sync_dist=False)
         return result.loss
@@ -297,21 +280,10 @@ class OuroLM(L.LightningModule):
             q_ce, depth = q_exit_cross_entropy(ce, probs, mask, q)
             self._val_update(f"loss_q{q:g}", q_ce, count)
             self._val_update(f"depth_q{q:g}", depth, count)
-        reference = self._upcycle_reference()
-        if reference is not None:
-            self._val_update("upcycle_source_ce_last", self._reference_ce(reference, batch), count)
-
-    def _upcycle_reference(self) -> OuroForCausalLM | None:
-        return None if self.stage_start is None else self.stage_start.reference
-
-    def _reference_ce(self, reference: OuroForCausalLM, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean last-step cross-entropy of the pre-upcycling model on the same validation batch."""
-        reference = reference.to(self.device)
-        out = reference(batch["input_ids"], doc_ids=batch.get("doc_ids"))
-        targets = batch["labels"].reshape(-1)
-        hidden = out.hidden_states[-1].reshape(-1, out.hidden_states[-1].shape[-1])
-        ce = per_step_cross_entropy([hidden], reference.lm_head.weight, targets, self.loss_chunk_size)[:, 0]
-        return ce[targets != IGNORE_INDEX].mean()
+        if self.stage.start is not None:
+            reference_ce = self.stage.start.reference_cross_entropy(batch, self.loss_chunk_size)
+            if reference_ce is not None:
+                self._val_update("upcycle_source_ce_last", reference_ce, count)
 
     def on_validation_epoch_end(self) -> None:
         values = {}
@@ -323,16 +295,8 @@ class OuroLM(L.LightningModule):
             self.log(f"val/{name}", value, prog_bar=name == "loss")
             if name.startswith("ce_step"):
                 self.log(f"val/ppl_step{name.removeprefix('ce_step')}", torch.exp(value))
-        if "upcycle_source_ce_last" in values:
-            from lightning.pytorch.utilities import rank_zero_info
-
-            last = max(int(n.removeprefix("ce_step")) for n in values if n.startswith("ce_step"))
-            rank_zero_info(
-                f"ouro: after upcycling, last-step validation CE {float(values[f'ce_step{last}']):.4f} "
-                f"(model before upcycling: {float(values['upcycle_source_ce_last']):.4f})"
-            )
-            if not self.trainer.sanity_checking:
-                self.stage_start.reference = None
+        if self.stage.start is not None:
+            self.stage.start.report_reference(values, self.trainer.sanity_checking)
 
     # ---------------------------------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -371,28 +335,10 @@ class OuroLM(L.LightningModule):
                 for k, v in self.trainer.callback_metrics.items()
                 if k.startswith("val/") and v.numel() == 1
             }
-        return {
-            "stage": self.stage_name,
-            "recipe": self.recipe,
-            "tokens": int(self.tokens_seen),
-            "objective": self.objective,
-            "total_ut_steps": self.config.total_ut_steps,
-            "num_hidden_layers": self.config.num_hidden_layers,
-            "rope_theta": self.config.rope_theta,
-            "metrics": metrics,
-        }
+        return self.stage.record(self.tokens_seen, self.objective, self.config, metrics)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ouro"] = {
-            "tokens_seen": int(self.tokens_seen),
-            "config": asdict(self.config),
-            "provenance": [*self.provenance, self.stage_record()],
-            "previous_provenance": list(self.provenance),
-            "tokenizer_path": self.tokenizer_path,
-        }
+        checkpoint["ouro"] = self.stage.checkpoint_meta(self.tokens_seen, self.config, self.stage_record())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("ouro", {})
-        self.tokens_seen = int(meta.get("tokens_seen", 0))
-        self.provenance = list(meta.get("previous_provenance", []))
-        self.tokenizer_path = meta.get("tokenizer_path") or self.tokenizer_path
+        self.tokens_seen = self.stage.restore(checkpoint.get("ouro", {}))

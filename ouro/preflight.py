@@ -16,7 +16,10 @@ from typing import Any
 
 import yaml
 
-from ouro.recipe_yaml import RecipeError, read_recipe
+from ouro.callbacks.long_context import LongContextSchedule
+from ouro.data.base import OuroDataModule
+from ouro.errors import RecipeError
+from ouro.recipe_yaml import read_recipe
 
 
 def config_files(args: list[str]) -> list[str]:
@@ -35,12 +38,12 @@ def yaml_syntax_problem(path: Path) -> str | None:
     None."""
     try:
         read_recipe(path)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        context = getattr(error, "context", None)
+    except yaml.MarkedYAMLError as error:  # a syntax error at a known place
+        mark, problem = error.problem_mark, error.problem or str(error).splitlines()[0]
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        return f"{where}{problem}" + (f" ({context})" if context else "")
+        return f"{where}{problem}" + (f" ({error.context})" if error.context else "")
+    except yaml.YAMLError as error:
+        return str(error).splitlines()[0]
     return None
 
 
@@ -61,9 +64,9 @@ def check_sequence_fits(max_positions: int, datamodule: Any, callbacks: list[Any
     The length is the DataModule's ``seq_len`` or, when a callback sets it (``LongContextSchedule(seq_len=)``),
     the callback's.
     """
-    lengths = {"data.seq_len": getattr(datamodule, "seq_len", None)}
+    lengths = {"data.seq_len": datamodule.seq_len if isinstance(datamodule, OuroDataModule) else None}
     for callback in callbacks:
-        length = getattr(callback, "seq_len", None)
+        length = callback.seq_len if isinstance(callback, LongContextSchedule) else None
         if isinstance(length, int):
             lengths[f"{type(callback).__name__}.seq_len"] = length
     for name, length in lengths.items():

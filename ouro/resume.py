@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import Callback
+from lightning import Callback, LightningDataModule
 
 from ouro.atomic import TEMP_PREFIX, remove_stale_temporaries
 from ouro.checkpoint_io import SHARDED_MARKER, is_complete_sharded
+from ouro.data.base import OuroDataModule
 from ouro.errors import ResumeError, UntrustedCheckpointError
 
 #: Lightning's metadata file inside a sharded checkpoint folder.
@@ -41,7 +42,7 @@ SHARDED_METADATA = "meta.pt"
 #: Longest reason given for an unreadable checkpoint (the line naming it stays under 200 characters).
 MAX_REASON = 48
 #: Data settings the loader state depends on (litdata refuses or silently misplaces a resume that changes them).
-RESUME_SETTINGS = ("seq_len", "batch_size", "num_workers")
+RESUME_SETTINGS = OuroDataModule.RESUME_FIELDS
 #: Of those, the ones no resume may change (a loader that restripes its position still needs the same blocks
 #: and batches; ``num_workers`` and the world size may change then).
 FIXED_SETTINGS = ("seq_len", "batch_size")
@@ -73,7 +74,7 @@ def short_reason(error: BaseException) -> str:
     whole text is shown with ``OURO_DEBUG=1``)."""
     text = str(error).strip()
     if not text or isinstance(error, OSError):  # torch's zip reader seeks before the start of a cut file
-        return f"cut short or not a checkpoint ({getattr(error, 'strerror', None) or type(error).__name__})"
+        return f"cut short or not a checkpoint ({error.strerror or type(error).__name__})"
     unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     if unpickler:
         return f"not a checkpoint: {unpickler.group(1).strip()[:MAX_REASON]}"
@@ -257,14 +258,9 @@ def refuse_silent_restart(run_dir: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- settings of a resume
-def data_settings(datamodule: Any) -> dict[str, int]:
-    """The values of `RESUME_SETTINGS` a DataModule has (the ones it does not have are left out)."""
-    values = {}
-    for name in RESUME_SETTINGS:
-        value = getattr(datamodule, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            values[name] = value
-    return values
+def data_settings(datamodule: LightningDataModule | None) -> dict[str, int]:
+    """The values of `RESUME_SETTINGS` an ouro DataModule declares (none for another DataModule)."""
+    return datamodule.resume_settings() if isinstance(datamodule, OuroDataModule) else {}
 
 
 def run_settings(datamodule: Any, world_size: int) -> dict[str, int]:
@@ -274,9 +270,9 @@ def run_settings(datamodule: Any, world_size: int) -> dict[str, int]:
 
 def restripes(datamodule: Any) -> bool | None:
     """Whether the data module's loader continues its position on another world size or ``num_workers``
-    (``elastic_resume``: True for one litdata source; False for a mixture); None when it does not say."""
-    value = getattr(datamodule, "elastic_resume", None)
-    return None if value is None else bool(value)
+    (`OuroDataModule.elastic_resume`: True for one litdata source; False for a mixture); None when it does not
+    say."""
+    return datamodule.elastic_resume if isinstance(datamodule, OuroDataModule) else None
 
 
 class ResumeSettings(Callback):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning import Callback, LightningModule, Trainer
+from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -64,19 +64,6 @@ def default_checkpoint(root: str | Path, every_n_train_steps: int | None = None)
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-
-
-class FinalCheckpoint(Callback):
-    """Save ``checkpoints/last.ckpt`` when training ends normally, so the next stage always finds the end state."""
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.interrupted or trainer.sanity_checking:
-            return
-        if any(getattr(callback, "completed", False) for callback in trainer.callbacks):
-            return  # TokenBudget already saved the final state
-        trainer.save_checkpoint(
-            Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt", weights_only=False
-        )
 
 
 class CheckpointedStepRow(Callback):

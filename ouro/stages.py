@@ -1,5 +1,6 @@
 """Stage start: where a stage's weights come from, the transforms between stages, and what else a new stage
-takes over (`StageStart`: optimizer state, tokenizer check, the model before upcycling).
+takes over (`StageStart`: optimizer state, the model before upcycling), and what a stage is (`StageInfo`: name,
+provenance, the hand-over to the data through `ouro.data.OuroDataModule.connect`).
 
 A stage either resumes its own run directory (handled by the CLI through ``ckpt_path``) or starts from
 ``init_from``: a previous stage's run directory or Lightning checkpoint, an exported official-format folder, or a
@@ -11,17 +12,20 @@ or sequence length needs no weight change; a deeper stack is upcycled by layer d
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
+from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ouro.checkpoints import ModelSource, find_run_checkpoint, is_hub_repo_id, read_source
 from ouro.config import OuroConfig
+from ouro.cross_entropy import IGNORE_INDEX, per_step_cross_entropy
+from ouro.data.base import DataConnection, OuroDataModule
 from ouro.errors import StageInitError
-
-if TYPE_CHECKING:
-    from ouro.model import OuroForCausalLM
+from ouro.model import OuroForCausalLM
 
 UpcycleMethod = Literal["stack", "interleave"]
 #: Config fields that must agree between a source and a stage for weights to transfer.
@@ -92,8 +96,9 @@ def transfer_state(
     source: ModelSource, target: OuroConfig, upcycle: UpcycleMethod = "stack"
 ) -> dict[str, torch.Tensor]:
     """The source weights rearranged for ``target``'s layer count; shape fields must agree."""
+    target_fields, source_fields = asdict(target), asdict(source.config)
     for name in SHAPE_FIELDS:
-        ours, theirs = getattr(target, name), getattr(source.config, name)
+        ours, theirs = target_fields[name], source_fields[name]
         if ours != theirs:
             raise StageInitError(
                 f"model.{name} is {ours} but init_from {source.path} has {theirs}; weights cannot "
@@ -119,9 +124,9 @@ def transfer_state(
 
 def describe_transition(source: OuroConfig, target: OuroConfig) -> list[str]:
     """Human-readable changes between two stages' architectures (logged at stage start)."""
-    changes = []
+    changes, source_fields, target_fields = [], asdict(source), asdict(target)
     for name in ("num_hidden_layers", "total_ut_steps", "rope_theta", "max_position_embeddings"):
-        before, after = getattr(source, name), getattr(target, name)
+        before, after = source_fields[name], target_fields[name]
         if before != after:
             changes.append(f"{name}: {before} -> {after}")
     return changes
@@ -132,8 +137,8 @@ class StageStart:
     """What a new stage takes over from its ``init_from`` (a stage that resumes its own run directory has none).
 
     Built when the stage is set up: the source's weights, rearranged for this stage's layer count, go into the
-    model. The rest waits for the Trainer: `on_fit_start` hands over the optimizer state and refuses data
-    tokenized with another tokenizer than the source's. After upcycling, `reference` is the model before
+    model. The optimizer state waits for the Trainer (`hand_over_optimizer_state`); the source's tokenizer goes
+    to the data through `StageInfo.connect`, which refuses data tokenized with another one. After upcycling, `reference` is the model before
     upcycling, whose validation loss the first validation reports next to the new one.
     """
 
@@ -167,10 +172,6 @@ class StageStart:
         ``with_optimizer`` also takes the source's AdamW state, which needs the same layer count and objective
         (``same_objective``: the parameters that train are the same ones).
         """
-        from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-
-        from ouro.model import OuroForCausalLM
-
         source = load_source(init_from)
         net.load_state_dict(transfer_state(source, net.config, upcycle), strict=True)
         changes = describe_transition(source.config, net.config)
@@ -203,27 +204,129 @@ class StageStart:
             optimizer_state = source.optimizer_states[0]
         return cls(source, init_from, optimizer_state, reference)
 
-    def on_fit_start(self, optimizer: torch.optim.Optimizer, datamodule: Any) -> None:
-        """Hand the optimizer state over (once) and check the data's tokenizer against the source's."""
+    def hand_over_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Load the source's AdamW state into the stage's optimizer (once; nothing when it was not taken)."""
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
             self.optimizer_state = None
-        self.check_tokenizer(datamodule)
 
-    def check_tokenizer(self, datamodule: Any) -> None:
-        """Refuse data tokenized with another tokenizer than the one ``init_from`` was trained with."""
-        source = self.source.tokenizer_path
-        manifests = getattr(datamodule, "manifests", None) or {}
-        if not source or not manifests or not Path(str(source)).exists():
+    def reference_cross_entropy(self, batch: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor | None:
+        """Mean last-step cross-entropy of the model before upcycling on a validation batch (None: no reference
+        left, because there was no upcycling or the first validation has reported it)."""
+        if self.reference is None:
+            return None
+        device = batch["input_ids"].device
+        reference = self.reference.to(device)
+        out = reference(batch["input_ids"], doc_ids=batch.get("doc_ids"))
+        targets = batch["labels"].reshape(-1)
+        hidden = out.hidden_states[-1].reshape(-1, out.hidden_states[-1].shape[-1])
+        ce = per_step_cross_entropy([hidden], reference.lm_head.weight, targets, chunk_size)[:, 0]
+        return ce[targets != IGNORE_INDEX].mean()
+
+    def report_reference(self, values: dict[str, torch.Tensor], sanity_checking: bool) -> None:
+        """Log the last-step validation loss next to the reference's, then drop the reference (after a real
+        validation, not the sanity check)."""
+        if "upcycle_source_ce_last" not in values:
             return
-        from ouro.data.tokenizer import load_tokenizer, tokenizer_hash
+        last = max(int(n.removeprefix("ce_step")) for n in values if n.startswith("ce_step"))
+        rank_zero_info(
+            f"ouro: after upcycling, last-step validation CE {float(values[f'ce_step{last}']):.4f} "
+            f"(model before upcycling: {float(values['upcycle_source_ce_last']):.4f})"
+        )
+        if not sanity_checking:
+            self.reference = None
 
-        expected = tokenizer_hash(load_tokenizer(source))
-        for directory, manifest in manifests.items():
-            if manifest.tokenizer_hash != expected:
-                raise StageInitError(
-                    f"data {directory} was tokenized with {manifest.tokenizer!r} (hash "
-                    f"{manifest.tokenizer_hash[:12]}) but init_from {self.init_from} was trained with "
-                    f"{source} (hash {expected[:12]}); prepare the data with that tokenizer "
-                    f"(`ouro prepare ... --tokenizer {source}`)"
-                )
+
+# ---------------------------------------------------------------------------------------------- stage info
+@dataclass
+class StageInfo:
+    """What a stage is and where it came from: set by the CLI and at stage start, read by the callbacks, and
+    recorded in every checkpoint (and from there in exports and model cards)."""
+
+    name: str | None = None
+    """The stage's name (its run directory's name)."""
+    recipe: str | None = None
+    """The recipe files the stage was started with."""
+    resuming: bool = False
+    """True when this fit resumes its own run directory (then ``init_from`` is not applied)."""
+    previous_final_lr: float | None = None
+    """Learning rate the ``init_from`` checkpoint ended with (annealing stages may start from it)."""
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+    """The records of the stages before this one."""
+    tokenizer_path: str | None = None
+    """The ``tokenizer.json`` of the stage's data (or of ``init_from`` until the data is set up)."""
+    start: StageStart | None = None
+    """What this stage took over from ``init_from``; None when resuming or starting fresh."""
+
+    def begin(self, start: StageStart) -> None:
+        """Record what the stage took over from ``init_from``."""
+        self.start = start
+        self.previous_final_lr = start.source.final_lr
+        self.provenance = list(start.source.provenance)
+        self.tokenizer_path = self.tokenizer_path or start.source.tokenizer_path
+
+    def data_connection(self, config: OuroConfig) -> DataConnection:
+        """What the stage's data needs from the model (``config``) and from this stage."""
+        source = self.start.source.tokenizer_path if self.start is not None else None
+        return DataConnection(
+            vocab_size=config.vocab_size,
+            eos_token_id=config.eos_token_id,
+            source_tokenizer=str(source) if source else None,
+            init_from=self.start.init_from if self.start is not None else None,
+            stage=self.name,
+        )
+
+    def connect(self, datamodule: LightningDataModule | None, config: OuroConfig) -> None:
+        """Hand the data what it needs (`OuroDataModule.connect`) and take its tokenizer.
+
+        Data that is not an `OuroDataModule` cannot be checked against ``init_from``'s tokenizer: with a
+        recorded tokenizer, that is refused in one line.
+        """
+        if isinstance(datamodule, OuroDataModule):
+            datamodule.connect(self.data_connection(config))
+            return
+        source = self.start.source.tokenizer_path if self.start is not None else None
+        if source:
+            raise StageInitError(
+                f"init_from {self.start.init_from} was trained with tokenizer {source}, but the data "
+                f"({type(datamodule).__name__}) is not an ouro DataModule that can be checked against it; "
+                "use ouro.data.PretrainDataModule / SFTDataModule or subclass ouro.data.OuroDataModule"
+            )
+
+    def take_data_tokenizer(self, datamodule: LightningDataModule | None) -> None:
+        """The tokenizer of set-up data replaces the one recorded by ``init_from``."""
+        if isinstance(datamodule, OuroDataModule) and datamodule.tokenizer_path:
+            self.tokenizer_path = str(datamodule.tokenizer_path)
+        elif self.tokenizer_path is not None:
+            self.tokenizer_path = str(self.tokenizer_path)
+
+    def record(
+        self, tokens: int, objective: str, config: OuroConfig, metrics: dict[str, float]
+    ) -> dict[str, Any]:
+        """This stage's provenance entry: name, recipe, tokens, architecture and the latest validation metrics."""
+        return {
+            "stage": self.name,
+            "recipe": self.recipe,
+            "tokens": int(tokens),
+            "objective": objective,
+            "total_ut_steps": config.total_ut_steps,
+            "num_hidden_layers": config.num_hidden_layers,
+            "rope_theta": config.rope_theta,
+            "metrics": metrics,
+        }
+
+    def checkpoint_meta(self, tokens: int, config: OuroConfig, record: dict[str, Any]) -> dict[str, Any]:
+        """The ``ouro`` section of a checkpoint (what `ouro.checkpoints.read_source` reads back)."""
+        return {
+            "tokens_seen": int(tokens),
+            "config": asdict(config),
+            "provenance": [*self.provenance, record],
+            "previous_provenance": list(self.provenance),
+            "tokenizer_path": self.tokenizer_path,
+        }
+
+    def restore(self, meta: dict[str, Any]) -> int:
+        """Take the provenance and tokenizer of a resumed checkpoint's ``ouro`` section; returns its tokens."""
+        self.provenance = list(meta.get("previous_provenance", []))
+        self.tokenizer_path = meta.get("tokenizer_path") or self.tokenizer_path
+        return int(meta.get("tokens_seen", 0))

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from ouro.callbacks.final_checkpoint import FinalCheckpoint
 from ouro.callbacks.progress import StageProgress
 from ouro.checkpoint_io import with_atomic_checkpoint_io
 from ouro.cli import configure_parsing, usage_error
@@ -25,7 +26,6 @@ from ouro.preflight import check_recipe_syntax, check_sequence_fits
 from ouro.resume import ResumeSettings, resume_checkpoint, run_settings
 from ouro.run_dir import (
     CheckpointedStepRow,
-    FinalCheckpoint,
     RunConfigCallback,
     default_checkpoint,
     default_loggers,
@@ -139,10 +139,10 @@ class OuroCLI(LightningCLI):
         )
         fit_config["ckpt_path"] = ckpt_path
         self.trainer.callbacks.append(ResumeSettings(run_settings(self.datamodule, world_size)))
-        self.model.resuming = ckpt_path is not None
-        self.model.stage_name = root.name
         configs = self.config["fit"].get("config") or []
-        self.model.recipe = ", ".join(str(c) for c in configs) or None
+        self.model.stage.resuming = ckpt_path is not None
+        self.model.stage.name = root.name
+        self.model.stage.recipe = ", ".join(str(c) for c in configs) or None
 
 
 def run_trainer_cli(args: list[str]) -> OuroCLI:
@@ -158,7 +158,7 @@ def run_trainer_cli(args: list[str]) -> OuroCLI:
         if status is None or os.environ.get("OURO_DEBUG"):
             raise
         if is_first_process():
-            notes = getattr(error, "__notes__", None)
+            notes = getattr(error, "__notes__", None)  # set only once a note was added (PEP 678)
             print(notes[-1] if notes else stop_line(error), file=sys.stderr, flush=True)
         raise SystemExit(status) from None
     finally:

@@ -26,6 +26,7 @@ from ouro.callbacks import (
 )
 from ouro.callbacks.long_context import split_rows
 from ouro.callbacks.loop_metrics import loop_table
+from ouro.data.base import OuroDataModule
 from ouro.model import flops_per_token
 from ouro.module import OptimizerConfig, OuroLM
 
@@ -54,7 +55,7 @@ class _Blocks(Dataset):
         return {"input_ids": block[:-1], "labels": block[1:], "doc_ids": doc_ids}
 
 
-class TinyData(L.LightningDataModule):
+class TinyData(OuroDataModule):
     """Unshuffled rows of ``seq_len`` tokens that repeat every ``period`` rows.
 
     A map-style loader restarts at row 0 when Lightning resumes mid-epoch; checkpointing after a whole number
@@ -66,9 +67,6 @@ class TinyData(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.rows, self.period, self.seq_len, self.batch_size = rows, period, seq_len, batch_size
-
-    def set_seq_len(self, seq_len: int) -> None:
-        self.seq_len = seq_len
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Blocks(self.rows, self.period, self.seq_len, 512, 0), batch_size=self.batch_size)
@@ -305,7 +303,7 @@ def test_annealing_stage_starts_from_the_previous_final_lr(tmp_path):
         )
 
     module = tiny_module()
-    module.previous_stage_final_lr = 2e-3  # what stage initialisation puts there
+    module.stage.previous_final_lr = 2e-3  # what stage initialisation puts there
     wsd = schedule()
     _, _, rec = fit(tmp_path, [wsd, step_checkpoints(tmp_path, 2)], 4, module=module, data=TinyData(period=4))
     for step in rec.steps:
@@ -569,6 +567,14 @@ class _Controlled:
     def set_rope_base(self, theta: float) -> None:
         self.calls.append(("rope", theta))
 
+
+class _ControlledData(OuroDataModule):
+    """An ouro DataModule that records the sequence lengths a schedule sets."""
+
+    def __init__(self, calls: list) -> None:
+        super().__init__()
+        self.seq_len, self.calls = 8, calls
+
     def set_seq_len(self, seq_len: int) -> None:
         self.calls.append(("seq_len", seq_len))
 
@@ -579,7 +585,7 @@ def test_schedules_steer_through_explicit_setters_not_the_config():
     target = _Controlled(tokens=100)
     LoopSchedule(steps=[[0, 4], [50, 2]], beta=[[0, 0.1], [80, 0.05]]).setup(None, target, "fit")
     LongContextSchedule(rope_theta=[[0, 1e4], [100, 4e4]], seq_len=16).setup(
-        SimpleNamespace(datamodule=target), target, "fit"
+        SimpleNamespace(datamodule=_ControlledData(target.calls)), target, "fit"
     )
     assert target.calls == [("loops", 2), ("beta", 0.05), ("seq_len", 16), ("rope", 4e4)]
     with pytest.raises(TypeError, match=r"set_loop_count\(\)"):

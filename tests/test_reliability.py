@@ -399,19 +399,19 @@ def test_jsonargparse_union_error_becomes_the_reason():
 
 
 def test_sequence_longer_than_the_positions_is_refused():
-    class Data:
-        seq_len = 128
+    from ouro.callbacks import LongContextSchedule
+    from ouro.data.base import OuroDataModule
 
-    class Schedule:
-        seq_len = 512
+    class Data(OuroDataModule):
+        seq_len = 128
 
     check_sequence_fits(128, Data(), [])
     with pytest.raises(
         RecipeError, match=r"data\.seq_len is 128 but model\.model\.max_position_embeddings is 64"
     ):
         check_sequence_fits(64, Data(), [])
-    with pytest.raises(RecipeError, match=r"Schedule\.seq_len is 512"):
-        check_sequence_fits(256, Data(), [Schedule()])
+    with pytest.raises(RecipeError, match=r"LongContextSchedule\.seq_len is 512"):
+        check_sequence_fits(256, Data(), [LongContextSchedule(seq_len=512)])
 
 
 # ------------------------------------------------------------------------------------------------ temp files

@@ -23,7 +23,7 @@ def tiny_fit(root, callbacks, max_steps, progress=None):
             "tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=1, total_ut_steps=2
         )
     )
-    module.stage_name = "warmup"
+    module.stage.name = "warmup"
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=max_steps,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -12,8 +13,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ouro import OuroConfig, OuroForCausalLM  # noqa: E402
 from ouro.checkpoints import ModelSource  # noqa: E402
+from ouro.data.manifest import Manifest  # noqa: E402
+from ouro.data.pretrain import PretrainDataModule  # noqa: E402
+from ouro.data.tokenizer import tokenizer_hash  # noqa: E402
+from ouro.errors import DataError  # noqa: E402
 from ouro.module import OuroLM  # noqa: E402
 from ouro.stages import (  # noqa: E402
+    StageInfo,
     StageInitError,
     StageStart,
     load_source,
@@ -146,7 +152,7 @@ def test_init_from_checkpoint_takes_weights_and_optimizer_state_not_data(tmp_pat
     second.setup("fit")
     for key, value in first.net.state_dict().items():
         assert torch.equal(second.net.state_dict()[key], value), key
-    assert second.previous_stage_final_lr == pytest.approx(first.optim.lr)
+    assert second.stage.previous_final_lr == pytest.approx(first.optim.lr)
     trainer, _ = _fit_tiny(tmp_path, second, 2, "stable")
     assert second.tokens_seen == 2 * 4 * 32  # the new stage counts its own tokens from zero
     assert trainer.optimizers[0].state  # AdamW moments were loaded and then stepped
@@ -167,26 +173,50 @@ def test_init_from_exported_folder_and_upcycle_reports_source_loss(tmp_path, cap
     assert "val/upcycle_source_ce_last" in trainer.callback_metrics
 
 
-def test_data_from_another_tokenizer_is_refused(tmp_path):
-    from types import SimpleNamespace
+def _manifest(name: str, tokenizer) -> Manifest:
+    return Manifest(
+        format="pretrain",
+        tokenizer=name,
+        tokenizer_hash=tokenizer_hash(tokenizer),
+        vocab_size=tokenizer.get_vocab_size(),
+        eos_token_id=0,
+        documents=1,
+        tokens=10,
+    )
 
+
+def test_data_from_another_tokenizer_is_refused_through_the_connection(tmp_path):
     from tokenizers import Tokenizer, models
-
-    from ouro.data.tokenizer import load_tokenizer, tokenizer_hash
 
     ours = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "a": 1}, unk_token="<|endoftext|>"))
     theirs = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "b": 1}, unk_token="<|endoftext|>"))
     ours.save(str(tmp_path / "ours.json"))
-    start = StageStart(
-        ModelSource(
-            OuroConfig.preset("tiny"), {}, "runs/previous", tokenizer_path=str(tmp_path / "ours.json")
-        ),
+    source = ModelSource(
+        OuroConfig.preset("tiny", vocab_size=2, eos_token_id=0),
+        {},
         "runs/previous",
+        tokenizer_path=str(tmp_path / "ours.json"),
     )
-    same = SimpleNamespace(
-        tokenizer="ours", tokenizer_hash=tokenizer_hash(load_tokenizer(tmp_path / "ours.json"))
+    info = StageInfo(name="stable")
+    info.begin(StageStart(source, "runs/previous"))
+    data = PretrainDataModule(sources=["data/a"], val_source=None)
+    data.manifests = {"data/a": _manifest("ours", ours)}
+    info.connect(data, source.config)  # same tokenizer: accepted
+    assert (
+        data.connection.source_tokenizer == str(tmp_path / "ours.json") and data.connection.stage == "stable"
     )
-    start.check_tokenizer(SimpleNamespace(manifests={"data/a": same}))
-    other = SimpleNamespace(tokenizer="theirs", tokenizer_hash=tokenizer_hash(theirs))
-    with pytest.raises(ValueError, match=r"data/b was tokenized with 'theirs'.*ouro prepare"):
-        start.check_tokenizer(SimpleNamespace(manifests={"data/a": same, "data/b": other}))
+    data.manifests["data/b"] = _manifest("theirs", theirs)
+    with pytest.raises(
+        DataError, match=r"data/b was tokenized with 'theirs'.*init_from runs/previous.*ouro prepare"
+    ):
+        data.check_connection()
+    # Data that cannot say how it was tokenized is refused in one line instead of going unchecked.
+    with pytest.raises(StageInitError, match=r"ToyDataModule|not an ouro DataModule"):
+        info.connect(object(), source.config)
+
+
+def test_data_a_trainer_uses_without_connecting_it_is_refused(tmp_path):
+    data = PretrainDataModule(sources=["data/a"], val_source=None)
+    data.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    with pytest.raises(DataError, match="was not connected to a model"):
+        data.train_dataloader()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from ouro.data.base import OuroDataModule
 
 
 class _Patterns(Dataset):
@@ -26,7 +27,7 @@ class _Patterns(Dataset):
         return {"input_ids": block[:-1], "labels": block[1:], "doc_ids": doc_ids}
 
 
-class ToyDataModule(L.LightningDataModule):
+class ToyDataModule(OuroDataModule):
     """Arithmetic-progression sequences (learnable quickly), some rows holding two documents."""
 
     def __init__(
@@ -40,7 +41,6 @@ class ToyDataModule(L.LightningDataModule):
         super().__init__()
         self.seq_len, self.batch_size, self.vocab_size = seq_len, batch_size, vocab_size
         self.train_size, self.val_size = train_size, val_size
-        self.tokenizer_path = None
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(

@@ -101,8 +101,11 @@ class BatchSizeRamp(L.Callback):
     ) -> None:
         if self.micro_tokens is None:
             self.micro_tokens = batch["input_ids"].numel() * trainer.world_size
-            for field in ("start_tokens_per_step", "end_tokens_per_step"):
-                value = getattr(self, field)
+            ends = {
+                "start_tokens_per_step": self.start_tokens_per_step,
+                "end_tokens_per_step": self.end_tokens_per_step,
+            }
+            for field, value in ends.items():
                 if value % self.micro_tokens:
                     raise ValueError(
                         f"BatchSizeRamp: {field} ({value}) is not a multiple of the tokens per "

@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from ouro.callbacks.schedule import check_token_count, tokens_seen
+from ouro.data.base import OuroDataModule
 from ouro.eval.suite.score import count_correct, encode, scores_from_counts
 
 _BUILTIN = re.compile(r"^ouro_([a-z]+)(?:_d(\d+))?$")
@@ -141,7 +142,8 @@ class EvalInTraining(L.Callback):
 
             name = self.tokenizer_name
             if name == "data":
-                name = getattr(trainer.datamodule, "tokenizer_path", None) or "builtin"
+                data = trainer.datamodule
+                name = (data.tokenizer_path if isinstance(data, OuroDataModule) else None) or "builtin"
             self._tokenizer = load_tokenizer(name)
         return self._tokenizer
 

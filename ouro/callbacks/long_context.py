@@ -9,10 +9,12 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from ouro.callbacks.schedule import Piecewise, check_token_count, tokens_seen
+from ouro.data.base import OuroDataModule
 
 
 def schedule_control(target: Any, method: str, owner: str) -> Any:
     """``target.<method>``, the explicit setter a schedule changes the run through, or a TypeError naming it."""
+    # Schedules also steer modules and data other than OuroLM / OuroDataModule that give the same setter.
     setter = getattr(target, method, None)
     if not callable(setter):
         raise TypeError(
@@ -118,16 +120,18 @@ class LongContextSchedule(L.Callback):
         self._trainer = trainer
         if self.seq_len is not None:
             datamodule = trainer.datamodule
-            if datamodule is None or not hasattr(datamodule, "set_seq_len"):
+            if not isinstance(datamodule, OuroDataModule):
                 raise ValueError(
-                    "LongContextSchedule: seq_len is set but the datamodule has no `set_seq_len`; "
-                    "use an ouro DataModule or drop seq_len from the callback"
+                    f"LongContextSchedule: seq_len is set but the data ({type(datamodule).__name__}) is not an "
+                    "ouro DataModule with `set_seq_len`; use one (ouro.data.OuroDataModule) or drop seq_len "
+                    "from the callback"
                 )
             if datamodule.seq_len != self.seq_len:
                 rank_zero_info(f"LongContextSchedule: data seq_len {datamodule.seq_len} -> {self.seq_len}")
                 datamodule.set_seq_len(self.seq_len)
         elif self.warmup is not None:
-            full = getattr(trainer.datamodule, "seq_len", None)
+            datamodule = trainer.datamodule
+            full = datamodule.seq_len if isinstance(datamodule, OuroDataModule) else None
             if full is None:
                 raise ValueError(
                     "LongContextSchedule: warmup needs the stage's seq_len; set seq_len on the callback"

@@ -60,7 +60,7 @@ class LoopSchedule(L.Callback):
         self._applied = values
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.beta is not None and getattr(pl_module, "objective", "stage1") != "stage1":
+        if self.beta is not None and pl_module.objective != "stage1":
             raise ValueError(
                 "LoopSchedule: beta only affects objective 'stage1'; drop beta from the callback"
             )

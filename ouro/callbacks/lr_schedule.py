@@ -31,7 +31,7 @@ class WarmupStableDecay(L.Callback):
 
     Before every optimizer step it sets the LR of every parameter group from ``pl_module.tokens_seen``
     (counting the step's own tokens) and logs it as ``lr``. The peak is ``pl_module.optim.lr``, or with
-    ``init_lr_from_previous`` the LR the previous stage ended with (``pl_module.previous_stage_final_lr``, set
+    ``init_lr_from_previous`` the LR the previous stage ended with (``pl_module.stage.previous_final_lr``, set
     by stage initialisation), so an annealing stage decays from where the last stage stopped. Paper (Table 1):
     warmup then 3e-4 (stage 1a), constant 3e-4 (1b), cosine to 3e-5 (CT annealing), constant 3e-5 (LongCT),
     cosine to 1e-5 (mid-training).
@@ -141,7 +141,7 @@ class WarmupStableDecay(L.Callback):
             return
         peak = float(pl_module.optim.lr)
         if self.init_lr_from_previous:
-            previous = getattr(pl_module, "previous_stage_final_lr", None)
+            previous = pl_module.stage.previous_final_lr
             if previous is None:
                 rank_zero_warn(
                     "WarmupStableDecay: init_lr_from_previous is set but the initialising "
@@ -149,7 +149,7 @@ class WarmupStableDecay(L.Callback):
                 )
             elif isinstance(previous, bool) or not isinstance(previous, (int, float)) or previous <= 0:
                 raise ValueError(
-                    f"WarmupStableDecay: previous_stage_final_lr must be a positive number, got {previous!r}"
+                    f"WarmupStableDecay: the previous stage's final LR must be a positive number, got {previous!r}"
                 )
             else:
                 peak = float(previous)

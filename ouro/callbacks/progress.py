@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from ouro.callbacks.schedule import tokens_seen
 from ouro.callbacks.token_budget import TokenBudget
 
 
@@ -32,13 +33,13 @@ class StageProgress(TQDMProgressBar):
         """(total, done, unit): tokens when a TokenBudget ends the stage, else optimizer steps."""
         budget = next((c for c in trainer.callbacks if isinstance(c, TokenBudget)), None)
         if budget is not None:
-            return budget.max_tokens, int(getattr(pl_module, "tokens_seen", 0)), "tok"
+            return budget.max_tokens, tokens_seen(pl_module), "tok"
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         return total, trainer.global_step, "step"
 
     @staticmethod
     def description(trainer: L.Trainer, pl_module: L.LightningModule) -> str:
-        name = getattr(pl_module, "stage_name", None) or Path(trainer.default_root_dir).name
+        name = pl_module.stage.name or Path(trainer.default_root_dir).name
         budget = any(isinstance(c, TokenBudget) for c in trainer.callbacks)
         if budget and trainer.max_steps and trainer.max_steps > 0:
             return f"{name} (or step {trainer.max_steps})"

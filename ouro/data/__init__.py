@@ -10,6 +10,8 @@ _EXPORTS = {
     "SFTDataModule": "ouro.data.sft",
     "prepare": "ouro.data.prepare",
     "Manifest": "ouro.data.manifest",
+    "OuroDataModule": "ouro.data.base",
+    "DataConnection": "ouro.data.base",
     "DataError": "ouro.errors",
 }
 
@@ -20,5 +22,6 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         import importlib
 
+        # Lazy exports (PEP 562): `import ouro.data` stays light for `ouro prepare`.
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'ouro.data' has no attribute {name!r}")

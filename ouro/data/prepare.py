@@ -249,7 +249,8 @@ def _check_existing(staging, key: dict, overwrite: bool) -> Manifest | None:
     manifest = Manifest.from_text(text, f"{staging.output}/{MANIFEST}")
     if overwrite:
         return None
-    recorded = {name: getattr(manifest, name) for name in key}
+    fields = asdict(manifest)
+    recorded = {name: fields[name] for name in key}
     # Sources inside $OURO_CACHE compare by where they are now (manifests of older versions hold absolute paths).
     recorded["sources"] = [local_path(s) for s in manifest.sources]
     if recorded != {**key, "sources": [local_path(s) for s in key["sources"]]}:

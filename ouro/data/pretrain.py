@@ -7,12 +7,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from litdata import StreamingDataLoader, TokensLoader
+from litdata.streaming.resolver import Dir
 
+from ouro.data import remote
+from ouro.data.base import OuroDataModule
 from ouro.data.batching import BlockCollate
 from ouro.data.builtin_sources import builtin_dirs, is_builtin
 from ouro.data.cache import local_path
 from ouro.data.manifest import Manifest, check_same_tokenizer
+from ouro.data.streaming import ResumableLoader, SourceDataset, WeightedMixture
+from ouro.data.tokenizer import load_tokenizer, tokenizer_hash
 from ouro.data.workers import LeaveSignalsToMainProcess
 from ouro.errors import DataError
 
@@ -20,7 +26,7 @@ BUILTIN = "builtin"
 AUTO = "auto"
 
 
-class PretrainDataModule(L.LightningDataModule):
+class PretrainDataModule(OuroDataModule):
     """Token streams from ``ouro prepare`` shards (or the built-in corpus), mixed by weight.
 
     Every sample is a block of ``seq_len + 1`` tokens cut from a shard chunk at read time, so the same shards
@@ -94,7 +100,6 @@ class PretrainDataModule(L.LightningDataModule):
             )
         self.tokens_per_source = [0] * len(self.sources)
         self.manifests: dict[str, Manifest] = {}
-        self.tokenizer_path: str | None = None
         self.eos_id: int | None = None
         self._train_dirs: list[Path | str] = []
         self._val_dir: Path | str | None = None
@@ -117,8 +122,6 @@ class PretrainDataModule(L.LightningDataModule):
         names = set(self.sources)
         if len(names) == 1 and is_builtin(next(iter(names))):
             return next(iter(names))
-        from lightning.pytorch.utilities import rank_zero_info
-
         rank_zero_info(
             "data.val_source: none (the sources are your own shards, and the built-in validation set was made "
             "with another tokenizer); set data.val_source to a folder prepared like the sources to validate"
@@ -140,8 +143,6 @@ class PretrainDataModule(L.LightningDataModule):
                 self._builtin(name)
 
     def _resolve(self, source: str, split: str) -> Path | str:
-        from ouro.data import remote
-
         if remote.is_remote(source):
             return remote.litdata_url(source)
         if is_builtin(source):
@@ -170,12 +171,44 @@ class PretrainDataModule(L.LightningDataModule):
         shipped = self._shipped_tokenizer(self._train_dirs[0])
         self.tokenizer_path = str(shipped) if shipped is not None else local_path(first.tokenizer)
         self._check_block_size()
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        config = getattr(module, "config", None)
-        if config is not None:
-            for directory, manifest in self.manifests.items():
-                manifest.check_model(config.vocab_size, config.eos_token_id, directory)
+        self.check_connection()
         self._warn_exhaustion()
+
+    def check_connection(self) -> None:
+        """Refuse shards whose tokenizer does not fit the connected model (vocabulary and EOS), or differs from
+        the one the stage's ``init_from`` was trained with."""
+        if self.connection is None or not self.manifests:
+            return  # runs again when the other half arrives (setup or connect)
+        connection = self.connection
+        for directory, manifest in self.manifests.items():
+            manifest.check_model(connection.vocab_size, connection.eos_token_id, directory)
+        source = connection.source_tokenizer
+        if not source:
+            return
+        if source != "builtin" and not Path(source).exists():
+            rank_zero_warn(
+                f"init_from {connection.init_from} was trained with tokenizer {source}, which no longer exists: "
+                "the data's tokenizer is checked against the model's vocabulary and EOS only"
+            )
+            return
+        expected = tokenizer_hash(load_tokenizer(source))
+        for directory, manifest in self.manifests.items():
+            if manifest.tokenizer_hash != expected:
+                raise DataError(
+                    f"data {directory} was tokenized with {manifest.tokenizer!r} (hash "
+                    f"{manifest.tokenizer_hash[:12]}) but init_from {connection.init_from} was trained with "
+                    f"{source} (hash {expected[:12]}); prepare the data with that tokenizer "
+                    f"(`ouro prepare ... --tokenizer {source}`)"
+                )
+
+    def _check_connected(self) -> None:
+        """A Trainer's module must have connected the data (`OuroLM` does in ``setup``): unchecked data would
+        reach the model otherwise."""
+        if self.trainer is not None and self.connection is None:
+            raise DataError(
+                f"{type(self).__name__} was not connected to a model: its LightningModule must call "
+                "datamodule.connect(DataConnection(...)) in setup (ouro.module.OuroLM does)"
+            )
 
     def _check_block_size(self) -> None:
         """Pretraining shards serve any ``seq_len``; SFT overrides this."""
@@ -187,14 +220,10 @@ class PretrainDataModule(L.LightningDataModule):
         self.seq_len = seq_len
 
     def _cache(self, directory: Path | str) -> Path | None:
-        from ouro.data import remote
-
         return remote.cache_dir(str(directory), self.cache_dir) if remote.is_remote(directory) else None
 
     def _shipped_tokenizer(self, directory: Path | str) -> Path | None:
         """The ``tokenizer.json`` a prepared folder ships (fetched into the cache for a URL)."""
-        from ouro.data import remote
-
         if not remote.is_remote(directory):
             path = Path(directory) / "tokenizer.json"
             return path if path.is_file() else None
@@ -227,16 +256,9 @@ class PretrainDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------------ loaders
     def _dataset(self, directory: Path | str, index: int, shuffle: bool, drop_last: bool):
-        from litdata import TokensLoader
-        from litdata.streaming.resolver import Dir
-
-        from ouro.data.streaming import SourceDataset
-
         cache = self._cache(directory)
         if cache:
-            from ouro.data.remote import allow_plain_http_endpoint
-
-            allow_plain_http_endpoint()
+            remote.allow_plain_http_endpoint()
         return SourceDataset(
             Dir(path=str(cache / "chunks"), url=str(directory)) if cache else str(directory),
             item_loader=TokensLoader(block_size=self.seq_len + 1),
@@ -250,8 +272,7 @@ class PretrainDataModule(L.LightningDataModule):
         return BlockCollate(self.eos_id, sft=self.format == "sft", doc_masking=self.doc_masking)
 
     def train_dataloader(self):
-        from ouro.data.streaming import ResumableLoader, WeightedMixture
-
+        self._check_connected()
         datasets = [self._dataset(d, i, self.shuffle, True) for i, d in enumerate(self._train_dirs)]
         if len(datasets) == 1:
             dataset = datasets[0]
@@ -269,8 +290,7 @@ class PretrainDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self):
-        from litdata import StreamingDataLoader
-
+        self._check_connected()
         if self._val_dir is None:
             return []
         dataset = self._dataset(self._val_dir, 0, False, False)
@@ -286,8 +306,6 @@ class PretrainDataModule(L.LightningDataModule):
         """Loader workers leave SIGTERM / SIGUSR1 to the training process (`ouro.data.workers`), and workers of
         remote sources redo this process's litdata settings: a spawned worker (the start method litdata's
         ``optimize`` sets for the whole process) starts without them."""
-        from ouro.data import remote
-
         dirs = [*self._train_dirs, *([self._val_dir] if self._val_dir else [])]
         then = remote.worker_init if any(map(remote.is_remote, dirs)) else None
         return {"worker_init_fn": LeaveSignalsToMainProcess(then)}

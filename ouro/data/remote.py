@@ -105,6 +105,7 @@ def allow_plain_http_endpoint() -> None:
         return
     from litdata.streaming import downloader
 
+    # A private litdata setting that only some litdata versions have (optional library feature).
     options = getattr(downloader, "_OBSTORE_CLIENT_OPTIONS", None)
     if isinstance(options, dict) and not options.get("allow_http"):
         downloader._OBSTORE_CLIENT_OPTIONS = {**options, "allow_http": True}
@@ -114,7 +115,7 @@ def explain(err: BaseException, url: str) -> str:
     """One line for a storage failure: which URL, what went wrong, what to check. Never a credential."""
     name = type(err).__name__
     code = ""
-    response = getattr(err, "response", None)
+    response = getattr(err, "response", None)  # botocore's ClientError has one; other clients' errors do not
     if isinstance(response, dict):
         code = str(response.get("Error", {}).get("Code", ""))
     bucket = litdata_url(url).split("://", 1)[-1].split("/", 1)[0]
@@ -138,7 +139,7 @@ def explain(err: BaseException, url: str) -> str:
 
 
 def _is_missing(err: BaseException) -> bool:
-    response = getattr(err, "response", None)
+    response = getattr(err, "response", None)  # botocore's ClientError has one; other clients' errors do not
     code = str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
     return code in ("404", "NoSuchKey", "NotFound") or isinstance(err, FileNotFoundError)
 

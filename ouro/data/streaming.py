@@ -1,5 +1,5 @@
 """The litdata classes `PretrainDataModule` streams with, at module level so that the datasets pickle into
-spawned loader workers (litdata is imported here, so `ouro.data.pretrain` imports this module on first use)."""
+spawned loader workers (litdata is imported here)."""
 
 from __future__ import annotations
 

@@ -27,9 +27,9 @@ from ouro.model import OuroForCausalLM
 
 def build_model(args: argparse.Namespace) -> OuroForCausalLM:
     if args.model:
-        from ouro.generation.cli import load_for_generation
+        from ouro.checkpoints import load_model_and_tokenizer
 
-        model, _ = load_for_generation(args.model, dtype=args.dtype, device=args.device)
+        model, _ = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
         return model
     torch.manual_seed(args.seed)
     model = OuroForCausalLM(OuroConfig.preset(args.preset, eos_token_id=None))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -127,7 +128,6 @@ class AtomicShardedSave:
 def with_atomic_checkpoint_io(plugins: Any, strategy: Any) -> list:
     """The Trainer's ``plugins`` plus an `AtomicCheckpointIO`, unless the recipe chose a ``CheckpointIO``
     (as a plugin or on its strategy instance)."""
-    from lightning.fabric.plugins import CheckpointIO
 
     if plugins is None:
         plugins = []

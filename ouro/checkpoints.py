@@ -7,27 +7,32 @@ Accepted sources, told apart by `read_source`:
 * an official-format folder (``config.json`` + ``model.safetensors`` or shards), e.g. an ``ouro export``;
 * a Hub repo id such as ``ByteDance/Ouro-1.4B`` (downloaded: json and safetensors files only).
 
-`build_model` turns a record into an ``OuroForCausalLM`` after checking its keys; `load_model` does both.
+`build_model` turns a record into an ``OuroForCausalLM`` after checking its keys; `load_model` does both, and
+`load_model_and_tokenizer` also loads the tokenizer the record names (what ``ouro generate`` and ``ouro eval`` use).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
+from lightning.fabric.utilities.load import _load_distributed_checkpoint
+from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
 
 from ouro.config import OuroConfig
+from ouro.data.tokenizer import load_tokenizer
 from ouro.errors import SourceError, SourceNotFoundError
-
-if TYPE_CHECKING:
-    from ouro.model import OuroForCausalLM
+from ouro.hub_ids import is_hub_repo_id
+from ouro.model import OuroForCausalLM
+from ouro.model.weights import read_state_dict
+from ouro.resume import newest_readable_checkpoint
 
 PROVENANCE_FILE = "ouro_provenance.json"
-#: Endings of local files that a name ORG/NAME may have but a Hub repo id never does.
-_FILE_SUFFIXES = (".ckpt", ".json", ".safetensors", ".pt", ".pth", ".yaml", ".yml")
 
 
 @dataclass
@@ -55,28 +60,9 @@ class ModelSource:
     """Learning rate the checkpoint's stage ended with, if recorded."""
 
 
-# ------------------------------------------------------------------------------------------------ naming
-def is_hub_repo_id(source: str | Path) -> bool:
-    """True when ``source`` names a Hub repo (``ORG/NAME``) rather than a local file or folder.
-
-    A repo id is not an existing path, has exactly one ``/``, does not start like a path (``.``, ``/``, ``~``),
-    does not end like a checkpoint or config file, and its ``ORG`` part is not a local folder (``runs/x`` is a
-    run directory that does not exist yet, not a repo).
-    """
-    text = str(source)
-    if not text or Path(text).expanduser().exists():
-        return False
-    if text.count("/") != 1 or text.startswith((".", "/", "~")) or text.endswith(_FILE_SUFFIXES):
-        return False
-    org, name = text.split("/")
-    return bool(org and name) and not Path(org).is_dir()
-
-
 def find_run_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint a run directory resumes from: ``checkpoints/last.ckpt``, else the newest ``*.ckpt``; an
     unreadable one is named in one line and skipped (`ouro.resume.newest_readable_checkpoint`)."""
-    from ouro.resume import newest_readable_checkpoint
-
     found = newest_readable_checkpoint(run_dir)
     return None if found is None else found.path
 
@@ -112,10 +98,23 @@ def read_source(source: str | Path, revision: str | None = None) -> ModelSource:
     return read_folder(source, revision)
 
 
+def final_lr_from_checkpoint(checkpoint: Mapping[str, Any]) -> float | None:
+    """The LR a stage ended with, read from its Lightning checkpoint dict (for ``init_lr_from_previous``).
+
+    Uses the state of `ouro.callbacks.WarmupStableDecay` (saved under its class name) when present, else the optimizer's first parameter group; None if
+    neither.
+    """
+    state = checkpoint.get("callbacks", {}).get("WarmupStableDecay")
+    if isinstance(state, Mapping) and state.get("last_lr") is not None:
+        return float(state["last_lr"])
+    optimizers = checkpoint.get("optimizer_states") or []
+    if optimizers and optimizers[0].get("param_groups"):
+        return float(optimizers[0]["param_groups"][0]["lr"])
+    return None
+
+
 def read_checkpoint(path: str | Path) -> ModelSource:
     """A Lightning checkpoint of ``OuroLM`` (keys ``net.*``, metadata under ``checkpoint["ouro"]``)."""
-    from ouro.callbacks.lr_schedule import final_lr_from_checkpoint
-
     path = Path(path)
     try:
         checkpoint = (
@@ -149,9 +148,6 @@ def read_checkpoint(path: str | Path) -> ModelSource:
 
 def _load_sharded(folder: Path) -> dict[str, Any]:
     """A sharded (FSDP, torch.distributed.checkpoint) Lightning checkpoint folder as one full checkpoint dict."""
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
-    from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
-
     checkpoint = _load_distributed_checkpoint(folder)
     if "model" in checkpoint:  # FSDP1 names the weights "model"; ModelParallelStrategy (FSDP2) "state_dict"
         return _format_checkpoint(checkpoint)
@@ -163,8 +159,6 @@ def _load_sharded(folder: Path) -> dict[str, Any]:
 def read_folder(path_or_repo: str | Path, revision: str | None = None) -> ModelSource:
     """An official-layout folder (``config.json``, safetensors weights, optional provenance and tokenizer), or
     the snapshot of a Hub repo id."""
-    from ouro.model.weights import read_state_dict
-
     directory = Path(path_or_repo).expanduser()
     if is_hub_repo_id(path_or_repo):
         directory = download(str(path_or_repo), revision)
@@ -192,8 +186,6 @@ def read_folder(path_or_repo: str | Path, revision: str | None = None) -> ModelS
 
 def download(repo_id: str, revision: str | None = None) -> Path:
     """The local snapshot of a Hub repo's json and safetensors files (downloaded when not cached)."""
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=["*.json", "*.safetensors"]))
     except Exception as error:  # network, auth, missing repo
@@ -225,8 +217,6 @@ def build_model(
     """An ``OuroForCausalLM`` (or ``model_class``) holding the record's weights, cast to ``dtype`` (None keeps
     the stored one). ``config`` replaces the record's (same shapes, e.g. with token ids an export fills in).
     """
-    from ouro.model import OuroForCausalLM
-
     with torch.device("meta"):
         model = (model_class or OuroForCausalLM)(config or source.config)
     check_keys(source, model)
@@ -245,3 +235,18 @@ def load_model(
     record = read_source(source, revision)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     return build_model(record, torch_dtype, device).eval(), record
+
+
+def load_model_and_tokenizer(
+    source: str, tokenizer: str | None = None, dtype: str = "float32", device: str = "cpu"
+):
+    """``(model in eval mode, tokenizers.Tokenizer)`` from any accepted source; ``tokenizer`` overrides the one
+    the source records."""
+    model, record = load_model(source, dtype, device)
+    tokenizer_source = tokenizer or record.tokenizer_path
+    if tokenizer_source is None:
+        raise SourceError(
+            f"{source} records no tokenizer; pass --tokenizer with a tokenizer.json file, a folder "
+            "that holds one or a Hub repo id"
+        )
+    return model, load_tokenizer(tokenizer_source)

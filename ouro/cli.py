@@ -7,19 +7,27 @@ right, last wins; ``--print_config`` shows the resolved recipe). ``prepare``, ``
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import json
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
 
-from ouro.errors import OuroError, plain_message
+from jsonargparse import ArgumentError, auto_cli
+
+from ouro.errors import OuroError, plain_message, usage_error
+from ouro.library_warnings import filter_harmless_warnings
+from ouro.preflight import choose_compile_caches, hold_compile_caches, user_cache_dir
+from ouro.recipe_yaml import configure_parsing
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _tool_commands() -> dict[str, tuple[str, str]]:
-    """name -> (module:function, one-line help). Imported lazily so ``ouro --help`` stays fast."""
+    """name -> (module:function, one-line help). Each imported when its command runs (`_load`): ``ouro --help``
+    and one tool do not pay for the others' libraries (lm-eval, matplotlib, Lightning)."""
     return {
         "prepare": (
             "ouro.data.prepare:prepare",
@@ -46,21 +54,8 @@ def _tool_commands() -> dict[str, tuple[str, str]]:
 FLAG_ALIASES = {"plan": {"--config": "--recipes"}}
 
 
-def configure_parsing() -> None:
-    """jsonargparse settings of every ``ouro`` command: field docstrings in ``--help`` (dataclass attribute
-    docstrings, e.g. every ``OuroConfig`` field), and ``<<: !include FILE`` in recipes (`ouro.recipe_yaml`)."""
-    from jsonargparse import set_parsing_settings
-
-    from ouro.recipe_yaml import install
-
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    install()
-
-
 def tool_arguments(command: str, args: list[str]) -> tuple[Callable, list[str]]:
     """The function behind a tool command and its arguments as jsonargparse reads them."""
-    from ouro.library_warnings import filter_harmless_warnings
-
     configure_parsing()
     filter_harmless_warnings()
     function = _load(_tool_commands()[command][0])
@@ -72,8 +67,6 @@ def tool_arguments(command: str, args: list[str]) -> tuple[Callable, list[str]]:
 
 
 def _load(target: str) -> Callable:
-    import importlib
-
     module_name, function_name = target.split(":")
     return getattr(importlib.import_module(module_name), function_name)
 
@@ -116,8 +109,6 @@ def _repeated_list_flags(args: list[str], function: Callable) -> list[str]:
 
 def _bare_flags_to_true(args: list[str], function: Callable) -> list[str]:
     """``--dry_run`` alone means ``--dry_run true`` for the function's boolean parameters."""
-    import inspect
-
     flags = {
         f"--{name}"
         for name, p in inspect.signature(function).parameters.items()
@@ -134,9 +125,6 @@ def _bare_flags_to_true(args: list[str], function: Callable) -> list[str]:
 
 def _with_compile_caches(function: Callable) -> Callable:
     """``function``, choosing torch.compile's caches (the user's cache folder) once its arguments are checked."""
-    import functools
-
-    from ouro.preflight import choose_compile_caches, user_cache_dir
 
     @functools.wraps(function)
     def run(*args, **kwargs):
@@ -144,16 +132,6 @@ def _with_compile_caches(function: Callable) -> Callable:
         return function(*args, **kwargs)
 
     return run
-
-
-def usage_error(command: str, error: Exception) -> NoReturn:
-    """End a command whose arguments do not parse: the error line first, then where the options are listed
-    (instead of the parser's usage of up to a hundred lines, printed before the error)."""
-    if os.environ.get("OURO_DEBUG"):
-        raise error
-    print(f"ouro: error: {plain_message(error)}", file=sys.stderr)
-    print(f"run `ouro {command} --help` for the options", file=sys.stderr)
-    raise SystemExit(2) from None
 
 
 def _print_help() -> None:
@@ -201,11 +179,7 @@ def _dispatch(args: list[str]) -> None:
     command = args[0]
     tools = _tool_commands()
     if command in tools:
-        from ouro.preflight import hold_compile_caches
-
         hold_compile_caches()  # before torch is imported
-        from jsonargparse import ArgumentError, auto_cli
-
         function, options = tool_arguments(command, args[1:])
         try:
             auto_cli(_with_compile_caches(function), args=options, as_positional=True, exit_on_error=False)
@@ -215,9 +189,8 @@ def _dispatch(args: list[str]) -> None:
     if command not in TRAINER_COMMANDS:
         print(f"ouro: unknown command {command!r}; run `ouro --help` for the list", file=sys.stderr)
         raise SystemExit(2)
-    from ouro.preflight import hold_compile_caches
-
     hold_compile_caches()  # before torch is imported; `use_run_scratch` chooses RUN/cache once the recipe is read
+    # Imported here: Lightning's CLI costs seconds of start-up that `ouro --help` and the tools do not need.
     from ouro.trainer_cli import run_trainer_cli
 
     run_trainer_cli(args)

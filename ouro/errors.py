@@ -12,7 +12,9 @@ import errno
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 #: errno values that mean "the filesystem has no room" (full disk, quota exceeded, file too large).
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -182,3 +184,13 @@ def os_error_behind(error: BaseException) -> OSError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def usage_error(command: str, error: Exception) -> NoReturn:
+    """End a command whose arguments do not parse: the error line first, then where the options are listed
+    (instead of the parser's usage of up to a hundred lines, printed before the error)."""
+    if os.environ.get("OURO_DEBUG"):
+        raise error
+    print(f"ouro: error: {plain_message(error)}", file=sys.stderr)
+    print(f"run `ouro {command} --help` for the options", file=sys.stderr)
+    raise SystemExit(2) from None

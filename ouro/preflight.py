@@ -2,7 +2,6 @@
 
 * `check_recipe_syntax`: every ``--config`` file parses as YAML (the line and column of the first error,
   instead of LightningCLI's usage dump).
-* `check_sequence_fits`: the sequences the stage trains on fit the model's ``max_position_embeddings``.
 * `hold_compile_caches` / `choose_compile_caches`: torch.compile's caches go under the run directory, not the
   system temp dir, and a refused command creates no cache folder (importing torch's compiler creates one at once).
 """
@@ -12,12 +11,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from ouro.callbacks.long_context import LongContextSchedule
-from ouro.data.base import OuroDataModule
 from ouro.errors import RecipeError
 from ouro.recipe_yaml import read_recipe
 
@@ -56,26 +52,6 @@ def check_recipe_syntax(args: list[str]) -> None:
         problem = yaml_syntax_problem(path)
         if problem:
             raise RecipeError(f"recipe {name} is not valid YAML: {problem}")
-
-
-def check_sequence_fits(max_positions: int, datamodule: Any, callbacks: list[Any]) -> None:
-    """Refuse a stage whose sequences are longer than the model's ``max_position_embeddings``.
-
-    The length is the DataModule's ``seq_len`` or, when a callback sets it (``LongContextSchedule(seq_len=)``),
-    the callback's.
-    """
-    lengths = {"data.seq_len": datamodule.seq_len if isinstance(datamodule, OuroDataModule) else None}
-    for callback in callbacks:
-        length = callback.seq_len if isinstance(callback, LongContextSchedule) else None
-        if isinstance(length, int):
-            lengths[f"{type(callback).__name__}.seq_len"] = length
-    for name, length in lengths.items():
-        if isinstance(length, int) and length > max_positions:
-            raise RecipeError(
-                f"{name} is {length} but model.model.max_position_embeddings is {max_positions}: the model "
-                f"has no positions past {max_positions}; raise max_position_embeddings to at least {length} "
-                f"or lower {name}"
-            )
 
 
 #: Cache folders of torch.compile (inductor, triton), under ``RUN/cache/`` unless the user set them.

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import get_loader, set_loader, set_parsing_settings
+from jsonargparse._loaders_dumpers import get_yaml_default_loader
 
 from ouro.errors import RecipeError
 
@@ -80,8 +82,6 @@ def _loader_class(base: type) -> type:
 
 def _base_loader() -> type:
     """jsonargparse's own YAML loader (its float and timestamp rules), so recipes read the same either way."""
-    from jsonargparse._loaders_dumpers import get_yaml_default_loader
-
     return get_yaml_default_loader()
 
 
@@ -105,8 +105,6 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from jsonargparse import get_loader, set_loader
-
     plain_load = get_loader("yaml")
     recipe_loader = _loader_class(_base_loader())
 
@@ -117,3 +115,10 @@ def install() -> None:
 
     set_loader("yaml", load, exceptions=(yaml.YAMLError, RecipeError))
     _installed = True
+
+
+def configure_parsing() -> None:
+    """jsonargparse settings of every ``ouro`` command: field docstrings in ``--help`` (dataclass attribute
+    docstrings, e.g. every ``OuroConfig`` field), and ``<<: !include FILE`` in recipes (`install`)."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    install()

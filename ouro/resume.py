@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningDataModule
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ouro.atomic import TEMP_PREFIX, remove_stale_temporaries
 from ouro.checkpoint_io import SHARDED_MARKER, is_complete_sharded
@@ -399,7 +400,6 @@ def resume_checkpoint(
     has held a checkpoint (`refuse_silent_restart`) unless ``restart``. ``restart`` never discards a readable
     checkpoint: a requeued job whose command says ``--restart true`` resumes like any other. Rank 0 says in one
     line what changed (world size, ``num_workers``) when the loader restripes its position."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     rank_zero = rank_zero_only.rank == 0
     run_dir = Path(run_dir)

@@ -20,11 +20,12 @@ import torch
 from lightning import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ouro.checkpoints import ModelSource, find_run_checkpoint, is_hub_repo_id, read_source
+from ouro.checkpoints import ModelSource, find_run_checkpoint, read_source
 from ouro.config import OuroConfig
 from ouro.cross_entropy import IGNORE_INDEX, per_step_cross_entropy
 from ouro.data.base import DataConnection, OuroDataModule
 from ouro.errors import StageInitError
+from ouro.hub_ids import is_hub_repo_id
 from ouro.model import OuroForCausalLM
 
 UpcycleMethod = Literal["stack", "interleave"]

@@ -1,4 +1,5 @@
-"""LightningCLI for ``ouro fit / validate / test / predict``: recipes, run directories and resume."""
+"""LightningCLI for ``ouro fit / validate / test / predict``: recipes, run directories, resume, and the checks of
+a recipe that need its objects (`check_sequence_fits`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from jsonargparse import ArgumentError
 from lightning import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -14,15 +17,18 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ouro.callbacks.final_checkpoint import FinalCheckpoint
+from ouro.callbacks.long_context import LongContextSchedule
 from ouro.callbacks.progress import StageProgress
 from ouro.checkpoint_io import with_atomic_checkpoint_io
-from ouro.cli import configure_parsing, usage_error
+from ouro.data.base import OuroDataModule
 from ouro.distributed import resolve_strategy
+from ouro.errors import RecipeError, usage_error
 from ouro.library_warnings import filter_harmless_warnings
 from ouro.module import OuroLM
 from ouro.plan.preflight import plan_before_fit
 from ouro.preemption import PreemptionCheckpoint, PreemptionSignals, exit_status, stop_line
-from ouro.preflight import check_recipe_syntax, check_sequence_fits
+from ouro.preflight import check_recipe_syntax
+from ouro.recipe_yaml import configure_parsing
 from ouro.resume import ResumeSettings, resume_checkpoint, run_settings
 from ouro.run_dir import (
     CheckpointedStepRow,
@@ -84,8 +90,6 @@ class OuroCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         threads = self._get(self.config_init, "cpu_threads", default=None)
         if threads:
-            import torch
-
             torch.set_num_threads(threads)
         config = self._get(self.config_init, "trainer", default={})
         root = Path(config.get("default_root_dir") or "runs/default")
@@ -145,6 +149,26 @@ class OuroCLI(LightningCLI):
         self.model.stage.recipe = ", ".join(str(c) for c in configs) or None
 
 
+def check_sequence_fits(max_positions: int, datamodule: Any, callbacks: list[Any]) -> None:
+    """Refuse a stage whose sequences are longer than the model's ``max_position_embeddings``.
+
+    The length is the DataModule's ``seq_len`` or, when a callback sets it (``LongContextSchedule(seq_len=)``),
+    the callback's.
+    """
+    lengths = {"data.seq_len": datamodule.seq_len if isinstance(datamodule, OuroDataModule) else None}
+    for callback in callbacks:
+        length = callback.seq_len if isinstance(callback, LongContextSchedule) else None
+        if isinstance(length, int):
+            lengths[f"{type(callback).__name__}.seq_len"] = length
+    for name, length in lengths.items():
+        if isinstance(length, int) and length > max_positions:
+            raise RecipeError(
+                f"{name} is {length} but model.model.max_position_embeddings is {max_positions}: the model "
+                f"has no positions past {max_positions}; raise max_position_embeddings to at least {length} "
+                f"or lower {name}"
+            )
+
+
 def run_trainer_cli(args: list[str]) -> OuroCLI:
     configure_parsing()
     filter_harmless_warnings()
@@ -163,8 +187,6 @@ def run_trainer_cli(args: list[str]) -> OuroCLI:
         raise SystemExit(status) from None
     finally:
         # Tear the process group down so multi-process runs exit cleanly (gloo may abort at interpreter exit).
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         release_run_scratch()

@@ -22,10 +22,10 @@ from ouro.callbacks import (
     Throughput,
     TokenBudget,
     WarmupStableDecay,
-    final_lr_from_checkpoint,
 )
 from ouro.callbacks.long_context import split_rows
 from ouro.callbacks.loop_metrics import loop_table
+from ouro.checkpoints import final_lr_from_checkpoint
 from ouro.data.base import OuroDataModule
 from ouro.model import flops_per_token
 from ouro.module import OptimizerConfig, OuroLM

@@ -15,11 +15,11 @@ from ouro.checkpoints import (
     SourceNotFoundError,
     build_model,
     find_run_checkpoint,
-    is_hub_repo_id,
     load_model,
     read_source,
 )
 from ouro.config import OuroConfig
+from ouro.hub_ids import is_hub_repo_id
 from ouro.model import OuroForCausalLM
 
 

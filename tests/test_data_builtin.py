@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ouro.data import builtin
+import ouro.eval.suite  # noqa: F401 (registers the builtin-<family> data sources)
+from ouro.data import builtin, builtin_sources
 from ouro.data.manifest import Manifest
 from ouro.data.pretrain import PretrainDataModule
 
@@ -45,7 +46,7 @@ def test_builtin_tokenizer_and_shards(small_cache):
     assert tokenizer.get_vocab_size() <= builtin.BUILTIN_VOCAB_SIZE
     source = (Path(sysconfig.get_paths()["stdlib"]) / "json" / "decoder.py").read_text()
     assert tokenizer.decode(tokenizer.encode(source).ids) == source  # byte-level: lossless
-    train, val = (Manifest.load(d) for d in builtin.ensure_builtin_corpus().values())
+    train, val = (Manifest.load(d) for d in builtin_sources.ensure_builtin_corpus().values())
     assert train.tokens > 100_000 and val.documents >= 1 and train.eos_token_id == 0
     corpus = builtin.builtin_dir() / "corpus"
     names = lambda f: {json.loads(line)["name"] for line in f.read_text().splitlines()}  # noqa: E731
@@ -56,7 +57,8 @@ def test_builtin_tokenizer_and_shards(small_cache):
 
     def stamps():
         return [
-            p.stat().st_mtime_ns for p in (Path(dm.tokenizer_path), *builtin.ensure_builtin_corpus().values())
+            p.stat().st_mtime_ns
+            for p in (Path(dm.tokenizer_path), *builtin_sources.ensure_builtin_corpus().values())
         ]
 
     first = stamps()

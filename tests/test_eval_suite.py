@@ -134,7 +134,8 @@ def test_training_documents_answer_right_and_never_start_with_an_eval_question(n
 
 
 def test_roots_words_are_single_tokens_of_its_tokenizer_and_roots_are_the_plausible_answers():
-    from ouro.data.tokenizer import chat_token_ids, eos_token_id
+    from ouro.chat import chat_token_ids
+    from ouro.data.tokenizer import eos_token_id
     from ouro.eval.suite.word_tokenizer import UNKNOWN, word_tokenizer
 
     roots = family("roots")
@@ -286,8 +287,8 @@ def test_training_source_prepares_curriculum_shards(tmp_path, monkeypatch):
     from ouro.eval.suite import training_data
 
     tokenizer = builtin.builtin_tokenizer_path()
-    monkeypatch.setattr(builtin, "cache_dir", lambda: tmp_path)
-    monkeypatch.setattr(builtin, "builtin_tokenizer_path", lambda: tokenizer)
+    monkeypatch.setenv("OURO_CACHE", str(tmp_path))
+    monkeypatch.setattr(training_data, "builtin_tokenizer_path", lambda: tokenizer)
     monkeypatch.setattr(training_data, "DEFAULT_TRAIN_DOCUMENTS", 400)
     monkeypatch.setattr(training_data, "VAL_DOCUMENTS", 40)
     dirs = builtin_dirs("builtin-binding", "pretrain")
@@ -300,12 +301,11 @@ def test_training_source_prepares_curriculum_shards(tmp_path, monkeypatch):
 
 
 def test_roots_source_prepares_answer_only_sft_shards_with_its_word_tokenizer(tmp_path, monkeypatch):
-    import ouro.data.builtin as builtin
     from ouro.data.builtin_sources import builtin_dirs
     from ouro.data.sft import SFTDataModule
     from ouro.eval.suite import training_data
 
-    monkeypatch.setattr(builtin, "cache_dir", lambda: tmp_path)
+    monkeypatch.setenv("OURO_CACHE", str(tmp_path))
     monkeypatch.setitem(training_data.TRAIN_DOCUMENTS, "roots", 200)
     monkeypatch.setattr(training_data, "VAL_DOCUMENTS", 20)
     dirs = builtin_dirs("builtin-roots", "sft")

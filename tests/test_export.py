@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ouro.checkpoints import SourceError, read_source
+from ouro.checkpoints import SourceError, load_model, read_source
 from ouro.cli import main
 from ouro.config import OuroConfig
 from ouro.hub.export import ExportError, export, parse_size
@@ -132,7 +132,7 @@ def test_export_writes_the_official_layout(setup, tmp_path):
     # Round trip: the export loads back with the bf16-rounded weights and the provenance.
     loaded = read_source(out)
     assert loaded.provenance == PROVENANCE and loaded.tokens_seen == 5_000_000
-    reloaded = OuroForCausalLM.from_pretrained(out)
+    reloaded = load_model(out)[0]
     ids = torch.randint(0, 512, (2, 9))
     expected = bf16_copy(model)
     with torch.no_grad():
@@ -146,7 +146,7 @@ def test_export_from_a_run_directory_takes_the_last_checkpoint(setup, tmp_path):
     older = make_model(seed=1)
     write_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000001.ckpt", older, tok)
     out = export(str(tmp_path / "run"), str(tmp_path / "export"), dtype="float32")
-    state = OuroForCausalLM.from_pretrained(out).state_dict()
+    state = load_model(out)[0].state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(state[key], value)
 
@@ -258,7 +258,7 @@ def test_official_folder_loads_for_further_training(tmp_path):
     folder = write_official_folder(tmp_path / "Ouro-tiny", model)
     expected = bf16_copy(model)
     ids = torch.randint(0, 512, (2, 11))
-    loaded = OuroForCausalLM.from_pretrained(folder)
+    loaded = load_model(folder)[0]
     config, state = config_and_state(folder)
     assert config.total_ut_steps == 4 and config.extra["transformers_version"] == "4.55.0"
     fresh = OuroForCausalLM(config)

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from ouro.checkpoints import load_model
 from ouro.config import OuroConfig
 from ouro.model import AttentionLayout, OuroForCausalLM, flops_per_token
 from ouro.model.layers import apply_rope
@@ -554,7 +555,7 @@ def write_official_checkpoint(
 def test_official_layout_checkpoint_loads_with_identical_logits(tmp_path):
     source = make_model(num_key_value_heads=2)
     write_official_checkpoint(tmp_path, source)
-    loaded = OuroForCausalLM.from_pretrained(tmp_path).eval()
+    loaded = load_model(tmp_path)[0].eval()
     assert loaded.config.num_key_value_heads == 2 and loaded.config.total_ut_steps == 3
     rounded = make_model(num_key_value_heads=2)
     rounded.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in source.state_dict().items()})
@@ -581,15 +582,15 @@ def test_official_layout_checkpoint_loads_with_identical_logits(tmp_path):
 def test_missing_or_extra_key_fails_clearly(tmp_path, drop, add, message):
     write_official_checkpoint(tmp_path, make_model(), drop=drop, add=add)
     with pytest.raises(ValueError, match=message):
-        OuroForCausalLM.from_pretrained(tmp_path)
+        load_model(tmp_path)[0]
 
 
 def test_missing_folder_or_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        OuroForCausalLM.from_pretrained(tmp_path / "nowhere")
+        load_model(tmp_path / "nowhere")[0]
     make_config().save(tmp_path)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        OuroForCausalLM.from_pretrained(tmp_path)
+        load_model(tmp_path)[0]
 
 
 def test_save_pretrained_bf16_single_file(tmp_path):
@@ -599,7 +600,7 @@ def test_save_pretrained_bf16_single_file(tmp_path):
         tmp_path / "model.safetensors.index.json"
     ).exists()
     assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
-    loaded = OuroForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    loaded = load_model(tmp_path, dtype=torch.bfloat16)[0]
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert b.dtype == torch.bfloat16
         assert torch.equal(a.to(torch.bfloat16), b), name
@@ -613,7 +614,7 @@ def test_sharded_save_loads_back_exactly(tmp_path):
     assert len(shards) > 2 and not (tmp_path / "model.safetensors").exists()
     assert sorted(index["weight_map"]) == official_keys(2)
     assert index["metadata"]["total_size"] == sum(p.numel() * 4 for p in model.state_dict().values())
-    loaded = OuroForCausalLM.from_pretrained(tmp_path)
+    loaded = load_model(tmp_path)[0]
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     # Saving again unsharded removes the old shards, so the folder holds one consistent checkpoint.

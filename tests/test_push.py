@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ouro.checkpoints import load_model
 from ouro.config import OuroConfig
 from ouro.hub.export import export
 from ouro.hub.push import PushError, push
@@ -302,7 +303,7 @@ def test_callback_exports_and_pushes_at_the_end_of_a_stage(hub, tmp_path):
     assert callback.exported == out.resolve()
     assert hub.files[("org/stage-push", "main")] == _snapshot(out)
     assert module.tokens_seen == 2 * 2 * 16 and "64 tokens" in hub.commits[-1]["header"]["summary"]
-    trained = OuroForCausalLM.from_pretrained(out)
+    trained = load_model(out)[0]
     for key, value in module.net.state_dict().items():
         assert torch.equal(trained.state_dict()[key], value.to(torch.bfloat16).float())
 
@@ -325,7 +326,7 @@ def test_pushed_repo_loads_back_by_repo_id(hub, exported, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert TOKEN not in done.stdout + done.stderr
     loaded = torch.load(result_file, weights_only=True)
-    expected = OuroForCausalLM.from_pretrained(exported).state_dict()
+    expected = load_model(exported)[0].state_dict()
     assert loaded["layers"] == 2 and set(loaded["state"]) == set(expected)
     assert all(torch.equal(loaded["state"][k].float(), v) for k, v in expected.items())
     assert "model.safetensors" in hub.downloads and "modeling_ouro.py" not in hub.downloads

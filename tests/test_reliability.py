@@ -23,7 +23,7 @@ from reliability_helpers import failing_checkpoint_writes
 from ouro.checkpoint_io import SHARDED_MARKER, AtomicCheckpointIO, AtomicShardedSave
 from ouro.cli import main
 from ouro.errors import ResumeError, WriteError, plain_message
-from ouro.preflight import check_recipe_syntax, check_sequence_fits
+from ouro.preflight import check_recipe_syntax
 from ouro.recipe_yaml import RecipeError
 from ouro.resume import (
     UntrustedCheckpointError,
@@ -32,6 +32,7 @@ from ouro.resume import (
     newest_readable_checkpoint,
 )
 from ouro.run_dir import release_run_scratch, use_run_scratch
+from ouro.trainer_cli import check_sequence_fits
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -447,8 +448,8 @@ def test_quickstart_paths_follow_the_run_directory(tmp_path):
     so a rerun with another run directory resumes there and --checkpoint_every_n_steps applies."""
     from lightning import LightningDataModule
 
-    from ouro.cli import configure_parsing
     from ouro.module import OuroLM
+    from ouro.recipe_yaml import configure_parsing
     from ouro.run_dir import RunConfigCallback
     from ouro.trainer_cli import OuroCLI
 

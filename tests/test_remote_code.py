@@ -11,6 +11,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 
 from ouro.chat import format_chat  # noqa: E402
+from ouro.checkpoints import load_model  # noqa: E402
 from ouro.config import OuroConfig  # noqa: E402
 from ouro.generation import generate  # noqa: E402
 from ouro.hub.export import export  # noqa: E402
@@ -53,7 +54,7 @@ def exported(tmp_path_factory):
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         out, trust_remote_code=True, local_files_only=True, dtype=torch.float32
     ).eval()
-    ours = OuroForCausalLM.from_pretrained(out).eval()
+    ours = load_model(out)[0].eval()
     return out, hf, ours
 
 

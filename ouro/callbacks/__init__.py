@@ -10,7 +10,7 @@ from ouro.callbacks.eval_in_training import EvalInTraining
 from ouro.callbacks.long_context import LongContextSchedule
 from ouro.callbacks.loop_metrics import LoopMetrics
 from ouro.callbacks.loop_schedule import LoopSchedule
-from ouro.callbacks.lr_schedule import WarmupStableDecay, final_lr_from_checkpoint
+from ouro.callbacks.lr_schedule import WarmupStableDecay
 from ouro.callbacks.progress import StageProgress
 from ouro.callbacks.throughput import Throughput
 from ouro.callbacks.token_budget import TokenBudget
@@ -25,5 +25,4 @@ __all__ = [
     "Throughput",
     "TokenBudget",
     "WarmupStableDecay",
-    "final_lr_from_checkpoint",
 ]

@@ -11,6 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from ouro.callbacks.schedule import check_token_count, tokens_seen
 from ouro.data.base import OuroDataModule
+from ouro.data.tokenizer import load_tokenizer
+from ouro.eval.suite import FAMILIES, eval_questions, task_name
 from ouro.eval.suite.score import count_correct, encode, scores_from_counts
 
 _BUILTIN = re.compile(r"^ouro_([a-z]+)(?:_d(\d+))?$")
@@ -89,8 +91,6 @@ class EvalInTraining(L.Callback):
 
     def _builtin_questions(self, task: str) -> list[tuple[str, list]]:
         """``(task name, questions)`` per difficulty of a built-in task or family group."""
-        from ouro.eval.suite import FAMILIES, eval_questions, task_name
-
         name, difficulty = _BUILTIN.match(task).groups()
         if name not in FAMILIES:
             raise ValueError(
@@ -138,8 +138,6 @@ class EvalInTraining(L.Callback):
     # ---------------------------------------------------------------------------------------- evaluation
     def _tokenizer_instance(self, trainer: L.Trainer):
         if self._tokenizer is None:
-            from ouro.data.tokenizer import load_tokenizer
-
             name = self.tokenizer_name
             if name == "data":
                 data = trainer.datamodule
@@ -260,6 +258,7 @@ class EvalInTraining(L.Callback):
         return scores_from_counts(counts, model.config.total_ut_steps, self.exit_thresholds)
 
     def _lm_eval(self, model, tokenizer, task: str) -> dict[str, float]:
+        # lm-eval is an optional dependency (the `eval` extra); only lm-eval tasks need it.
         from ouro.eval.runner import evaluate
 
         results = evaluate(

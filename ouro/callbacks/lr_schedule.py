@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ouro.callbacks.schedule import check_token_count, tokens_seen
+from ouro.callbacks.token_budget import TokenBudget
 
 DECAY_SHAPES = ("cosine", "linear", "1-sqrt")
 
@@ -124,8 +124,6 @@ class WarmupStableDecay(L.Callback):
     # --------------------------------------------------------------------------------------------- Lightning
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.total_tokens is None:
-            from ouro.callbacks.token_budget import TokenBudget
-
             budgets = [cb for cb in trainer.callbacks if isinstance(cb, TokenBudget)]
             if not budgets:
                 raise ValueError(
@@ -177,18 +175,3 @@ class WarmupStableDecay(L.Callback):
                 f"the recipe now says {self.total_tokens}; the rest of the stage follows the new "
                 "value"
             )
-
-
-def final_lr_from_checkpoint(checkpoint: Mapping[str, Any]) -> float | None:
-    """The LR a stage ended with, read from its Lightning checkpoint dict (for ``init_lr_from_previous``).
-
-    Uses the WarmupStableDecay state when present, else the optimizer's first parameter group; None if
-    neither.
-    """
-    state = checkpoint.get("callbacks", {}).get(WarmupStableDecay.__name__)
-    if isinstance(state, Mapping) and state.get("last_lr") is not None:
-        return float(state["last_lr"])
-    optimizers = checkpoint.get("optimizer_states") or []
-    if optimizers and optimizers[0].get("param_groups"):
-        return float(optimizers[0]["param_groups"][0]["lr"])
-    return None

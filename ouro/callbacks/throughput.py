@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 
 from ouro.model import flops_per_token
 
@@ -67,8 +68,6 @@ class Throughput(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.peak_flops is None and trainer.strategy.root_device.type == "cuda":
-            from lightning.fabric.utilities.throughput import get_available_flops
-
             self.peak_flops = get_available_flops(
                 trainer.strategy.root_device, compute_dtype(trainer.precision)
             )

@@ -3,6 +3,7 @@ built-in offline corpus and tokenizer, and the synthetic reasoning task. Heavy i
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 _EXPORTS = {
@@ -20,8 +21,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        import importlib
-
         # Lazy exports (PEP 562): `import ouro.data` stays light for `ouro prepare`.
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'ouro.data' has no attribute {name!r}")

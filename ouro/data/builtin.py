@@ -12,9 +12,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from ouro.chat import SPECIAL_TOKENS
 from ouro.data.cache import cache_dir
-from ouro.errors import PreparedOtherwiseError
 
 #: Vocabulary of the built-in tokenizer (special tokens included): small so a tiny model trains in minutes.
 BUILTIN_VOCAB_SIZE = 4096
@@ -98,7 +99,6 @@ def write_corpus(directory: Path) -> dict[str, list[Path]]:
 
 def train_tokenizer(files: list[Path], vocab_size: int = BUILTIN_VOCAB_SIZE):
     """A byte-level BPE tokenizer with ``<|endoftext|>`` = 0, ``<|im_start|>`` = 1, ``<|im_end|>`` = 2."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -129,24 +129,3 @@ def builtin_tokenizer_path() -> Path:
         print(f"training the built-in {BUILTIN_VOCAB_SIZE}-token BPE tokenizer on the standard library ...")
         _atomic_write(path, train_tokenizer(splits["train"]).to_str())
     return path
-
-
-def ensure_builtin_corpus(num_workers: int | None = None) -> dict[str, Path]:
-    """Prepared shard folders ``{"train": ..., "val": ...}`` of the built-in corpus (built on first use)."""
-    from ouro.data.prepare import prepare
-
-    directory = builtin_dir()
-    tokenizer = builtin_tokenizer_path()
-    splits = write_corpus(directory)
-    out = {}
-    for split, files in splits.items():
-        out[split] = directory / "shards" / split
-        settings = dict(tokenizer=str(tokenizer), num_workers=num_workers, chunk_tokens=1 << 20)
-        try:
-            prepare([str(f) for f in files], str(out[split]), **settings)
-        except PreparedOtherwiseError:  # shards of another tokenizer or ouro version: ouro's own, rebuilt
-            print(
-                f"rebuilding the built-in shards {out[split]}: they were prepared from other inputs or settings"
-            )
-            prepare([str(f) for f in files], str(out[split]), overwrite=True, **settings)
-    return out

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ouro.chat import format_chat
 from ouro.data.builtin import builtin_tokenizer_path, cache_dir
+from ouro.data.prepare import prepare
 from ouro.data.synthetic import make_example
 
 _VERSION = 1
@@ -66,8 +67,6 @@ def conversations(split: str, seed: int = 0) -> list[list[dict[str, str]]]:
 
 def ensure_reasoning_shards(format: str, seq_len: int = 256) -> dict[str, Path]:
     """Prepared ``{"train": ..., "val": ...}`` shard folders of the built-in conversations (built on first use)."""
-    from ouro.data.prepare import prepare
-
     root = cache_dir() / f"reasoning-v{_VERSION}"
     name = f"sft-{seq_len}" if format == "sft" else "text"
     out = {}

@@ -1,13 +1,13 @@
 """The built-in data sources: names that ``data.sources`` and ``data.val_source`` accept besides shard folders.
 
 Each one is generated and prepared offline on first use, under ``$OURO_CACHE`` (default ``~/.cache/ouro``), and
-serves the formats it lists. Adding one is a module-level function and one `register` call here:
+serves the formats it lists. Adding one is a module-level function and one `register` call, in the module that
+makes the data (the built-in eval suite registers ``builtin-<family>`` in `ouro.eval.suite.training_data`, so
+they exist once ``ouro.eval.suite`` is imported, as ``ouro fit`` does):
 
 .. code-block:: python
 
     def _my_source(format: str, seq_len: int | None, workers: int | None) -> dict[str, Path]:
-        from ouro.my_module import ensure_shards  # imported on first use
-
         return ensure_shards(format, seq_len or 256)  # {"train": folder, "val": folder}
 
     register(BuiltinSource("my-source", ("sft",), _my_source, "what it holds"))
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-from ouro.errors import DataError
+from ouro.data.builtin import builtin_dir, builtin_tokenizer_path, write_corpus
+from ouro.data.builtin_reasoning import ensure_reasoning_shards
+from ouro.data.prepare import prepare
+from ouro.errors import DataError, PreparedOtherwiseError
 
 #: ``(format, seq_len, workers) -> {"train": folder, "val": folder}``; ``seq_len`` is the packing length SFT
 #: shards must have (None: the source's default), ``workers`` the processes that may tokenize (None: all CPUs).
@@ -69,15 +71,30 @@ def builtin_dirs(
     return source.prepare(format, seq_len, workers)
 
 
-def _corpus(format: str, seq_len: int | None, workers: int | None) -> dict[str, Path]:
-    from ouro.data.builtin import ensure_builtin_corpus
+def ensure_builtin_corpus(num_workers: int | None = None) -> dict[str, Path]:
+    """Prepared shard folders ``{"train": ..., "val": ...}`` of the built-in corpus (built on first use)."""
+    directory = builtin_dir()
+    tokenizer = builtin_tokenizer_path()
+    splits = write_corpus(directory)
+    out = {}
+    for split, files in splits.items():
+        out[split] = directory / "shards" / split
+        settings = dict(tokenizer=str(tokenizer), num_workers=num_workers, chunk_tokens=1 << 20)
+        try:
+            prepare([str(f) for f in files], str(out[split]), **settings)
+        except PreparedOtherwiseError:  # shards of another tokenizer or ouro version: ouro's own, rebuilt
+            print(
+                f"rebuilding the built-in shards {out[split]}: they were prepared from other inputs or settings"
+            )
+            prepare([str(f) for f in files], str(out[split]), overwrite=True, **settings)
+    return out
 
+
+def _corpus(format: str, seq_len: int | None, workers: int | None) -> dict[str, Path]:
     return ensure_builtin_corpus(workers)
 
 
 def _reasoning(format: str, seq_len: int | None, workers: int | None) -> dict[str, Path]:
-    from ouro.data.builtin_reasoning import ensure_reasoning_shards
-
     return ensure_reasoning_shards(format, seq_len or 256)
 
 
@@ -92,25 +109,3 @@ register(
         "multi-hop variable-resolution conversations with <think> traces",
     )
 )
-
-
-def _suite_family(family: str, format: str, seq_len: int | None, workers: int | None) -> dict[str, Path]:
-    from ouro.eval.suite.training_data import ensure_suite_shards
-
-    return ensure_suite_shards(family)
-
-
-for _family, _format in (
-    ("binding", "pretrain"),
-    ("arith", "pretrain"),
-    ("lookup", "pretrain"),
-    ("roots", "sft"),
-):
-    register(  # training data of the built-in eval suite's families
-        BuiltinSource(
-            f"builtin-{_family}",
-            (_format,),
-            partial(_suite_family, _family),
-            f"{_family} questions of the built-in eval suite, in curriculum order",
-        )
-    )

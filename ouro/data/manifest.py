@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ouro.atomic import atomic_write_text
+from ouro.data import remote
 from ouro.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -66,8 +67,6 @@ class Manifest:
     @classmethod
     def load(cls, directory: str | Path, scratch: str | Path | None = None) -> Manifest:
         """Read the manifest of a local folder or of an object-storage URL (fetched through ``scratch``)."""
-        from ouro.data import remote
-
         if remote.is_remote(directory):
             text = remote.read_text(
                 str(directory), MANIFEST, Path(scratch or remote.cache_dir(str(directory)))

@@ -11,7 +11,9 @@ the last one to finish writes the index and the manifest (`ouro.data.nodes` read
 
 from __future__ import annotations
 
+import ctypes
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -22,11 +24,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
+from ouro.chat import chat_token_ids
 from ouro.data import remote
 from ouro.data.cache import cache_dir, local_path, portable_path
+from ouro.data.chat import ChatRenderer, validate_conversation
 from ouro.data.manifest import MANIFEST, Manifest
 from ouro.data.nodes import node_split
 from ouro.data.readers import ReadStats, expand_inputs, input_size, input_stamp, read_records, read_texts
+from ouro.data.segments import is_segments, render_segments, validate_segments
 from ouro.data.shards import ChunkWriter, Unit, assign_units, index_text, plan_units, token_dtype
 from ouro.data.staging import LocalStaging, RemoteStaging, unit_record_name
 from ouro.data.tokenizer import (
@@ -65,7 +72,6 @@ def _tokenizer(path: str):
 
 
 def _pretrain_arrays(job: _Job, path: str, stats: ReadStats, counts: dict):
-    import numpy as np
 
     tokenizer = _tokenizer(job.tokenizer_file)
     batch: list[str] = []
@@ -90,10 +96,6 @@ def _pretrain_arrays(job: _Job, path: str, stats: ReadStats, counts: dict):
 
 def _sft_arrays(job: _Job, path: str, stats: ReadStats, counts: dict):
     """Greedy in-order packing of whole conversations into blocks of ``block_size`` (value = id * 2 + trained)."""
-    import numpy as np
-
-    from ouro.data.chat import ChatRenderer, validate_conversation
-    from ouro.data.segments import is_segments, render_segments, validate_segments
 
     renderer = ChatRenderer(_tokenizer(job.tokenizer_file))
     block: list[int] = []
@@ -157,8 +159,6 @@ def _die_with_parent(parent_pid: int) -> None:
     """Pool initializer: an idle worker waits on its task queue forever once the prepare is gone, so on Linux the
     kernel sends it SIGKILL when the parent dies (``PR_SET_PDEATHSIG``)."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
@@ -169,7 +169,6 @@ def _run_units(job: _Job, units: list[Unit], staging, workers: int) -> None:
         for unit in units:
             _write_unit(job, unit, staging)
         return
-    import multiprocessing
 
     job = _Job(**{**asdict(job), "parent_pid": os.getpid()})
     pool = ProcessPoolExecutor(
@@ -302,8 +301,6 @@ def prepare(
     tok = load_tokenizer(tokenizer_file)
     eos = eos_token_id(tok)
     if format == "sft":
-        from ouro.data.tokenizer import chat_token_ids
-
         chat_token_ids(tok)
     block_size = seq_len + 1 if format == "sft" else None
     dtype = token_dtype(tok.get_vocab_size(), format)

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from huggingface_hub import HfFileSystem
+
 from ouro.errors import DataError
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
@@ -36,7 +40,6 @@ def _supported(path: Path) -> bool:
 
 def _hub_filesystem():
     """The Hub as an fsspec filesystem (``huggingface_hub.HfFileSystem``): files are read in ranges, on demand."""
-    from huggingface_hub import HfFileSystem
 
     return HfFileSystem()
 
@@ -162,8 +165,6 @@ def _read_jsonl(path: str, field: str, skip_bad: bool, stats: ReadStats) -> Iter
 
 
 def _read_parquet(path: str, field: str, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[Any, str]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(_open(path) if path.startswith(HUB_PREFIX) else path)

@@ -53,7 +53,7 @@ def _small_file_options(url: str) -> dict[str, Any]:
     """Few retries for the small files: a wrong endpoint fails in seconds, not after litdata's 1000 attempts."""
     if not litdata_url(url).startswith("s3://"):
         return {}
-    import botocore.config
+    import botocore.config  # optional dependency: boto3 comes with an S3 setup, not with ouro
 
     return {"config": botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"})}
 
@@ -75,6 +75,7 @@ _CLIENT_ENV = (
 
 def _provider(url: str):
     """litdata's FsProvider for the URL's scheme, one per process (building a boto3 client takes a while)."""
+    # Start-up: litdata loads only when object storage is used (a local `ouro prepare` never needs it).
     from litdata.streaming.fs_provider import _get_fs_provider
 
     url = litdata_url(url)
@@ -103,7 +104,7 @@ def allow_plain_http_endpoint() -> None:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
     if not endpoint.startswith("http://"):
         return
-    from litdata.streaming import downloader
+    from litdata.streaming import downloader  # start-up: see _provider
 
     # A private litdata setting that only some litdata versions have (optional library feature).
     options = getattr(downloader, "_OBSTORE_CLIENT_OPTIONS", None)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 OPS = ("+", "-", "*")
 
 
@@ -91,7 +93,6 @@ def exact_match_per_step(model, tokenizer, examples: list[Example], batch_size: 
 
 def exact_match_ids(model, encoded: list[tuple[list[int], list[int]]], batch_size: int = 64) -> list[float]:
     """`exact_match_per_step` on token ids: ``(prompt_ids, answer_ids)`` pairs."""
-    import torch
 
     device = next(model.parameters()).device
     steps = model.config.total_ut_steps

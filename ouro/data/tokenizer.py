@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ouro.chat import chat_token_ids  # noqa: F401 (ChatML lives in ouro.chat; prepare imports it here)
+from huggingface_hub import hf_hub_download
+from tokenizers import Tokenizer
+
+from ouro.data.builtin import builtin_tokenizer_path
 from ouro.errors import DataError
+from ouro.hub_ids import is_hub_repo_id
 
 #: Ouro's tokenizer (SmolLM2): 49,152 tokens, ``<|endoftext|>`` = 0.
 OURO_TOKENIZER = "HuggingFaceTB/SmolLM2-135M"
@@ -17,8 +21,6 @@ def resolve_tokenizer_file(name_or_path: str | Path) -> Path:
     """Path of the ``tokenizer.json`` behind a file, a folder, ``builtin``, or a Hub repo id (downloaded)."""
     name = str(name_or_path)
     if name == "builtin":
-        from ouro.data.builtin import builtin_tokenizer_path
-
         return builtin_tokenizer_path()
     path = Path(name).expanduser()
     if path.is_file():
@@ -30,15 +32,11 @@ def resolve_tokenizer_file(name_or_path: str | Path) -> Path:
             f"{path} is a folder without tokenizer.json; point at a tokenizer.json file or a "
             "folder that holds one"
         )
-    from ouro.checkpoints import is_hub_repo_id
-
     if not is_hub_repo_id(name):
         raise FileNotFoundError(
             f"tokenizer {name!r} does not exist; give a tokenizer.json, a folder holding one, "
             f"'builtin', or a Hub repo id such as {OURO_TOKENIZER}"
         )
-    from huggingface_hub import hf_hub_download
-
     try:
         return Path(hf_hub_download(repo_id=name, filename="tokenizer.json"))
     except Exception as err:  # offline, unknown repo, gated repo ...
@@ -50,8 +48,6 @@ def resolve_tokenizer_file(name_or_path: str | Path) -> Path:
 
 def load_tokenizer(name_or_path: str | Path):
     """A ``tokenizers.Tokenizer`` from a file, folder, ``builtin`` or Hub repo id."""
-    from tokenizers import Tokenizer
-
     path = resolve_tokenizer_file(name_or_path)
     try:
         return Tokenizer.from_file(str(path))

@@ -29,20 +29,15 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from ouro.checkpoints import load_model_and_tokenizer
 from ouro.eval.scoring import Depth, Score, depth_settings, score_sequences
+from ouro.generation.generate import generate
 from ouro.model import OuroForCausalLM
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
 """Chat end-of-turn tokens: generation also stops at the ones the tokenizer has, as a chat checkpoint's
 exported generation_config.json does (`ouro.hub.export`)."""
-
-
-def load_model(source: str, tokenizer: str | None = None, dtype: str = "float32", device: str = "cpu"):
-    """``(model, tokenizer)`` from a run dir, ``.ckpt``, sharded folder, exported folder or Hub id."""
-    from ouro.generation.cli import load_for_generation
-
-    return load_for_generation(source, tokenizer, dtype, device)
 
 
 @dataclass
@@ -136,7 +131,7 @@ class OuroLM(TemplateLM):
             print(f"ouro: no CUDA device; evaluating on cpu instead of {device}", file=sys.stderr)
             device = "cpu"
         if model is None:
-            model, tokenizer = load_model(
+            model, tokenizer = load_model_and_tokenizer(
                 str(pretrained), tokenizer if isinstance(tokenizer, str) else None, dtype, device or "cpu"
             )
         elif tokenizer is None:
@@ -339,8 +334,6 @@ class OuroLM(TemplateLM):
         return self._stop_ids[stops]
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        from ouro.generation.generate import generate
-
         key = self.active.key
         todo: dict[str, dict[str, dict]] = defaultdict(dict)  # gen_kwargs as JSON -> context -> gen_kwargs
         for request in requests:

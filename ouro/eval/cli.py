@@ -6,6 +6,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from ouro.checkpoints import load_model_and_tokenizer
+from ouro.eval.scoring import parse_depths, parse_thresholds
+
 
 def default_output(model: str) -> Path:
     """``eval/<model name>``: the model's last path component (or Hub id), made safe for a folder name."""
@@ -68,9 +71,8 @@ def evaluate_model(
         plots: Write accuracy_vs_step.png and accuracy_vs_depth.png.
         progress: Show progress bars over requests.
     """
-    from ouro.eval.backend import load_model
+    # lm-eval is an optional dependency (the `eval` extra): `ouro --help` and `ouro eval --help` work without it.
     from ouro.eval.runner import check_task_names, evaluate, parse_tasks, task_manager
-    from ouro.eval.scoring import parse_depths, parse_thresholds
 
     if tasks is None:
         raise ValueError("--tasks: name at least one lm-eval task (e.g. --tasks mmlu or --tasks my_task)")
@@ -83,7 +85,7 @@ def evaluate_model(
     folders = [p for p in (include_path or "").split(",") if p]
     check_task_names(task_manager(folders), names)
 
-    net, tok = load_model(model, tokenizer, dtype, device)
+    net, tok = load_model_and_tokenizer(model, tokenizer, dtype, device)
     results = evaluate(
         net,
         tok,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ouro.atomic import atomic_write_text
+from ouro.eval.plots import PLOT_NAMES, write_plots
 from ouro.eval.scoring import Depth
 
 #: Metric names preferred as a task's headline number, in order.
@@ -147,8 +148,6 @@ class EvalResults:
 
     def write(self, directory: str | Path, plots: bool = True) -> dict[str, Path]:
         """Write ``results.json``, ``results.md`` and (``plots``) the PNGs into ``directory``."""
-        from ouro.eval.plots import PLOT_NAMES, write_plots
-
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
         written = {

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ouro.data.builtin import cache_dir
 from ouro.eval.backend import DepthStats, OuroLM
 from ouro.eval.results import DepthResult, EvalResults
 from ouro.eval.scoring import depth_settings
+from ouro.eval.suite import materialize
 from ouro.model import OuroForCausalLM
 
 #: lm-eval output keys that do not depend on the depth setting (copied into results.json once).
@@ -34,20 +36,14 @@ def parse_tasks(tasks: str | Sequence[str]) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def suite_include_path() -> str | None:
-    """The folder of the built-in offline tasks (`ouro.eval.suite`), written on first use; None without it."""
-    try:
-        from ouro.eval.suite import materialize
-    except ImportError:
-        return None
-    from ouro.data.builtin import cache_dir
-
+def suite_include_path() -> str:
+    """The folder of the built-in offline tasks (`ouro.eval.suite`), written on first use."""
     return str(materialize(cache_dir() / "eval-suite"))
 
 
 @functools.lru_cache(maxsize=4)
 def _task_manager(include_paths: tuple[str, ...]):
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # optional dependency (the `eval` extra); slow to import
 
     return TaskManager(include_path=list(include_paths) or None)
 
@@ -59,8 +55,7 @@ def task_manager(include_path: str | Sequence[str] | None = None, include_option
     for path in paths:
         if not Path(path).is_dir():
             raise FileNotFoundError(f"{include_option} {path} is not a folder of lm-eval task YAML files")
-    suite = suite_include_path()
-    return _task_manager(tuple(str(Path(p).resolve()) for p in paths) + ((suite,) if suite else ()))
+    return _task_manager(tuple(str(Path(p).resolve()) for p in paths) + (suite_include_path(),))
 
 
 def check_task_names(
@@ -121,7 +116,7 @@ def evaluate(
         bootstrap_iters: lm-eval's bootstrap iterations for standard errors (0: skip them).
         progress: Show progress bars.
     """
-    from lm_eval.evaluator import evaluate as lm_eval_evaluate
+    from lm_eval.evaluator import evaluate as lm_eval_evaluate  # optional dependency (the `eval` extra)
 
     settings = depth_settings(depths, exit_thresholds, use_gate, model.config.total_ut_steps)
     names = parse_tasks(tasks)

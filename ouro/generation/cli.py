@@ -5,29 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
-
-def load_for_generation(
-    model_path: str, tokenizer: str | None = None, dtype: str = "float32", device: str = "cpu"
-):
-    """``(model in eval mode, tokenizers.Tokenizer)`` from any source `ouro.checkpoints` reads; ``tokenizer``
-    overrides the one the source records."""
-    from ouro.checkpoints import load_model
-    from ouro.data.tokenizer import load_tokenizer
-
-    model, record = load_model(model_path, dtype, device)
-    source = tokenizer or record.tokenizer_path
-    if source is None:
-        raise ValueError(
-            f"{model_path} records no tokenizer; pass --tokenizer with a tokenizer.json file, a folder "
-            "that holds one or a Hub repo id"
-        )
-    return model, load_tokenizer(source)
+from ouro.chat import END_OF_TEXT, IM_END, ChatRenderer
+from ouro.checkpoints import load_model_and_tokenizer
+from ouro.generation.generate import generate as run_generate
+from ouro.generation.stream import TextStreamer
 
 
 def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
     """Token ids of ``ouro generate --chat``: an optional system turn, the user turn, the opened assistant turn."""
-    from ouro.chat import ChatRenderer
-
     messages = [{"role": "system", "content": system}] if system else []
     return ChatRenderer(tokenizer).render_prompt([*messages, {"role": "user", "content": prompt}])
 
@@ -70,11 +55,7 @@ def generate(
         stream: Print the first prompt's text as it is generated.
         stats: Print the mean exit depth and the KV-cache size to stderr.
     """
-    from ouro.chat import END_OF_TEXT, IM_END
-    from ouro.generation.generate import generate as run_generate
-    from ouro.generation.stream import TextStreamer
-
-    model, tok = load_for_generation(model_path, tokenizer, dtype, device)
+    model, tok = load_model_and_tokenizer(model_path, tokenizer, dtype, device)
     prompts = list(prompt) if not isinstance(prompt, str) else [prompt]
     if not prompts:
         raise ValueError("pass at least one --prompt")

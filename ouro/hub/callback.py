@@ -7,7 +7,10 @@ from pathlib import Path
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ouro.checkpoints import ModelSource
 from ouro.distributed import full_network_state
+from ouro.hub.export import export_source
+from ouro.hub.push import PushError, push
 
 
 class HubPushCallback(Callback):
@@ -55,10 +58,6 @@ class HubPushCallback(Callback):
         weights = full_network_state(trainer, pl_module)  # every rank: gathers the shards under FSDP
         if not trainer.is_global_zero:
             return
-        from ouro.checkpoints import ModelSource
-        from ouro.hub.export import export_source
-        from ouro.hub.push import PushError, push
-
         meta: dict = {}
         try:
             pl_module.on_save_checkpoint(

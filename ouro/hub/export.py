@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,8 @@ from ouro.atomic import (
 )
 from ouro.checkpoints import PROVENANCE_FILE, ModelSource, build_model, read_source
 from ouro.errors import ExportError, WriteError, describe_write_failure, os_error_behind
+from ouro.hub.card import model_card
+from ouro.hub.tokenizer_files import resolve_tokenizer_file, write_tokenizer_files
 
 REMOTE_CODE_DIR = Path(__file__).parent / "remote_code"
 REMOTE_CODE_FILES = ("configuration_ouro.py", "modeling_ouro.py")
@@ -104,8 +107,6 @@ def export_source(
 ) -> Path:
     """`export` for weights already in memory (used by `HubPushCallback`); same arguments as `export`, and
     ``tokenizer_option``: how the caller's user sets ``tokenizer`` (named when none is known)."""
-    from ouro.hub.tokenizer_files import resolve_tokenizer_file, write_tokenizer_files
-
     out = Path(out_dir).expanduser().resolve()
     recover_directory(out)  # an export of out_dir interrupted while it swapped folders
     if out.exists() and not overwrite:
@@ -139,8 +140,6 @@ def export_source(
         for name in REMOTE_CODE_FILES:
             shutil.copyfile(REMOTE_CODE_DIR / name, tmp / name)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(loaded.provenance, indent=2) + "\n")
-        from ouro.hub.card import model_card
-
         card = model_card(
             config,
             repo_name or out.name,
@@ -182,8 +181,6 @@ def _write_generation_config(directory: Path, config, special: dict) -> None:
 
 def _transformers_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("transformers")
     except Exception:
         return "4.56.0"

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError
+
 from ouro.errors import PushError
 
 REQUIRED_FILES = ("config.json", "configuration_ouro.py", "modeling_ouro.py", "tokenizer.json")
@@ -47,8 +50,6 @@ def push(
         revision: Branch to commit to (created from main if missing); default main.
         commit_message: Commit message; default "Upload Ouro model with ouro export".
     """
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
 
     if not repo_id:
         raise ValueError("pass --repo_id ORG/NAME: the Hub repository to push to")

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+
 from ouro.chat import CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START
 from ouro.data.tokenizer import resolve_tokenizer_file
 
@@ -15,7 +17,6 @@ __all__ = ["resolve_tokenizer_file", "special_token_ids", "write_tokenizer_files
 
 def special_token_ids(tokenizer_file: str | Path) -> dict[str, int | None]:
     """Ids of ``<|endoftext|>``, ``<|im_start|>`` and ``<|im_end|>`` (None where the vocabulary lacks one)."""
-    from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_file))
     return {name: tok.token_to_id(name) for name in (END_OF_TEXT, IM_START, IM_END)}
@@ -26,7 +27,6 @@ def write_tokenizer_files(
 ) -> dict[str, Any]:
     """Copy ``tokenizer.json`` and write the transformers configuration files; returns the special token ids
     (``bos_token_id``, ``eos_token_id``, ``pad_token_id``) that config.json and generation_config.json use."""
-    from tokenizers import Tokenizer
 
     directory = Path(directory)
     tok = Tokenizer.from_file(str(tokenizer_file))

@@ -35,7 +35,7 @@ class KVCacheLike(Protocol):
 def flash_attn_available() -> bool:
     """True when the flash-attn package can be imported (it needs CUDA)."""
     try:
-        import flash_attn  # noqa: F401
+        import flash_attn  # noqa: F401 (optional dependency, CUDA only)
     except Exception:
         return False
     return True
@@ -198,7 +198,7 @@ def _flash_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: AttentionLayout, dropout: float
 ) -> torch.Tensor:
     """q/k/v (batch, seq, heads, dim) through flash-attn; varlen when documents are packed."""
-    from flash_attn import flash_attn_func, flash_attn_varlen_func
+    from flash_attn import flash_attn_func, flash_attn_varlen_func  # optional dependency (CUDA only)
 
     batch, seq = q.shape[:2]
     if layout.doc_ids is None:

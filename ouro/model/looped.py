@@ -18,6 +18,7 @@ from ouro.config import OuroConfig
 from ouro.model.attention import Attention, AttentionLayout, KVCacheLike
 from ouro.model.exit import exit_distribution, q_exit_steps
 from ouro.model.layers import RMSNorm, SwiGLU, rope_cos_sin
+from ouro.model.weights import save_model
 
 
 class DecoderLayer(nn.Module):
@@ -244,29 +245,14 @@ class OuroForCausalLM(nn.Module):
         return self.lm_head(chosen), steps
 
     # ----------------------------------------------------------------------------------------- checkpoints
-    @classmethod
-    def from_pretrained(
-        cls,
-        path_or_repo: str | Path,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        revision: str | None = None,
-    ) -> OuroForCausalLM:
-        """Load an official-layout model: a folder with ``config.json`` and ``model.safetensors`` (or a sharded
-        ``model.safetensors.index.json``), or a Hub repo id such as ``ByteDance/Ouro-1.4B``."""
-        from ouro.checkpoints import build_model, read_folder
-
-        return build_model(read_folder(path_or_repo, revision), dtype=dtype, device=device, model_class=cls)
-
     def save_pretrained(
         self,
         directory: str | Path,
         dtype: torch.dtype | None = torch.bfloat16,
         max_shard_bytes: int = 5 * 2**30,
     ) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (sharded with an index above ``max_shard_bytes``)."""
-        from ouro.model.weights import save_model
-
+        """Write ``config.json`` and ``model.safetensors`` (sharded with an index above ``max_shard_bytes``);
+        `ouro.checkpoints.load_model` reads it back."""
         return save_model(self, directory, dtype=dtype, max_shard_bytes=max_shard_bytes)
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import safetensors.torch
 import torch
 
 if TYPE_CHECKING:
@@ -20,15 +21,13 @@ INDEX_FILE = "model.safetensors.index.json"
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of ``model.safetensors`` or of the shards listed in ``model.safetensors.index.json``."""
-    from safetensors.torch import load_file
-
     if (directory / SINGLE_FILE).is_file():
-        return load_file(directory / SINGLE_FILE)
+        return safetensors.torch.load_file(directory / SINGLE_FILE)
     if (directory / INDEX_FILE).is_file():
         index = json.loads((directory / INDEX_FILE).read_text())
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(directory / shard))
+            state.update(safetensors.torch.load_file(directory / shard))
         return state
     raise FileNotFoundError(f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}")
 
@@ -40,8 +39,6 @@ def save_model(
     max_shard_bytes: int = 5 * 2**30,
 ) -> Path:
     """Write config.json and safetensors weights; shards plus an index when the weights exceed the limit."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -59,7 +56,7 @@ def save_model(
     ]:
         stale.unlink(missing_ok=True)
     if total <= max_shard_bytes:
-        save_file(state, directory / SINGLE_FILE, metadata={"format": "pt"})
+        safetensors.torch.save_file(state, directory / SINGLE_FILE, metadata={"format": "pt"})
         return directory
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -73,7 +70,7 @@ def save_model(
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, directory / filename, metadata={"format": "pt"})
+        safetensors.torch.save_file(shard, directory / filename, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, filename))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

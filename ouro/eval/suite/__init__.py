@@ -11,10 +11,12 @@ from ouro.eval.suite.families import FAMILIES, Question, family
 from ouro.eval.suite.materialize import materialize, task_name, task_names
 from ouro.eval.suite.questions import eval_questions, training_documents
 from ouro.eval.suite.score import score_questions
+from ouro.eval.suite.training_data import ensure_suite_shards  # registers the builtin-<family> sources
 
 __all__ = [
     "FAMILIES",
     "Question",
+    "ensure_suite_shards",
     "eval_questions",
     "family",
     "materialize",

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 
 from ouro.atomic import atomic_write_text
+from ouro.data.builtin import builtin_tokenizer_path, cache_dir
+from ouro.data.builtin_sources import BuiltinSource, register
+from ouro.data.prepare import prepare
+from ouro.eval.suite.families import FAMILIES
 from ouro.eval.suite.families import family as suite_family
 from ouro.eval.suite.questions import training_documents
+from ouro.eval.suite.word_tokenizer import word_tokenizer
 
 TRAIN_DOCUMENTS = {"roots": 192_000}
 """Documents in the training split by family, default `DEFAULT_TRAIN_DOCUMENTS`; one pass over them is the
@@ -44,8 +50,6 @@ def source_name(family: str) -> str:
 
 def _tokenizer_file(root: Path, source) -> Path:
     """The family's word tokenizer, written once under ``root``."""
-    from ouro.eval.suite.word_tokenizer import word_tokenizer
-
     path = root / "tokenizer.json"
     if not path.is_file():
         root.mkdir(parents=True, exist_ok=True)
@@ -92,9 +96,6 @@ def shard_key(family: str, tokenizer: Path | None = None) -> str:
 def ensure_suite_shards(family: str) -> dict[str, Path]:
     """Prepared ``{"train": ..., "val": ...}`` pretrain shard folders of ``family`` (built on first use, in a
     folder named after `shard_key`)."""
-    from ouro.data.builtin import builtin_tokenizer_path, cache_dir
-    from ouro.data.prepare import prepare
-
     source = suite_family(family)
     sft = source.format == "sft"
     text_tokenizer = None if sft else builtin_tokenizer_path()
@@ -123,3 +124,18 @@ def ensure_suite_shards(family: str) -> dict[str, Path]:
             )
         out[split] = target
     return out
+
+
+def _prepare_family(family: str, format: str, seq_len: int | None, workers: int | None) -> dict[str, Path]:
+    return ensure_suite_shards(family)
+
+
+for _name, _family in FAMILIES.items():
+    register(  # the training data of every family is a built-in data source
+        BuiltinSource(
+            source_name(_name),
+            (_family.format,),
+            partial(_prepare_family, _name),
+            f"{_name} questions of the built-in eval suite, in curriculum order",
+        )
+    )

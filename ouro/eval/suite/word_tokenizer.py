@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
 from ouro.chat import SPECIAL_TOKENS
 
 UNKNOWN = "<|unk|>"
@@ -17,7 +19,6 @@ UNKNOWN = "<|unk|>"
 def word_tokenizer(words: Iterable[str]):
     """`tokenizers.Tokenizer` with ids ``SPECIAL_TOKENS`` (EOS = 0, the ChatML tokens), ``<|unk|>``, then
     ``words`` in the given order; splits on whitespace only and decodes by joining with spaces."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
     specials = [*SPECIAL_TOKENS, UNKNOWN]
     vocab = {token: i for i, token in enumerate([*specials, *dict.fromkeys(words)])}

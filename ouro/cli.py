@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 from jsonargparse import ArgumentError, auto_cli
 
+from ouro.data.cache import cache_dir
 from ouro.errors import OuroError, plain_message, usage_error
 from ouro.library_warnings import filter_harmless_warnings
-from ouro.preflight import choose_compile_caches, hold_compile_caches, user_cache_dir
+from ouro.preflight import choose_compile_caches, hold_compile_caches
 from ouro.recipe_yaml import configure_parsing
 
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
@@ -128,7 +129,7 @@ def _with_compile_caches(function: Callable) -> Callable:
 
     @functools.wraps(function)
     def run(*args, **kwargs):
-        choose_compile_caches(user_cache_dir())
+        choose_compile_caches(cache_dir())
         return function(*args, **kwargs)
 
     return run

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal
 
 import lightning as L
@@ -18,21 +18,8 @@ from ouro.objective import (
     stage1_loss_from_hidden,
     stage2_gate_loss,
 )
+from ouro.optim import OptimizerConfig, adamw
 from ouro.stages import StageInfo, StageStart
-
-
-@dataclass
-class OptimizerConfig:
-    """AdamW settings (paper: β = (0.9, 0.95), weight decay 0.1, gradient clip 1.0 set on the Trainer)."""
-
-    lr: float = 3e-4
-    """Peak learning rate. LR-schedule callbacks scale it by tokens seen; without one it stays constant."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW β1, β2."""
-    weight_decay: float = 0.1
-    """Decoupled weight decay on matrices (projections, embedding, LM head, gate weight); norms and biases get 0."""
-    eps: float = 1e-8
-    """AdamW epsilon."""
 
 
 class OuroLM(L.LightningModule):
@@ -299,31 +286,8 @@ class OuroLM(L.LightningModule):
             self.stage.start.report_reference(values, self.trainer.sanity_checking)
 
     # ---------------------------------------------------------------------------------------- optimisation
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weight decay on matrices only: norm weights and biases (the gate's) get none.
-
-        Chosen by name, not by ``dim()``: FSDP flattens sharded parameters to 1-D.
-        """
-        decay, no_decay = [], []
-        for name, param in self.net.named_parameters():
-            if param.requires_grad:
-                skip = name.endswith(".bias") or "norm" in name.rsplit(".", 1)[0].rsplit(".", 1)[-1]
-                (no_decay if skip else decay).append(param)
-        groups = [
-            dict(params=decay, weight_decay=self.optim.weight_decay),
-            dict(params=no_decay, weight_decay=0.0),
-        ]
-        return [g for g in groups if g["params"]]
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        fused = all(p.is_cuda for g in self.parameter_groups() for p in g["params"])
-        return torch.optim.AdamW(
-            self.parameter_groups(),
-            lr=self.optim.lr,
-            betas=tuple(self.optim.betas),
-            eps=self.optim.eps,
-            fused=fused or None,
-        )
+        return adamw(self.net, self.optim)
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def stage_record(self) -> dict[str, Any]:

@@ -80,15 +80,10 @@ def hold_compile_caches() -> None:
     os.environ[CACHES_CHOSEN_BY_OURO] = "1"
 
 
-def user_cache_dir() -> Path:
-    """The user's cache folder of ``ouro`` (``$XDG_CACHE_HOME/ouro``, default ``~/.cache/ouro``)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ouro"
-
-
 def choose_compile_caches(base: str | Path) -> None:
     """Point torch.compile's caches at ``base/torchinductor`` and ``base/triton`` (created when something
     compiles), unless the user set ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR``. ``ouro fit`` passes
-    ``RUN/cache`` (kept for resumes), the other commands `user_cache_dir`."""
+    ``RUN/cache`` (kept for resumes), the other commands Ouro's cache (`ouro.data.cache.cache_dir`)."""
     if _user_chose_caches():
         return
     for name, folder in COMPILE_CACHES.items():

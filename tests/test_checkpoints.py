@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from conftest import build_tiny_model
 
 from ouro.checkpoints import (
     ModelSource,
@@ -18,14 +19,12 @@ from ouro.checkpoints import (
     load_model,
     read_source,
 )
-from ouro.config import OuroConfig
 from ouro.hub_ids import is_hub_repo_id
 from ouro.model import OuroForCausalLM
 
 
 def tiny_model(seed: int = 0) -> OuroForCausalLM:
-    torch.manual_seed(seed)
-    return OuroForCausalLM(OuroConfig.preset("tiny", num_hidden_layers=1, total_ut_steps=2)).eval()
+    return build_tiny_model(seed, num_hidden_layers=1, total_ut_steps=2)
 
 
 def write_ckpt(path, model: OuroForCausalLM, lr: float = 1e-3, tokenizer: str | None = None) -> None:

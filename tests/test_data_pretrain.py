@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import BatchRecorder
 
 from ouro.config import OuroConfig
 from ouro.data.batching import IGNORE_INDEX, blocks_to_batch
@@ -132,18 +133,10 @@ def test_mixture_proportions_and_exhaustion_warning(shards):
         ).setup("fit")
 
 
-class _Recorder(L.Callback):
-    def __init__(self) -> None:
-        self.batches: list[torch.Tensor] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.batches.append(batch["input_ids"].clone())
-
-
 def _fit(shards, data_kwargs, max_steps, root, ckpt_path=None, save_every=None):
     L.seed_everything(0)
     model = OuroLM(model=OuroConfig.preset("tiny", vocab_size=_vocab(shards)), loss_chunk_size=256)
-    recorder = _Recorder()
+    recorder = BatchRecorder()
     callbacks = [recorder]
     if save_every:
         callbacks.append(

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import BatchRecorder
 
 from ouro.config import OuroConfig
 from ouro.data.builtin import train_tokenizer
@@ -68,18 +69,10 @@ def _objects(prefix: str) -> dict[str, bytes]:
     return {k[len(prefix) :]: client.get_object(Bucket="corpus", Key=k)["Body"].read() for k in keys}
 
 
-class _Recorder(L.Callback):
-    def __init__(self) -> None:
-        self.batches: list[torch.Tensor] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.batches.append(batch["input_ids"].clone())
-
-
 def _fit(source: str, root: Path, max_steps: int, cache: Path, ckpt_path=None, save_every=None):
     L.seed_everything(0)
     model = OuroLM(model=OuroConfig.preset("tiny", vocab_size=VOCAB), loss_chunk_size=256)
-    recorder = _Recorder()
+    recorder = BatchRecorder()
     callbacks = [recorder]
     if save_every:
         callbacks.append(

@@ -12,7 +12,7 @@ from lm_eval.api.instance import Instance
 
 from ouro.config import OuroConfig
 from ouro.data.tokenizer import load_tokenizer
-from ouro.eval.backend import OuroLM
+from ouro.eval.backend import OuroEvalLM
 from ouro.eval.scoring import Depth, depth_settings
 from ouro.model import OuroForCausalLM
 
@@ -83,7 +83,7 @@ def reference(model, tokenizer, context: str, continuation: str, step: int | Non
 
 def test_each_exit_step_equals_the_forward_including_steps_beyond_training(model, tokenizer):
     settings = depth_settings("1-6", trained_steps=TRAINED)
-    lm = OuroLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=3, progress=False)
+    lm = OuroEvalLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=3, progress=False)
     for setting in settings:
         lm.active = setting
         got = lm.loglikelihood(requests("loglikelihood", PAIRS))
@@ -100,7 +100,7 @@ def test_each_exit_step_equals_the_forward_including_steps_beyond_training(model
 
 def test_q_exit_and_the_gate_equal_the_forward(model, tokenizer):
     settings = depth_settings("none", "0.3,0.6,0.9,1.0", use_gate=True, trained_steps=TRAINED)
-    lm = OuroLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=4, progress=False)
+    lm = OuroEvalLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=4, progress=False)
     depths = set()
     for setting in settings:
         lm.active = setting
@@ -122,8 +122,8 @@ def test_q_exit_and_the_gate_equal_the_forward(model, tokenizer):
 
 def test_batched_equals_unbatched(model, tokenizer):
     settings = depth_settings("1,3,5", "0.5", trained_steps=TRAINED)
-    one = OuroLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=1, progress=False)
-    many = OuroLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=4, progress=False)
+    one = OuroEvalLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=1, progress=False)
+    many = OuroEvalLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=4, progress=False)
     for setting in settings:
         one.active = many.active = setting
         a = one.loglikelihood(requests("loglikelihood", PAIRS))
@@ -137,7 +137,9 @@ def test_a_sweep_runs_one_forward_to_the_deepest_pass(model, tokenizer, monkeypa
     original = model.model.step
     monkeypatch.setattr(model.model, "step", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
     settings = depth_settings("1-6", "0.5,0.9", use_gate=True, trained_steps=TRAINED)
-    lm = OuroLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=len(PAIRS), progress=False)
+    lm = OuroEvalLM(
+        model=model, tokenizer=tokenizer, settings=settings, batch_size=len(PAIRS), progress=False
+    )
     for setting in settings:
         lm.active = setting
         lm.loglikelihood(requests("loglikelihood", PAIRS))
@@ -148,8 +150,8 @@ def test_rolling_loglikelihood_scores_every_token_once(model, tokenizer):
     text = "Looped models reuse the same layers for several passes over the same tokens."
     ids = encode(tokenizer, text)
     settings = [Depth("step", 2)]
-    whole = OuroLM(model=model, tokenizer=tokenizer, settings=settings, progress=False)
-    windowed = OuroLM(model=model, tokenizer=tokenizer, settings=settings, max_length=6, progress=False)
+    whole = OuroEvalLM(model=model, tokenizer=tokenizer, settings=settings, progress=False)
+    windowed = OuroEvalLM(model=model, tokenizer=tokenizer, settings=settings, max_length=6, progress=False)
     (full,) = whole.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
     with torch.no_grad():
         out = model(torch.tensor([[whole.eot_token_id] + ids[:-1]]), num_steps=2)
@@ -175,7 +177,7 @@ def greedy_reference(model, prompt: list[int], new: int, passes: int, eos: int) 
 def test_generation_at_a_static_step_equals_greedy_decoding_including_beyond_training(model, tokenizer):
     prompts = ["The capital of", "Two plus two equals", "x"]
     settings = depth_settings("2,6", trained_steps=TRAINED)
-    lm = OuroLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=2, progress=False)
+    lm = OuroEvalLM(model=model, tokenizer=tokenizer, settings=settings, batch_size=2, progress=False)
     gen_kwargs = {"until": ["\n\n"], "max_gen_toks": 6}
     for setting in settings:
         lm.active = setting
@@ -190,7 +192,7 @@ def test_generation_at_a_static_step_equals_greedy_decoding_including_beyond_tra
 
 
 def test_generation_under_q_exit_runs_fewer_passes(model, tokenizer):
-    lm = OuroLM(model=model, tokenizer=tokenizer, exit_threshold=0.05, progress=False)
+    lm = OuroEvalLM(model=model, tokenizer=tokenizer, exit_threshold=0.05, progress=False)
     lm.generate_until(requests("generate_until", [("The capital of", {"until": [], "max_gen_toks": 8})]))
     assert 1 <= lm.stats[("toy", "q0.05")].mean_depth < TRAINED
 
@@ -205,15 +207,15 @@ def test_lm_eval_builds_the_backend_from_its_registry(tmp_path, model, tokenizer
     got = lm.loglikelihood(requests("loglikelihood", PAIRS[:1]))
     assert got[0][0] == pytest.approx(reference(model, tokenizer, *PAIRS[0], step=2)[0], abs=1e-4)
     assert "hf" in model_registry and "vllm" in model_registry  # lm-eval's own models are still there
-    assert OuroLM(model=model, tokenizer=tokenizer).active == Depth("gate")  # the model as configured
-    assert OuroLM(model=model, tokenizer=tokenizer, exit_threshold=0.7).active == Depth("q", 0.7)
+    assert OuroEvalLM(model=model, tokenizer=tokenizer).active == Depth("gate")  # the model as configured
+    assert OuroEvalLM(model=model, tokenizer=tokenizer, exit_threshold=0.7).active == Depth("q", 0.7)
     with pytest.raises(ValueError, match="pass one of exit_step, exit_threshold and gate"):
-        OuroLM(model=model, tokenizer=tokenizer, exit_step=2, gate=True)
+        OuroEvalLM(model=model, tokenizer=tokenizer, exit_step=2, gate=True)
 
 
 def test_generation_ends_a_row_at_a_token_that_holds_a_stop_string(model, tokenizer):
     prompt = "Two plus two equals"
-    lm = OuroLM(model=model, tokenizer=tokenizer, exit_step=2, progress=False)
+    lm = OuroEvalLM(model=model, tokenizer=tokenizer, exit_step=2, progress=False)
     tokens = greedy_reference(model, encode(tokenizer, prompt), 8, 2, lm.eot_token_id)
     stop = next(t for t in (tokenizer.decode([i]) for i in tokens[1:]) if t.strip())
     first = next(i for i, t in enumerate(tokens) if stop in tokenizer.decode([t]))
@@ -233,29 +235,27 @@ def test_generation_stops_at_the_configured_end_token_and_the_tokenizers_end_of_
     assert end is not None, "no greedy row with two distinct tokens"
     chat_model = copy.copy(model)  # the same weights, a config whose end token is that greedy token
     chat_model.config = model.config.replace(eos_token_id=tokens[end])
-    lm = OuroLM(model=chat_model, tokenizer=tokenizer, exit_step=TRAINED, progress=False)
+    lm = OuroEvalLM(model=chat_model, tokenizer=tokenizer, exit_step=TRAINED, progress=False)
     (text,) = lm.generate_until(requests("generate_until", [(prompt, {"until": ["@@@"], "max_gen_toks": 8})]))
     assert text == tokenizer.decode(tokens[: end + 1])
-    assert tokenizer.token_to_id("<|im_end|>") in OuroLM(model=model, tokenizer=tokenizer).end_token_ids
+    assert tokenizer.token_to_id("<|im_end|>") in OuroEvalLM(model=model, tokenizer=tokenizer).end_token_ids
 
 
 def test_a_generation_longer_than_the_window_keeps_the_prompts_end_and_fits(tokenizer, monkeypatch):
-    generation = importlib.import_module(
-        "ouro.generation.generate"
-    )  # the package exports a same-named function
+    backend = importlib.import_module("ouro.eval.backend")  # where the backend looks `generate` up
 
     torch.manual_seed(0)
     config = OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=24)
     small = OuroForCausalLM(config).eval()
     calls = []
-    original = generation.generate
+    original = backend.generate
     monkeypatch.setattr(
-        generation,
+        backend,
         "generate",
         lambda m, p, **k: calls.append((p, k["max_new_tokens"])) or original(m, p, **k),
     )
     context = "one two three four five six seven eight nine ten eleven twelve"
-    lm = OuroLM(model=small, tokenizer=tokenizer, exit_step=1, progress=False)
+    lm = OuroEvalLM(model=small, tokenizer=tokenizer, exit_step=1, progress=False)
     (text,) = lm.generate_until(requests("generate_until", [(context, {"until": [], "max_gen_toks": 40})]))
     ((prompts, max_new),) = calls
     assert len(prompts[0]) + max_new == 24 and len(prompts[0]) >= 1
@@ -265,7 +265,7 @@ def test_a_generation_longer_than_the_window_keeps_the_prompts_end_and_fits(toke
 
 @torch.no_grad()
 def test_a_context_that_encodes_to_no_token_is_scored_after_the_prefix_token(model, tokenizer):
-    lm = OuroLM(model=model, tokenizer=tokenizer, exit_step=TRAINED, progress=False)
+    lm = OuroEvalLM(model=model, tokenizer=tokenizer, exit_step=TRAINED, progress=False)
     ((got, _),) = lm.loglikelihood(requests("loglikelihood", [("   ", " Paris")]))
     whole = [lm.prefix_token_id, *encode(tokenizer, "    Paris")]  # the spaces move to the continuation
     out = model(torch.tensor([whole[:-1]]), num_steps=TRAINED)
@@ -279,7 +279,7 @@ def test_sampled_generation_is_seeded_per_request(model, tokenizer):
     sample = {"until": [], "max_gen_toks": 6, "do_sample": True, "temperature": 1.0}
 
     def run(order, batch_size, seed=1234):
-        lm = OuroLM(
+        lm = OuroEvalLM(
             model=model, tokenizer=tokenizer, exit_step=2, batch_size=batch_size, seed=seed, progress=False
         )
         texts = lm.generate_until(requests("generate_until", [(prompts[i], sample) for i in order]))

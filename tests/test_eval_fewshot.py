@@ -12,7 +12,7 @@ import torch
 import ouro.eval.backend as backend
 from ouro.config import OuroConfig
 from ouro.data.tokenizer import load_tokenizer
-from ouro.eval.backend import OuroLM
+from ouro.eval.backend import OuroEvalLM
 from ouro.eval.runner import evaluate
 from ouro.model import OuroForCausalLM
 
@@ -77,7 +77,7 @@ def test_every_setting_scores_the_same_prompts_and_the_sweep_runs_one_forward(
 ):
     model, tokenizer = model_and_tokenizer
     prompts: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    loglikelihood = OuroLM.loglikelihood
+    loglikelihood = OuroEvalLM.loglikelihood
 
     def recording(self, requests, disable_tqdm=False):
         prompts[self.active.key] += [request.args for request in requests]
@@ -90,7 +90,7 @@ def test_every_setting_scores_the_same_prompts_and_the_sweep_runs_one_forward(
         scored.append(len(items))
         return score_sequences(model, items, settings)
 
-    monkeypatch.setattr(OuroLM, "loglikelihood", recording)
+    monkeypatch.setattr(OuroEvalLM, "loglikelihood", recording)
     monkeypatch.setattr(backend, "score_sequences", counting)
     evaluate(model, tokenizer, "toy_fewshot", include_path=str(task_folder), progress=False, **SETTINGS)
 
@@ -115,14 +115,14 @@ def test_each_setting_of_a_sweep_equals_a_run_of_that_setting_alone(
 ):
     model, tokenizer = model_and_tokenizer
     answers: dict[str, list] = defaultdict(list)  # setting -> [(request, (log-likelihood, greedy)), ...]
-    loglikelihood = OuroLM.loglikelihood
+    loglikelihood = OuroEvalLM.loglikelihood
 
     def recording(self, requests, disable_tqdm=False):
         results = loglikelihood(self, requests, disable_tqdm)
         answers[self.active.key] += [(r.args, result) for r, result in zip(requests, results)]
         return results
 
-    monkeypatch.setattr(OuroLM, "loglikelihood", recording)
+    monkeypatch.setattr(OuroEvalLM, "loglikelihood", recording)
     common = dict(include_path=str(task_folder), progress=False)
     sweep = evaluate(model, tokenizer, "toy_fewshot", **common, **SETTINGS)
     swept_answers, answers = dict(answers), defaultdict(list)

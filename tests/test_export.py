@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ouro.checkpoints import SourceError, load_model, read_source
 from ouro.cli import main
-from ouro.config import OuroConfig
 from ouro.hub.export import ExportError, export, parse_size
 from ouro.model import OuroForCausalLM
 
@@ -43,10 +43,7 @@ def make_tokenizer(path: Path, vocab_size: int = 512) -> Path:
 
 
 def make_model(seed: int = 0) -> OuroForCausalLM:
-    torch.manual_seed(seed)
-    model = OuroForCausalLM(OuroConfig.preset("tiny")).eval()
-    torch.nn.init.normal_(model.model.early_exit_gate.weight, std=0.5)
-    return model
+    return build_tiny_model(seed, gate_std=0.5)
 
 
 def write_checkpoint(

@@ -6,9 +6,9 @@ import io
 
 import pytest
 import torch
+from conftest import build_tiny_model
 
 from ouro.chat import format_chat
-from ouro.config import OuroConfig
 from ouro.generation import LoopKVCache, generate
 from ouro.generation.stream import TextStreamer
 from ouro.model import OuroForCausalLM
@@ -17,12 +17,8 @@ PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12], [3, 4, 5, 6]]
 
 
 def tiny_model(gate_std: float = 0.5, gate_bias: float = 0.0, seed: int = 0) -> OuroForCausalLM:
-    torch.manual_seed(seed)
-    model = OuroForCausalLM(OuroConfig.preset("tiny", eos_token_id=None)).eval()
     # A spread of exit probabilities so that Q-exit thresholds give different depths per token.
-    torch.nn.init.normal_(model.model.early_exit_gate.weight, std=gate_std)
-    torch.nn.init.constant_(model.model.early_exit_gate.bias, gate_bias)
-    return model
+    return build_tiny_model(seed, gate_std=gate_std, gate_bias=gate_bias, eos_token_id=None)
 
 
 @pytest.fixture(scope="module")

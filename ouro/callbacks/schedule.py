@@ -80,6 +80,3 @@ class Piecewise:
     def __call__(self, tokens: int) -> Any:
         """The value in force after ``tokens`` tokens."""
         return self.values[bisect.bisect_right(self.tokens, tokens) - 1]
-
-    def as_list(self) -> list[list[Any]]:
-        return [[t, v] for t, v in zip(self.tokens, self.values, strict=True)]

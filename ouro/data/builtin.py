@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import sysconfig
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ouro.atomic import atomic_write_text
 from ouro.chat import SPECIAL_TOKENS
 from ouro.data.cache import cache_dir
 
@@ -62,12 +62,6 @@ def _is_val(name: str) -> bool:
     return int(hashlib.sha1(name.encode()).hexdigest(), 16) % _VAL_EVERY == 0
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_corpus(directory: Path) -> dict[str, list[Path]]:
     """Write the corpus as JSONL (``text`` field): ``train-<i>.jsonl`` files and ``val.jsonl``."""
     corpus = directory / "corpus"
@@ -92,7 +86,7 @@ def write_corpus(directory: Path) -> dict[str, list[Path]]:
     val = splits["val"][0]
     lines[val].sort(key=lambda row: hashlib.sha1(row.encode()).hexdigest())
     for path, rows in lines.items():
-        _atomic_write(path, "\n".join(rows) + "\n")
+        atomic_write_text(path, "\n".join(rows) + "\n")
     done.write_text("ok\n")
     return splits
 
@@ -127,5 +121,5 @@ def builtin_tokenizer_path() -> Path:
     if not path.is_file():
         splits = write_corpus(directory)
         print(f"training the built-in {BUILTIN_VOCAB_SIZE}-token BPE tokenizer on the standard library ...")
-        _atomic_write(path, train_tokenizer(splits["train"]).to_str())
+        atomic_write_text(path, train_tokenizer(splits["train"]).to_str())
     return path

@@ -18,8 +18,10 @@ import random
 import re
 from pathlib import Path
 
+from ouro.atomic import atomic_write_text
 from ouro.chat import format_chat
-from ouro.data.builtin import builtin_tokenizer_path, cache_dir
+from ouro.data.builtin import builtin_tokenizer_path
+from ouro.data.cache import cache_dir
 from ouro.data.prepare import prepare
 from ouro.data.synthetic import make_example
 
@@ -83,9 +85,7 @@ def ensure_reasoning_shards(format: str, seq_len: int = 256) -> dict[str, Path]:
                 )
                 for m in rows
             ]
-            tmp = jsonl.with_suffix(".tmp")
-            tmp.write_text("\n".join(lines) + "\n")
-            tmp.replace(jsonl)
+            atomic_write_text(jsonl, "\n".join(lines) + "\n")
         target = root / f"{name}-{split}"
         if not (target / "manifest.json").is_file():
             prepare(

@@ -15,8 +15,11 @@ CACHE_TOKEN = "$OURO_CACHE"
 
 
 def cache_dir() -> Path:
-    """Root of Ouro's cache (``$OURO_CACHE`` or ``~/.cache/ouro``)."""
-    return Path(os.environ.get("OURO_CACHE") or Path.home() / ".cache" / "ouro").expanduser()
+    """Root of Ouro's cache, the one place everything cached lives (built-in data, streamed chunks, the
+    compile caches of the tool commands): ``$OURO_CACHE``, else ``$XDG_CACHE_HOME/ouro``, else ``~/.cache/ouro``."""
+    if os.environ.get("OURO_CACHE"):
+        return Path(os.environ["OURO_CACHE"]).expanduser()
+    return (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ouro").expanduser()
 
 
 def portable_path(path: str | Path) -> str:

@@ -33,15 +33,6 @@ def token_dtype(vocab_size: int, format: str) -> str:
     return "uint16" if largest <= 1 << 16 else "int32"
 
 
-def dtype_of_index(index: dict) -> str:
-    """The token dtype an ``index.json`` declares (``int32`` for the shards of older prepares)."""
-    code = int(index["config"]["data_format"][0].split(":")[1])
-    names = {v: k for k, v in _LITDATA_DTYPE_CODE.items()}
-    if code not in names:
-        raise ValueError(f"token dtype code {code} is not one ouro writes")
-    return names[code]
-
-
 @dataclass(frozen=True)
 class Unit:
     """Consecutive input files whose tokens are chunked together."""

@@ -12,7 +12,6 @@ The merge writes ``index.json`` and ``tokenizer.json``, then ``manifest.json`` l
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -198,7 +197,3 @@ class RemoteStaging:
 
     def discard(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-def parse_record(text: str) -> dict:
-    return json.loads(text)

@@ -1,6 +1,6 @@
 """The ``ouro`` model backend of lm-evaluation-harness, registered in lm-eval's own model registry.
 
-`OuroLM` holds a list of depth settings (`ouro.eval.scoring.Depth`) and one *active* setting, whose results it
+`OuroEvalLM` holds a list of depth settings (`ouro.eval.scoring.Depth`) and one *active* setting, whose results it
 returns to lm-eval. Log-likelihood requests are scored under **every** setting in the same forward and cached,
 so the runner sweeps depths by switching the active setting and rerunning lm-eval's evaluation: the later runs
 are cache hits, not new forwards. Generation runs once per setting (the output depends on the depth), with the
@@ -13,7 +13,6 @@ as in the paper's depth tables; ``exit_threshold=0.7`` is Q-exit, ``gate=True`` 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import sys
@@ -69,17 +68,8 @@ class DepthStats:
         self.seconds += other.seconds
 
 
-def _deeper(model: OuroForCausalLM, steps: int) -> OuroForCausalLM:
-    """The same weights run ``steps`` passes in generation (more than trained): a view with its own config."""
-    if steps <= model.config.total_ut_steps:
-        return model
-    view = copy.copy(model)  # shares every parameter and submodule
-    view.config = model.config.replace(total_ut_steps=steps)
-    return view
-
-
 @register_model("ouro")
-class OuroLM(TemplateLM):
+class OuroEvalLM(TemplateLM):
     """An Ouro looped model in lm-eval, scored at chosen depths.
 
     Args:
@@ -348,7 +338,8 @@ class OuroLM(TemplateLM):
             disable=disable_tqdm or not self.progress or not total,
         )
         steps = self.active.passes(self.model.config.total_ut_steps)
-        model = _deeper(self.model, steps) if self.active.kind == "step" else self.model
+        # A static exit past the trained loop count runs the same weights further (`generate`'s num_steps).
+        num_steps = steps if self.active.kind == "step" and steps > self.model.config.total_ut_steps else None
         # Prompt and new tokens together fit the context window: lm-eval's max_gen_toks is clamped so that at
         # least one prompt token remains, and the prompt keeps its end.
         window = min(self.max_length, self.model.config.max_position_embeddings)
@@ -367,13 +358,14 @@ class OuroLM(TemplateLM):
                 chunk = pending[start : start + size]
                 prompts = [(self.tok_encode(c) if c else [self.prefix_token_id])[-keep:] for c, _ in chunk]
                 result = generate(
-                    model,
+                    self.model,
                     prompts,
                     tokenizer=self.tokenizer,
                     max_new_tokens=max_new,
                     temperature=temperature,
                     seed=self.request_seed(chunk[0][0], kwargs_key) if temperature > 0 else None,
                     eos_token_id=[*self.end_token_ids, *self.stop_token_ids(until)],
+                    num_steps=num_steps,
                     **self.generation_arguments(),
                 )
                 seconds = (result.prefill_seconds + result.decode_seconds) / len(chunk)

@@ -1,7 +1,7 @@
 """`evaluate`: lm-eval tasks on an in-memory Ouro model at several depth settings, with one model and one
 scoring forward per request for the whole sweep.
 
-The tasks are loaded once; lm-eval's ``evaluate`` then runs once per depth setting with the same `OuroLM`,
+The tasks are loaded once; lm-eval's ``evaluate`` then runs once per depth setting with the same `OuroEvalLM`,
 whose active setting changes between runs, and with the few-shot sampler re-seeded before each run, so every
 setting scores the same prompts. The first run scores every log-likelihood request at every setting
 (one forward up to the deepest pass); the later runs read those scores from the backend's cache, so they cost
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ouro.data.builtin import cache_dir
-from ouro.eval.backend import DepthStats, OuroLM
+from ouro.data.cache import cache_dir
+from ouro.eval.backend import DepthStats, OuroEvalLM
 from ouro.eval.results import DepthResult, EvalResults
 from ouro.eval.scoring import depth_settings
 from ouro.eval.suite import materialize
@@ -128,7 +128,7 @@ def evaluate(
             task.set_config(key="num_fewshot", value=0)
 
     was_training = model.training
-    lm = OuroLM(
+    lm = OuroEvalLM(
         model=model,
         tokenizer=tokenizer,
         settings=settings,
@@ -157,7 +157,7 @@ def evaluate(
     return _collect(raw, settings, lm, names)
 
 
-def _collect(raw: dict[str, dict[str, Any]], settings, lm: OuroLM, names: list[str]) -> EvalResults:
+def _collect(raw: dict[str, dict[str, Any]], settings, lm: OuroEvalLM, names: list[str]) -> EvalResults:
     first = raw[settings[0].key]
     subtasks: dict[str, list[str]] = first.get("group_subtasks", {})
     tasks: dict[str, dict[str, DepthResult]] = {}
@@ -234,7 +234,7 @@ def _loglikelihood_mode(setting, trained_steps: int) -> str:
     )
 
 
-def _generation_mode(lm: OuroLM, setting) -> str:
+def _generation_mode(lm: OuroEvalLM, setting) -> str:
     previous, lm.active = lm.active, setting
     try:
         arguments = lm.generation_arguments()

@@ -41,11 +41,13 @@ class LoopKVCache:
         sharing: str = "full",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        num_steps: int | None = None,
     ) -> None:
         if sharing not in SHARING_MODES:
             raise ValueError(f"kv_sharing must be one of {SHARING_MODES}, got {sharing!r}")
         self.sharing = sharing
-        self.num_steps, self.num_layers = config.total_ut_steps, config.num_hidden_layers
+        self.num_steps = config.total_ut_steps if num_steps is None else num_steps
+        self.num_layers = config.num_hidden_layers
         slots = self.num_steps * self.num_layers if sharing == "full" else self.num_layers
         shape = (slots, batch_size, config.num_key_value_heads, capacity, config.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)

@@ -119,6 +119,7 @@ def generate(
     pad_token_id: int | None = None,
     stream: Callable[[list[int | None]], None] | None = None,
     use_cache: bool = True,
+    num_steps: int | None = None,
 ) -> GenerationResult:
     """Generate continuations of one prompt or a batch of prompts.
 
@@ -137,14 +138,17 @@ def generate(
         pad_token_id: Id used for left padding (never attended to); default pad, then eos, then 0.
         stream: Called after every step with the new token of each prompt (None once a prompt has ended).
         use_cache: False recomputes the whole sequence for every token (reference path; every pass runs).
+        num_steps: Passes of the shared stack (default ``config.total_ut_steps``); more than trained runs the
+            same weights further.
     """
     config = model.config
+    steps = config.total_ut_steps if num_steps is None else num_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
     if exit_step is not None and exit_threshold is not None:
         raise ValueError("pass either exit_step (static exit) or exit_threshold (Q-exit), not both")
-    if exit_step is not None and not 0 <= exit_step < config.total_ut_steps:
-        raise ValueError(
-            f"exit_step must lie in [0, {config.total_ut_steps - 1}] (0-based pass), got {exit_step}"
-        )
+    if exit_step is not None and not 0 <= exit_step < steps:
+        raise ValueError(f"exit_step must lie in [0, {steps - 1}] (0-based pass), got {exit_step}")
     q = config.early_exit_threshold if exit_threshold is None else float(exit_threshold)
     if not 0.0 < q <= 1.0:
         raise ValueError(f"exit_threshold must lie in (0, 1], got {q}")
@@ -180,7 +184,7 @@ def generate(
     model.eval()
     try:
         runner = _CachedRun if use_cache else _UncachedRun
-        run = runner(model, ids, valid, max_new_tokens, q, exit_step, kv_sharing)
+        run = runner(model, ids, valid, max_new_tokens, q, exit_step, kv_sharing, steps)
         tokens: list[list[int]] = [[] for _ in batch_prompts]
         exits: list[list[int]] = [[] for _ in batch_prompts]
         finished = torch.zeros(len(batch_prompts), dtype=torch.bool, device=device)
@@ -256,13 +260,16 @@ class _CachedRun:
         q: float,
         exit_step: int | None,
         sharing: str,
+        num_steps: int,
     ) -> None:
         self.model, self.q, self.exit_step = model, q, exit_step
-        self.num_steps = model.config.total_ut_steps
+        self.num_steps = num_steps
         self.max_steps = self.num_steps if exit_step is None else exit_step + 1
         batch, prompt_len = ids.shape
         dtype = next(model.parameters()).dtype
-        self.cache = LoopKVCache(model.config, batch, prompt_len + max_new_tokens, sharing, dtype, ids.device)
+        self.cache = LoopKVCache(
+            model.config, batch, prompt_len + max_new_tokens, sharing, dtype, ids.device, num_steps
+        )
         self.key_valid = torch.zeros(batch, prompt_len + max_new_tokens, dtype=torch.bool, device=ids.device)
         self.key_valid[:, :prompt_len] = valid
         self.padded = not bool(valid.all())
@@ -350,15 +357,17 @@ class _UncachedRun:
         q: float,
         exit_step: int | None,
         sharing: str,
+        num_steps: int,
     ) -> None:
         self.model, self.q, self.exit_step = model, q, exit_step
+        self.num_steps = num_steps
         self.ids, self.valid = ids, valid
         self.cache_bytes = self.decode_tokens = 0
         self.decode_passes = 0
 
     def _run(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids, valid = self.ids[rows], self.valid[rows]
-        out = self.model(ids, layout=padded_layout(valid))
+        out = self.model(ids, num_steps=self.num_steps, layout=padded_layout(valid))
         logits, steps = self.model.exit_logits(
             out, step=self.exit_step, threshold=None if self.exit_step is not None else self.q
         )

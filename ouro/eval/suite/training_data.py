@@ -15,8 +15,9 @@ from functools import partial
 from pathlib import Path
 
 from ouro.atomic import atomic_write_text
-from ouro.data.builtin import builtin_tokenizer_path, cache_dir
+from ouro.data.builtin import builtin_tokenizer_path
 from ouro.data.builtin_sources import BuiltinSource, register
+from ouro.data.cache import cache_dir
 from ouro.data.prepare import prepare
 from ouro.eval.suite.families import FAMILIES
 from ouro.eval.suite.families import family as suite_family

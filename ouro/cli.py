@@ -87,8 +87,6 @@ def _alias(arg: str, aliases: dict[str, str]) -> str:
 def _repeated_list_flags(args: list[str], function: Callable) -> list[str]:
     """``--config A --config B`` means the list ``[A, B]`` for the function's ``list[str]`` parameters (as
     ``ouro fit`` takes repeated ``--config``); jsonargparse alone would keep the last one."""
-    import inspect
-
     names = {
         f"--{name}"
         for name, p in inspect.signature(function).parameters.items()

@@ -75,7 +75,7 @@ def short_reason(error: BaseException) -> str:
     whole text is shown with ``OURO_DEBUG=1``)."""
     text = str(error).strip()
     if not text or isinstance(error, OSError):  # torch's zip reader seeks before the start of a cut file
-        return f"cut short or not a checkpoint ({error.strerror or type(error).__name__})"
+        return f"cut short or not a checkpoint ({(error.strerror if isinstance(error, OSError) else None) or type(error).__name__})"
     unpickler = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
     if unpickler:
         return f"not a checkpoint: {unpickler.group(1).strip()[:MAX_REASON]}"

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
@@ -87,7 +88,7 @@ class CheckpointedStepRow(Callback):
         # Runs before the checkpoint callbacks (Lightning puts them last); the metrics hold this step's values.
         values = {}
         for name, value in trainer.callback_metrics.items():
-            if name.startswith("train/") and getattr(value, "numel", lambda: 1)() == 1:
+            if name.startswith("train/") and (not isinstance(value, torch.Tensor) or value.numel() == 1):
                 values[name] = float(value)
         self.row = {"step": trainer.global_step - 1, "metrics": values}  # the step Lightning's loggers record
 

@@ -127,7 +127,7 @@ def test_a_moved_or_copied_cache_serves_the_builtin_data_unchanged(small_cache, 
     """A cache copied to another node, or mounted at another path, is used as it is: nothing rebuilt, no error."""
     import shutil
 
-    built = builtin.ensure_builtin_corpus(num_workers=1)
+    built = builtin_sources.ensure_builtin_corpus(num_workers=1)
     manifest = Manifest.load(built["train"])
     assert manifest.sources and all(s.startswith("$OURO_CACHE/builtin/") for s in manifest.sources)
     for destination, move in (("copied", shutil.copytree), ("moved", shutil.move)):
@@ -138,7 +138,7 @@ def test_a_moved_or_copied_cache_serves_the_builtin_data_unchanged(small_cache, 
         monkeypatch.setenv("OURO_CACHE", str(target))
         stamps = {p: p.stat().st_mtime_ns for p in target.rglob("manifest.json")}
         capsys.readouterr()
-        dirs = builtin.ensure_builtin_corpus(num_workers=1)
+        dirs = builtin_sources.ensure_builtin_corpus(num_workers=1)
         assert all(Path(d).is_relative_to(target) for d in dirs.values())
         assert {p: p.stat().st_mtime_ns for p in target.rglob("manifest.json")} == stamps, "nothing rebuilt"
         assert "rebuilding" not in capsys.readouterr().out
@@ -152,11 +152,11 @@ def test_a_moved_or_copied_cache_serves_the_builtin_data_unchanged(small_cache, 
 def test_builtin_shards_of_other_settings_are_rebuilt_not_refused(small_cache, capsys):
     """Shards the cache holds from other inputs (an older ouro's manifest) are ouro's own: a fit rebuilds them
     rather than telling it to pass a flag (`--overwrite`) that `ouro fit` does not have."""
-    train = builtin.ensure_builtin_corpus(num_workers=1)["train"]
+    train = builtin_sources.ensure_builtin_corpus(num_workers=1)["train"]
     record = json.loads((train / "manifest.json").read_text())
     record["sources"] = ["/elsewhere/train-0.jsonl"]
     (train / "manifest.json").write_text(json.dumps(record))
     capsys.readouterr()
-    builtin.ensure_builtin_corpus(num_workers=1)
+    builtin_sources.ensure_builtin_corpus(num_workers=1)
     assert "rebuilding the built-in shards" in capsys.readouterr().out
     assert Manifest.load(train).sources[0].startswith("$OURO_CACHE/")

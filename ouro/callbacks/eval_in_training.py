@@ -112,6 +112,7 @@ class EvalInTraining(L.Callback):
         """Refuse unknown lm-eval task names before training, naming this callback's arguments."""
         lm_eval_tasks = [t for t in self.tasks if t not in self._builtin]
         if stage == "fit" and lm_eval_tasks:
+            # lm-eval is an optional dependency (the `eval` extra); only lm-eval tasks need it.
             from ouro.eval.runner import check_task_names, task_manager
 
             include = "EvalInTraining's include_path"

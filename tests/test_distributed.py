@@ -29,6 +29,7 @@ from spawn_ranks import free_port, nodes
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ouro.config import OuroConfig
+from ouro.data.base import OuroDataModule
 from ouro.distributed import (
     OuroFSDP2Strategy,
     OuroFSDPStrategy,
@@ -79,7 +80,7 @@ class _RankSampler(Sampler):
         return iter(rows)
 
 
-class FixedTokens(L.LightningDataModule):
+class FixedTokens(OuroDataModule):
     """Deterministic in-memory token blocks, ``global_batch x steps_per_epoch`` per epoch, split over ranks like
     a streaming loader (no shuffling), resuming at the batch where the checkpoint was taken."""
 

@@ -57,6 +57,38 @@ class ResumableToyDataModule(ToyDataModule):
         return ResumableLoader(data, batch_size=self.batch_size)
 
 
+#: The smallest looped model on `ResumableToyDataModule`, trained by ``ouro fit`` for ``{steps}`` steps; ``{trainer}``
+#: holds further trainer lines (each indented by two spaces).
+TINY_RESUMABLE_RECIPE = """\
+seed_everything: 3
+cpu_threads: 1
+trainer:
+  accelerator: cpu
+  max_steps: {steps}
+  enable_progress_bar: false
+  enable_model_summary: false
+  val_check_interval: 1000
+  check_val_every_n_epoch: null
+  limit_val_batches: 0
+  num_sanity_val_steps: 0
+{trainer}model:
+  model:
+    vocab_size: 512
+    hidden_size: 32
+    intermediate_size: 64
+    num_hidden_layers: 1
+    num_attention_heads: 2
+    num_key_value_heads: 2
+    max_position_embeddings: 32
+    total_ut_steps: 2
+data:
+  class_path: reliability_helpers.ResumableToyDataModule
+  init_args:
+    seq_len: 8
+    batch_size: 2
+"""
+
+
 class _DyingWriter:
     """A file handle that lets ``limit`` bytes through, syncs them to disk and kills the process."""
 

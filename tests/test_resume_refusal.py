@@ -7,43 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import TINY_RESUMABLE_RECIPE
 
 from ouro.cli import main
-
-RECIPE = """\
-seed_everything: 3
-cpu_threads: 1
-trainer:
-  accelerator: cpu
-  max_steps: {steps}
-  enable_progress_bar: false
-  enable_model_summary: false
-  val_check_interval: 1000
-  check_val_every_n_epoch: null
-  limit_val_batches: 0
-  num_sanity_val_steps: 0
-  logger: false
-model:
-  model:
-    vocab_size: 512
-    hidden_size: 32
-    intermediate_size: 64
-    num_hidden_layers: 1
-    num_attention_heads: 2
-    num_key_value_heads: 2
-    max_position_embeddings: 32
-    total_ut_steps: 2
-data:
-  class_path: reliability_helpers.ResumableToyDataModule
-  init_args:
-    seq_len: 8
-    batch_size: 2
-"""
 
 
 def _fit(tmp_path: Path, run: Path, steps: int, *extra: str) -> None:
     recipe = tmp_path / f"r{steps}.yaml"
-    recipe.write_text(RECIPE.format(steps=steps))
+    recipe.write_text(TINY_RESUMABLE_RECIPE.format(steps=steps, trainer="  logger: false\n"))
     main(["fit", "--config", str(recipe), "--trainer.default_root_dir", str(run), *extra])
 
 

@@ -10,41 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from reliability_helpers import TINY_RESUMABLE_RECIPE
 
 from ouro.plot import find_metrics_files, read_metrics, series
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
-
-RECIPE = """\
-seed_everything: 3
-cpu_threads: 1
-trainer:
-  accelerator: cpu
-  max_steps: 6
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  val_check_interval: 1000
-  check_val_every_n_epoch: null
-  limit_val_batches: 0
-  num_sanity_val_steps: 0
-model:
-  model:
-    vocab_size: 512
-    hidden_size: 32
-    intermediate_size: 64
-    num_hidden_layers: 1
-    num_attention_heads: 2
-    num_key_value_heads: 2
-    max_position_embeddings: 32
-    total_ut_steps: 2
-data:
-  class_path: reliability_helpers.ResumableToyDataModule
-  init_args:
-    seq_len: 8
-    batch_size: 2
-"""
 
 
 def _ouro(fault: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -55,7 +26,7 @@ def _ouro(fault: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess
 
 def test_a_killed_and_resumed_run_plots_every_step_once(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE)
+    recipe.write_text(TINY_RESUMABLE_RECIPE.format(steps=6, trainer="  log_every_n_steps: 1\n"))
     args = [
         "fit",
         "--config",

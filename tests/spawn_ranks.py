@@ -7,6 +7,7 @@ The callbacks here are named by ``class_path: spawn_ranks.<Name>`` in the recipe
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import socket
@@ -28,11 +29,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+#: A rank still running this many seconds before its launcher's timeout prints every thread's stack and exits,
+#: so that a hang fails its test with the place where each rank waits (the launcher's kill would show nothing).
+WATCHDOG_MARGIN_S = 20
+
+
+def _env(extra: dict[str, str] | None = None, timeout: int = 240) -> dict[str, str]:
     return dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]),
         OMP_NUM_THREADS="1",
+        SPAWN_RANKS_WATCHDOG_S=str(max(timeout - WATCHDOG_MARGIN_S, 1)),
         **(extra or {}),
     )
 
@@ -47,7 +54,9 @@ def torchrun(args: list[str], nproc: int, nnodes: int = 1, timeout: int = 240) -
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     command += [f"--master_port={free_port()}", "-m", "spawn_ranks", *args]
     return _check(
-        subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        subprocess.run(
+            command, env=_env(timeout=timeout), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
     )
 
 
@@ -55,7 +64,9 @@ def one_process(args: list[str], timeout: int = 240) -> str:
     """``python -m spawn_ranks ARGS`` in a fresh process (one rank); returns stdout + stderr."""
     command = [sys.executable, "-m", "spawn_ranks", *args]
     return _check(
-        subprocess.run(command, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        subprocess.run(
+            command, env=_env(timeout=timeout), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
     )
 
 
@@ -65,7 +76,7 @@ def nodes(commands: list[tuple[list[str], dict[str, str]]], timeout: int = 240) 
     procs = [
         subprocess.Popen(
             [sys.executable, *argv],
-            env=_env(extra),
+            env=_env(extra, timeout),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -142,6 +153,8 @@ if __name__ == "__main__":
     from ouro.cli import main
 
     torch.set_num_threads(1)
+    if os.environ.get("SPAWN_RANKS_WATCHDOG_S"):
+        faulthandler.dump_traceback_later(float(os.environ["SPAWN_RANKS_WATCHDOG_S"]), exit=True)
     main(sys.argv[1:])
     if dist.is_initialized():
         dist.destroy_process_group()

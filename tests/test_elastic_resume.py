@@ -6,13 +6,14 @@ previous run's mid-epoch checkpoint (``--ckpt_path .../step-N.ckpt``, as a pre-e
 * DDP: 2 ranks -> 1 rank -> 1 rank with ``num_workers`` 1 -> 2 -> 2 ranks, to the end of the epoch. Row
   identities (each row's token ids; the source's rows are distinct) show every row of the epoch trained exactly
   once; tokens, learning rate, RoPE base and the token budget follow the global token count.
-* Sharded checkpoints, by their short strategy names: FSDP1 (``fsdp``) 2 -> 1 rank and FSDP2 (``fsdp2``)
-  2 -> 1 -> 2 ranks give the DDP chain's losses step for step where the topologies agree, and see no row twice.
+* Sharded checkpoints, by their short strategy names: FSDP1 (``fsdp``) and FSDP2 (``fsdp2``), each
+  2 -> 1 -> 2 ranks, give the DDP chain's losses step for step where the topologies agree, and see no row twice.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 from dataclasses import asdict
@@ -35,7 +36,7 @@ WORDS = "alpha beta gamma delta loop model token stream shard chunk exit gate st
 PEAK_LR, WARMUP_TOKENS, THETA_SWITCH = 3e-3, 256, 512
 #: (ranks, num_workers, max_steps) of each run; every run but the first resumes the previous run's last step.
 DDP_CHAIN = [(2, 1, 2), (1, 1, 4), (1, 2, 6), (2, 2, -1)]
-FSDP_CHAINS = {"fsdp": [(2, 1, 2), (1, 1, 4)], "fsdp2": [(2, 1, 2), (1, 1, 4), (2, 1, 6)]}
+FSDP_CHAIN = [(2, 1, 2), (1, 1, 4), (2, 1, 6)]  # FSDP1 and FSDP2 alike
 
 
 @pytest.fixture(scope="module")
@@ -190,9 +191,10 @@ def test_resume_says_what_changed_in_one_line(ddp_chain):
 
 # The FSDP2 chain's first 2-rank run hung once in a clean-clone CI run (no checkpoint written, killed at the
 # 240 s timeout) and passed in another; until the hang is understood it stays out of CI, where a hang would
-# fail every submission. To run it, remove the mark.
-FSDP2_HANG = pytest.mark.skip(
-    reason="FSDP2 2-rank start hung once in CI (see the comment above); not yet diagnosed"
+# fail every submission. OURO_TEST_FSDP2_CHAIN=1 runs it (a hang then fails with every rank's stack).
+FSDP2_HANG = pytest.mark.skipif(
+    os.environ.get("OURO_TEST_FSDP2_CHAIN") != "1",
+    reason="FSDP2 2-rank start hung once in CI (see the comment above); OURO_TEST_FSDP2_CHAIN=1 runs it",
 )
 
 
@@ -204,7 +206,7 @@ def test_sharded_checkpoints_resume_on_another_world_size(tmp_path, source, ddp_
         if strategy == "fsdp"
         else {"class_path": "ouro.distributed.OuroFSDP2Strategy", "init_args": {"param_dtype": None}}
     )
-    chain = _chain(tmp_path, source, FSDP_CHAINS[strategy], spec)
+    chain = _chain(tmp_path, source, FSDP_CHAIN, spec)
     sharded = chain["run"] / "checkpoints" / "step-00000002.ckpt"
     assert sharded.is_dir() and len(list(sharded.glob("*.distcp"))) == 2
     said = [line for line in chain["logs"][1].splitlines() if line.startswith("ouro: ")]
@@ -223,10 +225,10 @@ def test_sharded_checkpoints_resume_on_another_world_size(tmp_path, source, ddp_
     seen = _rows(chain["steps"])
     assert max(seen.values()) == 1 and set(seen) <= set(source["rows"])
     assert sorted(ours) == list(range(1, 1 + sum(1 for _ in ours)))
-    if len(FSDP_CHAINS[strategy]) > 2:  # then 1 -> 2 ranks: the rows go on where the 1-rank run stopped
-        said = [line for line in chain["logs"][2].splitlines() if line.startswith("ouro: ")]
-        assert said == ["ouro: checkpoint written by 1 rank, resuming on 2: data position restriped"]
-        assert sum(seen.values()) == 8 + 4 + 8
+    # then 1 -> 2 ranks: the rows go on where the 1-rank run stopped
+    said = [line for line in chain["logs"][2].splitlines() if line.startswith("ouro: ")]
+    assert said == ["ouro: checkpoint written by 1 rank, resuming on 2: data position restriped"]
+    assert sum(seen.values()) == 8 + 4 + 8
 
 
 def test_resume_line_and_refusals(tmp_path):

@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
 
 from ouro.config import OuroConfig
 from ouro.cross_entropy import IGNORE_INDEX, per_step_cross_entropy
@@ -20,6 +19,7 @@ from ouro.objective import (
 )
 from ouro.optim import OptimizerConfig, adamw
 from ouro.stages import StageInfo, StageStart
+from ouro.validation_means import ValidationMeans
 
 
 class OuroLM(L.LightningModule):
@@ -112,8 +112,7 @@ class OuroLM(L.LightningModule):
         self.tokens_seen = 0
         #: What this stage is and where it came from (set by the CLI and at stage start, read by callbacks).
         self.stage = StageInfo()
-        # Validation means, created on first use so a loop count that changes mid-stage is reported correctly.
-        self.val_metrics = torch.nn.ModuleDict()
+        self.val_means = ValidationMeans()
 
     def _check_args(self) -> None:
         if self.entropy_coef < 0:
@@ -136,27 +135,17 @@ class OuroLM(L.LightningModule):
     # --------------------------------------------------------------------------------------- stage start
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.init_from and not self.stage.resuming:
-            self.start_from(self.init_from)
+            # Weights copied in place: Stage II's frozen parameters stay frozen.
+            same_objective = self.objective != "stage2"
+            start = StageStart.load(
+                self.init_from, self.net, self.upcycle, self.init_optimizer_state, same_objective
+            )
+            self.stage.begin(start)
         if self._trainer is not None:
             self.stage.connect(self.trainer.datamodule, self.config)
 
-    def start_from(self, init_from: str) -> None:
-        """Take a new stage's starting weights from ``init_from`` (see `ouro.stages.StageStart`)."""
-        start = StageStart.load(
-            init_from,
-            self.net,
-            self.upcycle,
-            with_optimizer=self.init_optimizer_state,
-            same_objective=self.objective != "stage2",
-        )
-        if self.objective == "stage2":
-            self.freeze_language_model()
-        self.stage.begin(start)
-
     def on_fit_start(self) -> None:
-        if self.stage.start is not None:
-            self.stage.start.hand_over_optimizer_state(self.trainer.optimizers[0])
-        self.stage.take_data_tokenizer(self.trainer.datamodule)
+        self.stage.fit_start(self.trainer)
 
     # ---------------------------------------------------------------------------------- schedule controls
     def set_loop_count(self, steps: int) -> None:
@@ -247,62 +236,42 @@ class OuroLM(L.LightningModule):
         self.log("train/exit_entropy", result.entropy, **log)
 
     # ------------------------------------------------------------------------------------------ validation
-    def _val_update(self, name: str, value: torch.Tensor, weight: int) -> None:
-        key = name.replace(".", "_")
-        if key not in self.val_metrics:
-            self.val_metrics[key] = MeanMetric().to(self.device)
-            self.val_metrics[key].log_name = name
-        self.val_metrics[key].update(value, weight=weight)
-
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         result, ce, gate_logits = self.compute_loss(batch)
         count = ce.shape[0]
-        self._val_update("loss", result.loss.detach(), count)
+        self.val_means.add("loss", result.loss.detach(), count)
         probs = exit_distribution(gate_logits.detach())
         for t in range(ce.shape[1]):
-            self._val_update(f"ce_step{t + 1}", ce[:, t].mean(), count)
-            self._val_update(f"exit_prob_step{t + 1}", probs[:, t].mean(), count)
+            self.val_means.add(f"ce_step{t + 1}", ce[:, t].mean(), count)
+            self.val_means.add(f"exit_prob_step{t + 1}", probs[:, t].mean(), count)
         mask = torch.ones(count, dtype=torch.bool, device=ce.device)
         for q in self.q_exit_thresholds:
             q_ce, depth = q_exit_cross_entropy(ce, probs, mask, q)
-            self._val_update(f"loss_q{q:g}", q_ce, count)
-            self._val_update(f"depth_q{q:g}", depth, count)
-        if self.stage.start is not None:
-            reference_ce = self.stage.start.reference_cross_entropy(batch, self.loss_chunk_size)
-            if reference_ce is not None:
-                self._val_update("upcycle_source_ce_last", reference_ce, count)
+            self.val_means.add(f"loss_q{q:g}", q_ce, count)
+            self.val_means.add(f"depth_q{q:g}", depth, count)
+        reference_ce = self.stage.reference_cross_entropy(batch, self.loss_chunk_size)
+        if reference_ce is not None:  # after upcycling: the model before it, on the same batch
+            self.val_means.add("upcycle_source_ce_last", reference_ce, count)
 
     def on_validation_epoch_end(self) -> None:
-        values = {}
-        for metric in self.val_metrics.values():
-            if metric.update_count:
-                values[metric.log_name] = metric.compute()
-            metric.reset()
+        values = self.val_means.compute_and_reset()
         for name, value in values.items():
             self.log(f"val/{name}", value, prog_bar=name == "loss")
             if name.startswith("ce_step"):
                 self.log(f"val/ppl_step{name.removeprefix('ce_step')}", torch.exp(value))
-        if self.stage.start is not None:
-            self.stage.start.report_reference(values, self.trainer.sanity_checking)
+        self.stage.report_reference(values, self.trainer.sanity_checking)
 
     # ---------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return adamw(self.net, self.optim)
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def stage_record(self) -> dict[str, Any]:
-        """This stage's provenance entry: name, recipe, tokens and the latest validation metrics."""
-        metrics = {}
-        if self._trainer is not None:
-            metrics = {
-                k: round(float(v), 6)
-                for k, v in self.trainer.callback_metrics.items()
-                if k.startswith("val/") and v.numel() == 1
-            }
-        return self.stage.record(self.tokens_seen, self.objective, self.config, metrics)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ouro"] = self.stage.checkpoint_meta(self.tokens_seen, self.config, self.stage_record())
+        # Provenance: this stage's record (with the latest val/ metrics) after those of the stages before it.
+        metrics = self.trainer.callback_metrics if self._trainer is not None else {}
+        checkpoint["ouro"] = self.stage.checkpoint_meta(
+            self.tokens_seen, self.objective, self.config, metrics
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = self.stage.restore(checkpoint.get("ouro", {}))

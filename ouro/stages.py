@@ -12,12 +12,13 @@ or sequence length needs no weight change; a deeper stack is upcycled by layer d
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning import LightningDataModule
+from lightning import LightningDataModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ouro.checkpoints import ModelSource, find_run_checkpoint, read_source
@@ -260,7 +261,7 @@ class StageInfo:
     """What this stage took over from ``init_from``; None when resuming or starting fresh."""
 
     def begin(self, start: StageStart) -> None:
-        """Record what the stage took over from ``init_from``."""
+        """Record what the stage took over from ``init_from`` (`StageStart.load`)."""
         self.start = start
         self.previous_final_lr = start.source.final_lr
         self.provenance = list(start.source.provenance)
@@ -294,17 +295,34 @@ class StageInfo:
                 "use ouro.data.PretrainDataModule / SFTDataModule or subclass ouro.data.OuroDataModule"
             )
 
-    def take_data_tokenizer(self, datamodule: LightningDataModule | None) -> None:
-        """The tokenizer of set-up data replaces the one recorded by ``init_from``."""
+    def fit_start(self, trainer: Trainer) -> None:
+        """When the Trainer has set up the optimizer and the data: hand ``init_from``'s AdamW state (if taken) to
+        the optimizer, and let the tokenizer of the set-up data replace the one recorded by ``init_from``."""
+        if self.start is not None:
+            self.start.hand_over_optimizer_state(trainer.optimizers[0])
+        datamodule = trainer.datamodule
         if isinstance(datamodule, OuroDataModule) and datamodule.tokenizer_path:
             self.tokenizer_path = str(datamodule.tokenizer_path)
         elif self.tokenizer_path is not None:
             self.tokenizer_path = str(self.tokenizer_path)
 
+    # ------------------------------------------------------------------------------ the upcycle reference
+    def reference_cross_entropy(self, batch: dict[str, torch.Tensor], chunk_size: int) -> torch.Tensor | None:
+        """After upcycling, the model before it on a validation batch (`StageStart.reference_cross_entropy`);
+        None when the stage did not upcycle or the first validation has reported it."""
+        return None if self.start is None else self.start.reference_cross_entropy(batch, chunk_size)
+
+    def report_reference(self, values: dict[str, torch.Tensor], sanity_checking: bool) -> None:
+        """Log the validation loss next to the reference's (`StageStart.report_reference`)."""
+        if self.start is not None:
+            self.start.report_reference(values, sanity_checking)
+
+    # ----------------------------------------------------------------------------------------- provenance
     def record(
-        self, tokens: int, objective: str, config: OuroConfig, metrics: dict[str, float]
+        self, tokens: int, objective: str, config: OuroConfig, metrics: Mapping[str, torch.Tensor]
     ) -> dict[str, Any]:
-        """This stage's provenance entry: name, recipe, tokens, architecture and the latest validation metrics."""
+        """This stage's provenance entry: name, recipe, tokens, architecture and the latest validation metrics
+        (the scalar ``val/`` entries of ``metrics``, the Trainer's ``callback_metrics``)."""
         return {
             "stage": self.name,
             "recipe": self.recipe,
@@ -313,15 +331,20 @@ class StageInfo:
             "total_ut_steps": config.total_ut_steps,
             "num_hidden_layers": config.num_hidden_layers,
             "rope_theta": config.rope_theta,
-            "metrics": metrics,
+            "metrics": {
+                k: round(float(v), 6) for k, v in metrics.items() if k.startswith("val/") and v.numel() == 1
+            },
         }
 
-    def checkpoint_meta(self, tokens: int, config: OuroConfig, record: dict[str, Any]) -> dict[str, Any]:
-        """The ``ouro`` section of a checkpoint (what `ouro.checkpoints.read_source` reads back)."""
+    def checkpoint_meta(
+        self, tokens: int, objective: str, config: OuroConfig, metrics: Mapping[str, torch.Tensor]
+    ) -> dict[str, Any]:
+        """The ``ouro`` section of a checkpoint (what `ouro.checkpoints.read_source` reads back): this stage's
+        `record` appended to the provenance of the stages before it."""
         return {
             "tokens_seen": int(tokens),
             "config": asdict(config),
-            "provenance": [*self.provenance, record],
+            "provenance": [*self.provenance, self.record(tokens, objective, config, metrics)],
             "previous_provenance": list(self.provenance),
             "tokenizer_path": self.tokenizer_path,
         }

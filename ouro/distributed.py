@@ -40,6 +40,14 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import (
+    FSDPModule,
+    FullyShardedDataParallel,
+    MixedPrecision,
+    MixedPrecisionPolicy,
+    fully_shard,
+)
 
 from ouro.checkpoint_io import AtomicShardedSave
 from ouro.model.looped import DecoderLayer
@@ -105,11 +113,9 @@ class OuroFSDPStrategy(AtomicShardedSave, FSDPStrategy):
         self.fp32_reduce = fp32_reduce
 
     @property
-    def mixed_precision_config(self):  # noqa: ANN201 (torch's MixedPrecision, imported lazily)
+    def mixed_precision_config(self) -> MixedPrecision | None:
         config = super().mixed_precision_config
         if config is not None and self.fp32_reduce and config.reduce_dtype in (torch.bfloat16, torch.float16):
-            from torch.distributed.fsdp import MixedPrecision
-
             config = MixedPrecision(
                 param_dtype=config.param_dtype, reduce_dtype=torch.float32, buffer_dtype=torch.float32
             )
@@ -118,8 +124,6 @@ class OuroFSDPStrategy(AtomicShardedSave, FSDPStrategy):
     def _setup_model(self, model: nn.Module) -> nn.Module:
         # Lightning passes device_id=None on CPU, which torch's FSDP1 refuses; it works with an explicit CPU device.
         if self.root_device.type == "cpu":
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
             if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
                 kwargs = dict(self.kwargs)
                 model = FullyShardedDataParallel(
@@ -212,8 +216,6 @@ def apply_fsdp2(
     ``module`` is the network (`OuroForCausalLM`): its forward is what FSDP2 hooks. The root unit never reshards
     after forward, because the objective reads ``lm_head.weight`` after the network's forward has returned.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     layers = [m for m in module.modules() if isinstance(m, DecoderLayer)]
     if not layers:
@@ -276,9 +278,6 @@ def full_network_state(trainer: Any, pl_module: Any) -> dict[str, torch.Tensor]:
     """The network's (``pl_module.net``) full weights on CPU, official key names. Under FSDP1 / FSDP2 the
     shards are gathered: a collective every rank must call; only rank 0 receives the tensors (the others get an
     empty dict). Without sharding every rank gets them."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
     model = trainer.strategy.model
     if isinstance(model, FullyShardedDataParallel):
         # FSDP1: its full-state-dict hooks crash on CPU (gloo) after an evaluation forward; gathering the

@@ -33,7 +33,7 @@ test: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/ouro fit --config recipes/quickstart.yaml
 	@echo "ouro: the run is in runs/quickstart (checkpoints/last.ckpt, logs/ with metrics.csv, tensorboard/)"
-	@echo "next: ouro plot runs/quickstart; ouro generate runs/quickstart 'def ' --max_new_tokens 40; ouro eval runs/quickstart --tasks ouro_arith --depths 1-4"
+	@echo "next: ouro plot runs/quickstart; ouro generate runs/quickstart 'def ' --max_new_tokens 40; ouro eval runs/quickstart --tasks ouro_arith --depths 1-4 --out runs/quickstart/eval"
 	@echo "the per-step table: at this toy scale (2 layers, 400 steps of library text) later passes barely lower, even raise, the loss; on a task that needs several steps they pay off: ouro pipeline recipes/pipelines/demo.yaml"
 
 lint: $(STAMP)

@@ -41,13 +41,8 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, Strategy
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import (
-    FSDPModule,
-    FullyShardedDataParallel,
-    MixedPrecision,
-    MixedPrecisionPolicy,
-    fully_shard,
-)
+from torch.distributed.fsdp import FSDPModule, MixedPrecision, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from ouro.checkpoint_io import AtomicShardedSave
 from ouro.model.looped import DecoderLayer
@@ -124,9 +119,9 @@ class OuroFSDPStrategy(AtomicShardedSave, FSDPStrategy):
     def _setup_model(self, model: nn.Module) -> nn.Module:
         # Lightning passes device_id=None on CPU, which torch's FSDP1 refuses; it works with an explicit CPU device.
         if self.root_device.type == "cpu":
-            if not any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            if not any(isinstance(m, FSDP) for m in model.modules()):
                 kwargs = dict(self.kwargs)
-                model = FullyShardedDataParallel(
+                model = FSDP(
                     module=model,
                     cpu_offload=self.cpu_offload,
                     mixed_precision=self.mixed_precision_config,
@@ -279,10 +274,10 @@ def full_network_state(trainer: Any, pl_module: Any) -> dict[str, torch.Tensor]:
     shards are gathered: a collective every rank must call; only rank 0 receives the tensors (the others get an
     empty dict). Without sharding every rank gets them."""
     model = trainer.strategy.model
-    if isinstance(model, FullyShardedDataParallel):
+    if isinstance(model, FSDP):
         # FSDP1: its full-state-dict hooks crash on CPU (gloo) after an evaluation forward; gathering the
         # parameters and copying them is the same on any device.
-        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+        with FSDP.summon_full_params(model, writeback=False):
             state = {k: v.detach().cpu().clone() for k, v in pl_module.net.state_dict().items()}
         return state if trainer.is_global_zero else {}
     if not any(isinstance(m, FSDPModule) for m in model.modules()):

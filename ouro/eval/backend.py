@@ -17,12 +17,13 @@ import hashlib
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import lm_eval.models  # noqa: F401  (fills the registry with lm-eval's own models before ours joins it)
 import torch
+import torch.distributed as dist
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -92,6 +93,14 @@ class OuroEvalLM(TemplateLM):
             seeded from this and the request's text and arguments, so its output depends neither on the batch
             nor on the other requests.
         max_batch_size: Passed by lm-eval's command line; unused (batches have ``batch_size`` sequences).
+        distributed: Take part in lm-eval's distributed evaluation over the initialized ``torch.distributed``
+            process group: lm-eval gives each rank every world-size-th document and gathers the per-document
+            metrics to rank 0 (`all_gather`, `gather_object`, `barrier` below). Every rank runs as many scoring
+            forwards (each is a collective under FSDP); generation is refused (its real early exit runs a
+            different number of forwards per rank).
+        forward_wrapper: Runs each scoring forward: ``forward_wrapper(fn)`` returns ``fn()``, called inside the
+            data-parallel wrapper's forward so that a sharded model gathers its parameters (`EvalInTraining`
+            passes one); default: ``fn()`` directly.
 
     An unknown ``--model_args`` key is a TypeError naming it (lm-eval passes them as keyword arguments).
     """
@@ -113,8 +122,15 @@ class OuroEvalLM(TemplateLM):
         progress: bool = True,
         seed: int = 1234,
         max_batch_size: int | None = None,
+        distributed: bool = False,
+        forward_wrapper: Callable[[Callable[[], Any]], Any] | None = None,
     ) -> None:
         super().__init__()
+        if distributed:
+            if not dist.is_initialized():
+                raise ValueError("distributed=True needs an initialized torch.distributed process group")
+            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+        self.forward_wrapper = forward_wrapper
         if (pretrained is None) == (model is None):
             raise ValueError("pass either pretrained=<model source> or model=<OuroForCausalLM>")
         if device and device.startswith("cuda") and not torch.cuda.is_available():
@@ -160,6 +176,43 @@ class OuroEvalLM(TemplateLM):
         """(task name, setting key) -> cost and depth of what lm-eval asked under that setting."""
         self.request_types: dict[str, str] = {}
         """task name -> lm-eval request type (loglikelihood, loglikelihood_rolling, generate_until)."""
+        self.documents: dict[str, set[int]] = defaultdict(set)
+        """task name -> ids of the documents this rank scored (every document in a single process)."""
+        self.forwards = 0
+        """Scoring forwards run (with the ones that only keep the ranks in step)."""
+
+    # ------------------------------------------------------------------------------------ distributed
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor``, concatenated in rank order (0-d tensors stacked)."""
+        if self.world_size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Every rank's ``obj`` in rank order on ``dst``; None on the other ranks."""
+        if self.world_size == 1:
+            return [obj]
+        gathered = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(obj, gathered, dst=dst)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def _padding(self, requests: list) -> list[bool]:
+        """Which of ``requests`` repeat an earlier one: under several ranks lm-eval pads a rank's requests with
+        copies of its last one so that the ranks run as many; those are neither recorded nor counted."""
+        if self.world_size == 1:
+            return [False] * len(requests)
+        seen: set[int] = set()
+        repeated = []
+        for request in requests:
+            repeated.append(id(request) in seen)
+            seen.add(id(request))
+        return repeated
 
     # ----------------------------------------------------------------------------------------- tokenizer
     @property
@@ -222,11 +275,27 @@ class OuroEvalLM(TemplateLM):
         )
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            for item, scores in zip(chunk, score_sequences(self.model, chunk, self.settings)):
+            for item, scores in zip(chunk, self._forward(chunk)):
                 self._scores[item] = scores
             bar.update(len(chunk))
         bar.close()
+        if self.world_size > 1:
+            # Every forward is a collective under FSDP: the ranks with fewer new sequences (lm-eval's padding
+            # repeats cached ones) run as many forwards as the busiest, on a two-token sequence, discarded.
+            mine = -(-len(todo) // self.batch_size)
+            most = torch.tensor(mine, device=self.device)
+            dist.all_reduce(most, op=dist.ReduceOp.MAX)
+            filler = ((self.prefix_token_id, self.prefix_token_id), 1)
+            for _ in range(int(most) - mine):
+                self._forward([filler])
         return [self._scores[item] for item in items]
+
+    def _forward(self, chunk: list[tuple[tuple[int, ...], int]]) -> list[dict[str, Score]]:
+        """One scoring forward (`score_sequences`), through `forward_wrapper` when there is one."""
+        self.forwards += 1
+        if self.forward_wrapper is None:
+            return score_sequences(self.model, chunk, self.settings)
+        return self.forward_wrapper(lambda: score_sequences(self.model, chunk, self.settings))
 
     def _item(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[tuple[int, ...], int]:
         if not context:  # as lm-eval does for an empty context: the prefix token predicts the first token
@@ -234,9 +303,10 @@ class OuroEvalLM(TemplateLM):
         whole = (list(context) + list(continuation))[-(self.max_length + 1) :]
         return tuple(whole), min(len(continuation), len(whole) - 1)
 
-    def _record(self, task: str | None, request_type: str, scores: Sequence[Score]) -> None:
-        name = task or "?"
+    def _record(self, request: Any, request_type: str, scores: Sequence[Score]) -> None:
+        name = request.task_name or "?"
         self.request_types.setdefault(name, request_type)
+        self.documents[name].add(getattr(request, "doc_id", None))
         stats = self.stats[(name, self.active.key)]
         stats.requests += 1
         for score in scores:
@@ -267,9 +337,10 @@ class OuroEvalLM(TemplateLM):
             items.append(self._encoded[request.args])
         scores = self._score(items, disable_tqdm)
         results = []
-        for request, score in zip(requests, scores):
+        for request, score, padding in zip(requests, scores, self._padding(requests)):
             chosen = score[self.active.key]
-            self._record(request.task_name, "loglikelihood", [chosen])
+            if not padding:
+                self._record(request, "loglikelihood", [chosen])
             results.append((chosen.logprob, chosen.greedy))
         return results
 
@@ -287,9 +358,10 @@ class OuroEvalLM(TemplateLM):
         flat = [item for items in windows_per_request for item in items]
         scores = iter(self._score(flat, disable_tqdm))
         results = []
-        for request, items in zip(requests, windows_per_request):
+        for request, items, padding in zip(requests, windows_per_request, self._padding(requests)):
             chosen = [next(scores)[self.active.key] for _ in items]
-            self._record(request.task_name, "loglikelihood_rolling", chosen)
+            if not padding:
+                self._record(request, "loglikelihood_rolling", chosen)
             results.append(sum(s.logprob for s in chosen))
         return results
 
@@ -324,6 +396,11 @@ class OuroEvalLM(TemplateLM):
         return self._stop_ids[stops]
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        if self.world_size > 1:
+            raise ValueError(
+                f"ouro: generation tasks cannot be split over {self.world_size} ranks (real early exit runs a "
+                "different number of forwards on each); evaluate them in one process (`ouro eval`)"
+            )
         key = self.active.key
         todo: dict[str, dict[str, dict]] = defaultdict(dict)  # gen_kwargs as JSON -> context -> gen_kwargs
         for request in requests:
@@ -393,6 +470,7 @@ class OuroEvalLM(TemplateLM):
             ]
             name = request.task_name or "?"
             self.request_types.setdefault(name, "generate_until")
+            self.documents[name].add(getattr(request, "doc_id", None))
             self.stats[(name, key)].add(cost)
             outputs.append(text)
         return outputs

@@ -6,13 +6,20 @@ whose active setting changes between runs, and with the few-shot sampler re-seed
 setting scores the same prompts. The first run scores every log-likelihood request at every setting
 (one forward up to the deepest pass); the later runs read those scores from the backend's cache, so they cost
 lm-eval's bookkeeping and metrics, not forwards. Generation tasks run per setting.
+
+With ``distributed=True`` (`EvalInTraining` under several ranks) lm-eval's own distributed evaluation splits the
+documents: each rank scores every world-size-th one, rank 0 computes the metrics from every rank's per-document
+results, and the results reach every rank.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+import math
+import pickle
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +79,12 @@ def check_task_names(
         )
 
 
+def generation_tasks(manager, names: Sequence[str]) -> list[str]:
+    """The tasks among ``names`` (groups expanded) whose requests are generation (``generate_until``)."""
+    loaded = load_tasks(manager, names)
+    return [name for name, task in loaded["tasks"].items() if task.OUTPUT_TYPE == "generate_until"]
+
+
 def load_tasks(manager, names: Sequence[str]) -> dict[str, Any]:
     """lm-eval's ``TaskManager.load`` after `check_task_names`."""
     check_task_names(manager, names)
@@ -94,6 +107,9 @@ def evaluate(
     fewshot_seed: int = 1234,
     bootstrap_iters: int = 0,
     progress: bool = True,
+    distributed: bool = False,
+    forward_wrapper: Callable[[Callable[[], Any]], Any] | None = None,
+    scored: dict[str, int] | None = None,
 ) -> EvalResults:
     """Evaluate ``model`` on lm-eval ``tasks`` at every depth setting.
 
@@ -115,6 +131,11 @@ def evaluate(
         fewshot_seed: Seed of the few-shot sampler.
         bootstrap_iters: lm-eval's bootstrap iterations for standard errors (0: skip them).
         progress: Show progress bars.
+        distributed: Split the documents over the ranks of the initialized ``torch.distributed`` process group
+            (every rank calls this with the same arguments); every rank returns rank 0's results. Each task needs
+            at least one document per rank; generation tasks are refused.
+        forward_wrapper: How each scoring forward runs (`OuroEvalLM`'s ``forward_wrapper``).
+        scored: Filled with task name -> documents this rank scored.
     """
     from lm_eval.evaluator import evaluate as lm_eval_evaluate  # optional dependency (the `eval` extra)
 
@@ -136,11 +157,15 @@ def evaluate(
         max_length=max_length,
         kv_sharing=kv_sharing,
         progress=progress,
+        distributed=distributed,
+        forward_wrapper=forward_wrapper,
     )
     raw: dict[str, dict[str, Any]] = {}
     quiet = logging.getLogger("lm_eval")
     level = quiet.level
     try:
+        if lm.world_size > 1:
+            check_splittable(loaded["tasks"], limit, lm.world_size)
         for setting in settings:
             lm.active = setting
             # lm-eval's few-shot sampler is stateful and lm-eval's evaluate does not re-seed it: re-seeding here
@@ -154,7 +179,62 @@ def evaluate(
     finally:
         quiet.setLevel(level)
         model.train(was_training)
-    return _collect(raw, settings, lm, names)
+    if scored is not None:
+        scored.update({name: len(ids) for name, ids in lm.documents.items()})
+    if lm.world_size == 1:
+        return _collect(raw, settings, lm, names)
+    return _collect_on_rank_zero(raw, settings, lm, names)
+
+
+def check_splittable(tasks: dict[str, Any], limit: int | float | None, world_size: int) -> None:
+    """Refuse, identically on every rank, what cannot be split over ``world_size`` ranks: a rank without
+    documents would skip the scoring forwards (collectives) the others run; generation exits early per token."""
+    generation = [name for name, task in tasks.items() if task.OUTPUT_TYPE == "generate_until"]
+    if generation:
+        raise ValueError(
+            f"lm-eval generation task(s) {', '.join(generation)} cannot be split over {world_size} ranks (real "
+            "early exit runs a different number of forwards on each); evaluate them with `ouro eval` in one process"
+        )
+    for name, task in tasks.items():
+        count = len(task.eval_docs)
+        if limit is not None:
+            count = min(count, int(limit) if limit >= 1 else math.ceil(count * limit))
+        if count < world_size:
+            raise ValueError(
+                f"lm-eval task {name} has {count} document(s) to score, fewer than the {world_size} ranks that "
+                "split them; raise the limit or evaluate it in one process"
+            )
+
+
+def _collect_on_rank_zero(raw, settings, lm: OuroEvalLM, names: list[str]) -> EvalResults:
+    """`_collect` on rank 0 (the only rank with lm-eval's results), over every rank's stats; the results (or
+    rank 0's error) broadcast to every rank."""
+    import torch.distributed as dist
+
+    gathered = lm.gather_object((dict(lm.stats), dict(lm.request_types)), dst=0)
+    payload: Any = None
+    if lm.rank == 0:
+        try:
+            stats: dict[tuple[str, str], DepthStats] = defaultdict(DepthStats)
+            for rank_stats, rank_types in gathered:
+                for key, value in rank_stats.items():
+                    stats[key].add(value)
+                for name, kind in rank_types.items():
+                    lm.request_types.setdefault(name, kind)
+            lm.stats = stats
+            payload = _collect(raw, settings, lm, names)
+            try:
+                pickle.dumps(payload)
+            except Exception:  # noqa: BLE001 (a task config holding a function: the other ranks go without)
+                payload.lm_eval = {k: v for k, v in payload.lm_eval.items() if k != "configs"}
+                pickle.dumps(payload)
+        except Exception as error:  # noqa: BLE001 (re-raised on every rank below, instead of a hang)
+            payload = RuntimeError(f"ouro: rank 0 failed to collect the results: {error!r}")
+    box = [payload]
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
 
 
 def _collect(raw: dict[str, dict[str, Any]], settings, lm: OuroEvalLM, names: list[str]) -> EvalResults:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ouro.callbacks.schedule import check_token_count, tokens_seen
@@ -25,7 +27,10 @@ class EvalInTraining(L.Callback):
 
     Built-in tasks (``ouro_<family>_d<k>``, or ``ouro_<family>`` for every difficulty) are scored directly, one
     forward per batch for all exit settings; any other name is an lm-eval task run through
-    `ouro.eval.runner.evaluate`. A budget keeps evaluation from dominating training: at most ``limit``
+    `ouro.eval.runner.evaluate`. Under several ranks both kinds are split: each rank scores every world-size-th
+    question (lm-eval: document, with lm-eval's own distributed evaluation) through the strategy's wrapped
+    module, so a sharded model (FSDP1, FSDP2) gathers its parameters, and every rank logs the same metrics;
+    lm-eval generation tasks are refused there (score them with `ouro eval`). A budget keeps evaluation from dominating training: at most ``limit``
     questions per task, at most ``max_tokens`` prompt tokens per evaluation, and no new task once
     ``max_seconds`` have passed; whatever the budget cut is said in the log.
     """
@@ -83,7 +88,9 @@ class EvalInTraining(L.Callback):
         self._tokenizer = None
         self.last_tokens = -1  # tokens seen at the last evaluation
         self.history: list[dict[str, Any]] = []  # what each evaluation scored and cut (this session)
-        self.scored_here = 0  # built-in questions this rank scored (this session; the ranks share each task)
+        self.scored_here = (
+            0  # questions and lm-eval documents this rank scored (this session; the ranks share them)
+        )
 
     @property
     def state_key(self) -> str:
@@ -118,6 +125,16 @@ class EvalInTraining(L.Callback):
             include = "EvalInTraining's include_path"
             manager = task_manager(self.include_path, include_option=include)
             check_task_names(manager, lm_eval_tasks, "EvalInTraining's tasks", include)
+            if trainer.world_size > 1:
+                from ouro.eval.runner import generation_tasks
+
+                generation = generation_tasks(manager, lm_eval_tasks)
+                if generation:
+                    raise ValueError(
+                        f"EvalInTraining: lm-eval generation task(s) {', '.join(generation)} cannot be split "
+                        f"over {trainer.world_size} ranks (real early exit runs a different number of forwards "
+                        "on each); drop them from tasks and score them after training with `ouro eval`"
+                    )
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -169,7 +186,7 @@ class EvalInTraining(L.Callback):
                     trainer, model, tokenizer, task, spent_tokens, cut, over_time, metrics, questions
                 )
             else:
-                scores = self._lm_eval(model, tokenizer, task)
+                scores = self._lm_eval(trainer, pl_module, tokenizer, task)
             metrics.update({f"eval/{key}": value for key, value in scores.items()})
         seconds = time.monotonic() - start
         metrics["eval/seconds"] = seconds
@@ -258,12 +275,17 @@ class EvalInTraining(L.Callback):
         counts = trainer.strategy.reduce(counts, reduce_op="sum")
         return scores_from_counts(counts, model.config.total_ut_steps, self.exit_thresholds)
 
-    def _lm_eval(self, model, tokenizer, task: str) -> dict[str, float]:
+    def _lm_eval(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, tokenizer, task: str
+    ) -> dict[str, float]:
+        """Scores of an lm-eval task; under several ranks lm-eval splits its documents over them, every forward
+        runs through the strategy's wrapped module and every rank gets rank 0's metrics."""
         # lm-eval is an optional dependency (the `eval` extra); only lm-eval tasks need it.
         from ouro.eval.runner import evaluate
 
+        scored: dict[str, int] = {}
         results = evaluate(
-            model,
+            pl_module.net,
             tokenizer,
             task,
             exit_thresholds=self.exit_thresholds,
@@ -271,7 +293,11 @@ class EvalInTraining(L.Callback):
             batch_size=self.batch_size,
             include_path=self.include_path,
             progress=False,
+            distributed=trainer.world_size > 1,
+            forward_wrapper=through_strategy(trainer, pl_module),
+            scored=scored,
         )
+        self.scored_here += sum(scored.values())
         scores: dict[str, float] = {}
         for name, per_setting in results.tasks.items():
             for key, result in per_setting.items():
@@ -279,3 +305,39 @@ class EvalInTraining(L.Callback):
                 if not key.startswith("step"):
                     scores[f"{name}/{key}/depth"] = result.mean_depth
         return scores
+
+
+def through_strategy(trainer: L.Trainer, pl_module: L.LightningModule) -> Callable[[Callable[[], Any]], Any]:
+    """A ``forward_wrapper`` (`ouro.eval.backend.OuroEvalLM`): ``run(fn)`` returns ``fn()``, called inside the
+    forward of the strategy's wrapped module (``trainer.strategy.model``: FSDP1 gathers its root unit there) and
+    inside the network's own forward (FSDP2's root unit), so a sharded model's parameters are gathered while
+    ``fn`` reads them, as in a training step. Both forwards are swapped for ``fn`` for that one call only (as
+    Lightning's own forward redirection does for ``training_step``); under no gradient, the wrappers run no
+    collective of their own."""
+    wrapper, net = trainer.strategy.model, pl_module.net
+
+    def run(fn: Callable[[], Any]) -> Any:
+        result: list[Any] = []
+
+        def inner(*_: Any, **__: Any) -> None:
+            result.append(fn())
+
+        def outer(*_: Any, **__: Any) -> None:
+            net()  # through the network's hooks (FSDP2), into ``inner``
+
+        modules = {pl_module: outer, net: inner}
+        saved = {module: module.__dict__.get("forward") for module in modules}
+        try:
+            for module, forward in modules.items():
+                module.forward = forward
+            with torch.no_grad():
+                wrapper()
+        finally:
+            for module, previous in saved.items():
+                if previous is None:
+                    del module.forward
+                else:
+                    module.forward = previous
+        return result[0]
+
+    return run

@@ -123,7 +123,7 @@ class EvalInTraining(L.Callback):
             from ouro.eval.runner import check_task_names, task_manager
 
             include = "EvalInTraining's include_path"
-            manager = task_manager(self.include_path, include_option=include)
+            manager = task_manager(self.include_path, include_option=include, names=lm_eval_tasks)
             check_task_names(manager, lm_eval_tasks, "EvalInTraining's tasks", include)
             if trainer.world_size > 1:
                 from ouro.eval.runner import generation_tasks

@@ -55,14 +55,35 @@ def _task_manager(include_paths: tuple[str, ...]):
     return TaskManager(include_path=list(include_paths) or None)
 
 
-def task_manager(include_path: str | Sequence[str] | None = None, include_option: str = "--include_path"):
+@functools.lru_cache(maxsize=4)
+def _local_task_manager(include_paths: tuple[str, ...]):
+    from lm_eval.tasks import TaskManager  # optional dependency (the `eval` extra); slow to import
+
+    return TaskManager(include_path=list(include_paths) or None, include_defaults=False)
+
+
+def task_manager(
+    include_path: str | Sequence[str] | None = None,
+    include_option: str = "--include_path",
+    names: Sequence[str] | None = None,
+):
     """lm-eval's TaskManager over its own tasks, the built-in suite and ``include_path`` (cached: indexing
-    lm-eval's task folder takes seconds). ``include_option``: how the caller's user sets ``include_path``."""
+    lm-eval's task folder takes seconds). ``include_option``: how the caller's user sets ``include_path``.
+
+    ``names``: the names that will be looked up. When each is a task (not a group or tag) of ``include_path`` or
+    the built-in suite, the manager indexes those folders only: lm-eval resolves such a name to the same YAML
+    either way (include paths take precedence over its own tasks), and its task folder (about 8 s of CPU) is not
+    read."""
     paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path or [])
     for path in paths:
         if not Path(path).is_dir():
             raise FileNotFoundError(f"{include_option} {path} is not a folder of lm-eval task YAML files")
-    return _task_manager(tuple(str(Path(p).resolve()) for p in paths) + (suite_include_path(),))
+    folders = tuple(str(Path(p).resolve()) for p in paths) + (suite_include_path(),)
+    if names is not None:
+        local = _local_task_manager(tuple(f for f in folders if f))
+        if names and all(name in local.all_subtasks for name in names):
+            return local
+    return _task_manager(folders)
 
 
 def check_task_names(
@@ -141,7 +162,7 @@ def evaluate(
 
     settings = depth_settings(depths, exit_thresholds, use_gate, model.config.total_ut_steps)
     names = parse_tasks(tasks)
-    loaded = load_tasks(task_manager(include_path), names)
+    loaded = load_tasks(task_manager(include_path, names=names), names)
     for task in loaded["tasks"].values():
         if num_fewshot is not None and task.get_config("num_fewshot") != 0:
             task.set_config(key="num_fewshot", value=num_fewshot)

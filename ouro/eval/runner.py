@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from ouro.data.cache import cache_dir
 from ouro.eval.backend import DepthStats, OuroEvalLM
 from ouro.eval.results import DepthResult, EvalResults
@@ -230,8 +232,6 @@ def check_splittable(tasks: dict[str, Any], limit: int | float | None, world_siz
 def _collect_on_rank_zero(raw, settings, lm: OuroEvalLM, names: list[str]) -> EvalResults:
     """`_collect` on rank 0 (the only rank with lm-eval's results), over every rank's stats; the results (or
     rank 0's error) broadcast to every rank."""
-    import torch.distributed as dist
-
     gathered = lm.gather_object((dict(lm.stats), dict(lm.request_types)), dst=0)
     payload: Any = None
     if lm.rank == 0:

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import TrainingRecorder
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
@@ -75,40 +76,6 @@ class TinyData(OuroDataModule):
         return DataLoader(_Blocks(4, 4, self.seq_len, 512, 1), batch_size=self.batch_size)
 
 
-class Recorder(L.Callback):
-    """Per optimizer step: tokens, LR, β, T, RoPE base, micro-batches in the step; loss and rows per batch."""
-
-    def __init__(self) -> None:
-        self.steps: list[dict[str, float]] = []
-        self.shapes: list[tuple[int, int]] = []
-        self._micro = 0
-        self._losses: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.shapes.append(tuple(batch["input_ids"].shape))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._micro += 1
-        self._losses.append(float(outputs["loss"]))
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.steps.append(
-            dict(
-                tokens=pl_module.tokens_seen,
-                lr=optimizer.param_groups[0]["lr"],
-                beta=pl_module.entropy_coef,
-                T=pl_module.config.total_ut_steps,
-                theta=pl_module.config.rope_theta,
-                micro=self._micro + 1,
-                accumulate=trainer.accumulate_grad_batches,
-            )
-        )
-        self._micro = -1  # the step's last micro-batch ends after this hook
-
-    def losses(self) -> list[float]:
-        return self._losses
-
-
 def tiny_module(**kwargs) -> OuroLM:
     config = OuroConfig.preset("tiny", total_ut_steps=kwargs.pop("total_ut_steps", 3))
     kwargs.setdefault("optimizer", OptimizerConfig(lr=3e-3))
@@ -123,10 +90,10 @@ def fit(
     data: TinyData | None = None,
     ckpt_path: str | None = None,
     **trainer_kwargs,
-) -> tuple[L.Trainer, OuroLM, Recorder]:
+) -> tuple[L.Trainer, OuroLM, TrainingRecorder]:
     torch.manual_seed(0)
     module = module or tiny_module()
-    recorder = Recorder()
+    recorder = TrainingRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -285,9 +252,7 @@ def test_schedules_follow_the_recipe_and_resume_exactly(tmp_path):
         tmp_path / "resumed", schedule_callbacks(), 10, data=TinyData(period=10), ckpt_path=str(checkpoint)
     )
     assert resumed.steps == full.steps[5:]  # tokens, LR, β, T, RoPE base: equal, not just close
-    torch.testing.assert_close(
-        torch.tensor(resumed.losses()), torch.tensor(full.losses()[5:]), rtol=1e-6, atol=0
-    )
+    torch.testing.assert_close(torch.tensor(resumed.losses), torch.tensor(full.losses[5:]), rtol=1e-6, atol=0)
     for (name, a), b in zip(module.state_dict().items(), resumed_module.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -373,8 +338,8 @@ def test_batch_ramp_resumes_with_the_same_windows(tmp_path):
     )
     assert resumed.steps == full.steps[4:]
     torch.testing.assert_close(
-        torch.tensor(resumed.losses()),
-        torch.tensor(full.losses()[-len(resumed.losses()) :]),
+        torch.tensor(resumed.losses),
+        torch.tensor(full.losses[-len(resumed.losses) :]),
         rtol=1e-6,
         atol=0,
     )

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, write_fit_checkpoint
 
 from ouro.checkpoints import (
     ModelSource,
@@ -28,13 +27,12 @@ def tiny_model(seed: int = 0) -> OuroForCausalLM:
 
 
 def write_ckpt(path, model: OuroForCausalLM, lr: float = 1e-3, tokenizer: str | None = None) -> None:
-    """What `ouro fit` writes: weights under ``net.``, the ``ouro`` section and one AdamW state."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """What `ouro fit` writes after one stage of 640 tokens, with one AdamW state at learning rate ``lr``."""
     optimizer = {"state": {}, "param_groups": [{"lr": lr, "params": []}]}
-    meta = {"config": asdict(model.config), "tokens_seen": 640, "provenance": [{"stage": "a", "tokens": 640}]}
-    meta["tokenizer_path"] = tokenizer
-    state = {f"net.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "ouro": meta, "optimizer_states": [optimizer]}, path)
+    provenance = [{"stage": "a", "tokens": 640}]
+    write_fit_checkpoint(
+        path, model, tokenizer=tokenizer, tokens_seen=640, provenance=provenance, optimizer_states=[optimizer]
+    )
 
 
 def test_hub_repo_ids_are_told_from_paths(tmp_path, monkeypatch):

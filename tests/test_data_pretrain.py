@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import BatchRecorder
+from conftest import TrainingRecorder
 
 from ouro.config import OuroConfig
 from ouro.data.batching import IGNORE_INDEX, blocks_to_batch
@@ -136,7 +136,7 @@ def test_mixture_proportions_and_exhaustion_warning(shards):
 def _fit(shards, data_kwargs, max_steps, root, ckpt_path=None, save_every=None):
     L.seed_everything(0)
     model = OuroLM(model=OuroConfig.preset("tiny", vocab_size=_vocab(shards)), loss_chunk_size=256)
-    recorder = BatchRecorder()
+    recorder = TrainingRecorder()
     callbacks = [recorder]
     if save_every:
         callbacks.append(

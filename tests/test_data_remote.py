@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import BatchRecorder
+from conftest import TrainingRecorder
 
 from ouro.config import OuroConfig
 from ouro.data.builtin import train_tokenizer
@@ -72,7 +72,7 @@ def _objects(prefix: str) -> dict[str, bytes]:
 def _fit(source: str, root: Path, max_steps: int, cache: Path, ckpt_path=None, save_every=None):
     L.seed_everything(0)
     model = OuroLM(model=OuroConfig.preset("tiny", vocab_size=VOCAB), loss_chunk_size=256)
-    recorder = BatchRecorder()
+    recorder = TrainingRecorder()
     callbacks = [recorder]
     if save_every:
         callbacks.append(

@@ -8,8 +8,8 @@ import re
 
 import pytest
 import torch
+from conftest import build_tiny_model
 
-from ouro.config import OuroConfig
 from ouro.data.builtin import train_tokenizer
 from ouro.data.synthetic import (
     exact_match_ids,
@@ -18,7 +18,6 @@ from ouro.data.synthetic import (
     make_examples,
     write_jsonl,
 )
-from ouro.model import OuroForCausalLM
 
 
 def _solve(prompt: str, modulus: int = 10) -> int:
@@ -75,10 +74,7 @@ def test_exact_match_per_step_equals_greedy_decoding(tmp_path):
     tokenizer = train_tokenizer(
         [write_jsonl(tmp_path / "c.jsonl", make_examples(200, (1, 3)))], vocab_size=300
     )
-    torch.manual_seed(0)
-    model = OuroForCausalLM(
-        OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size(), total_ut_steps=3)
-    ).eval()
+    model = build_tiny_model(vocab_size=tokenizer.get_vocab_size(), total_ut_steps=3)
     encoded = [
         (
             tokenizer.encode(e.prompt, add_special_tokens=False).ids,

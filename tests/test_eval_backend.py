@@ -8,10 +8,9 @@ import importlib
 
 import pytest
 import torch
+from conftest import build_tiny_model
 from lm_eval.api.instance import Instance
 
-from ouro.config import OuroConfig
-from ouro.data.tokenizer import load_tokenizer
 from ouro.eval.backend import OuroEvalLM
 from ouro.eval.scoring import Depth, depth_settings
 from ouro.model import OuroForCausalLM
@@ -28,18 +27,14 @@ TRAINED = 4
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("builtin")
+def tokenizer(builtin_tokenizer):
+    return builtin_tokenizer
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer) -> OuroForCausalLM:
-    torch.manual_seed(0)
-    config = OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size(), early_exit_threshold=0.6)
-    model = OuroForCausalLM(config).eval()
     # A spread of exit probabilities, so that each threshold exits different tokens at different passes.
-    torch.nn.init.normal_(model.model.early_exit_gate.weight, std=0.5)
-    return model
+    return build_tiny_model(gate_std=0.5, vocab_size=tokenizer.get_vocab_size(), early_exit_threshold=0.6)
 
 
 def requests(kind: str, args: list[tuple]) -> list[Instance]:
@@ -244,9 +239,7 @@ def test_generation_stops_at_the_configured_end_token_and_the_tokenizers_end_of_
 def test_a_generation_longer_than_the_window_keeps_the_prompts_end_and_fits(tokenizer, monkeypatch):
     backend = importlib.import_module("ouro.eval.backend")  # where the backend looks `generate` up
 
-    torch.manual_seed(0)
-    config = OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=24)
-    small = OuroForCausalLM(config).eval()
+    small = build_tiny_model(vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=24)
     calls = []
     original = backend.generate
     monkeypatch.setattr(

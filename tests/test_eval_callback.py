@@ -8,13 +8,13 @@ import logging
 import lightning as L
 import pytest
 import torch
+from conftest import ToyDataModule
 from lightning.pytorch.loggers import CSVLogger
 
 from ouro.callbacks import EvalInTraining
 from ouro.config import OuroConfig
 from ouro.eval.suite import eval_questions, score_questions
 from ouro.module import OptimizerConfig, OuroLM
-from tests.toy_data import ToyDataModule
 
 TOKENS_PER_STEP = 4 * 32  # ToyDataModule: batch 4 x seq 32
 
@@ -51,7 +51,7 @@ def _rows(tmp_path) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(handle) if row.get("eval/seconds")]
 
 
-def test_logs_every_exit_step_and_q_exit_every_n_tokens_and_at_the_end(tmp_path):
+def test_logs_every_exit_step_and_q_exit_every_n_tokens_and_at_the_end(tmp_path, builtin_tokenizer):
     callback = EvalInTraining(
         tasks=["ouro_binding_d2", "ouro_arith"], every_tokens=2 * TOKENS_PER_STEP, limit=12, batch_size=5
     )
@@ -74,11 +74,7 @@ def test_logs_every_exit_step_and_q_exit_every_n_tokens_and_at_the_end(tmp_path)
         for key in ["step1", "step2", "q0.5", "q0.5/depth", "q0.9", "q0.9/depth"]:
             assert f"eval/{task}/{key}" in keys, (task, key)
     # The last row holds the final model's scores: the same numbers scored afresh.
-    from ouro.data.tokenizer import load_tokenizer
-
-    expected = score_questions(
-        module.net, load_tokenizer("builtin"), eval_questions("binding", 2, 12), (0.5, 0.9)
-    )
+    expected = score_questions(module.net, builtin_tokenizer, eval_questions("binding", 2, 12), (0.5, 0.9))
     for key, value in expected.items():
         assert float(rows[-1][f"eval/ouro_binding_d2/{key}"]) == pytest.approx(value)
     per_difficulty = [float(rows[-1][f"eval/ouro_arith_d{d}/step2"]) for d in range(1, 7)]
@@ -92,11 +88,10 @@ def test_logs_every_exit_step_and_q_exit_every_n_tokens_and_at_the_end(tmp_path)
     assert {"eval_ouro_binding_d2.png", "eval_ouro_arith.png", "eval_ouro_arith_d6.png"} <= written
 
 
-def test_token_and_time_budgets_cut_questions_and_tasks_and_say_so(tmp_path, caplog):
-    from ouro.data.tokenizer import load_tokenizer
+def test_token_and_time_budgets_cut_questions_and_tasks_and_say_so(tmp_path, caplog, builtin_tokenizer):
     from ouro.eval.suite.score import encode
 
-    tokenizer = load_tokenizer("builtin")
+    tokenizer = builtin_tokenizer
     sizes = [len(encode(tokenizer, q.prompt)) for q in eval_questions("lookup", 1, 10)]
     budget = sum(sizes[:4])  # room for exactly four lookup questions
     callback = EvalInTraining(

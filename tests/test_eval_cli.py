@@ -7,11 +7,9 @@ import os
 
 import pytest
 import torch
+from conftest import build_tiny_model
 
 from ouro.cli import main
-from ouro.config import OuroConfig
-from ouro.data.tokenizer import load_tokenizer
-from ouro.model import OuroForCausalLM
 
 pytestmark = pytest.mark.usefixtures("hf_offline")
 
@@ -63,16 +61,14 @@ def tasks(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, builtin_tokenizer):
     """A tiny exported model folder (config.json, model.safetensors, tokenizer.json)."""
     folder = tmp_path_factory.mktemp("model")
-    tokenizer = load_tokenizer("builtin")
-    torch.manual_seed(0)
-    model = OuroForCausalLM(OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size()))
-    torch.nn.init.normal_(model.model.early_exit_gate.weight, std=0.5)
+    tokenizer = builtin_tokenizer
+    model = build_tiny_model(gate_std=0.5, vocab_size=tokenizer.get_vocab_size())
     model.save_pretrained(folder, dtype=torch.float32)
     tokenizer.save(str(folder / "tokenizer.json"))
-    return folder, model.eval(), tokenizer
+    return folder, model, tokenizer
 
 
 @torch.no_grad()

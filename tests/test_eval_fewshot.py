@@ -7,14 +7,11 @@ import json
 from collections import defaultdict
 
 import pytest
-import torch
+from conftest import build_tiny_model
 
 import ouro.eval.backend as backend
-from ouro.config import OuroConfig
-from ouro.data.tokenizer import load_tokenizer
 from ouro.eval.backend import OuroEvalLM
 from ouro.eval.runner import evaluate
-from ouro.model import OuroForCausalLM
 
 pytestmark = pytest.mark.usefixtures("hf_offline")
 
@@ -64,12 +61,9 @@ def task_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_and_tokenizer():
-    tokenizer = load_tokenizer("builtin")
-    torch.manual_seed(0)
-    model = OuroForCausalLM(OuroConfig.preset("tiny", vocab_size=tokenizer.get_vocab_size())).eval()
-    torch.nn.init.normal_(model.model.early_exit_gate.weight, std=0.5)
-    return model, tokenizer
+def model_and_tokenizer(builtin_tokenizer):
+    model = build_tiny_model(gate_std=0.5, vocab_size=builtin_tokenizer.get_vocab_size())
+    return model, builtin_tokenizer
 
 
 def test_every_setting_scores_the_same_prompts_and_the_sweep_runs_one_forward(

@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import build_tiny_model
 
-from ouro.config import OuroConfig
 from ouro.eval.backend import DepthStats
 from ouro.eval.results import DepthResult, EvalResults
 from ouro.eval.runner import _stats_of
 from ouro.eval.scoring import Depth, depth_settings, parse_depths, parse_thresholds, score_sequences
-from ouro.model import OuroForCausalLM
 
 
 @pytest.mark.parametrize(
@@ -58,8 +57,7 @@ def test_settings_keys_and_passes():
 
 @torch.no_grad()
 def test_score_sequences_on_token_ids_equals_the_forward():
-    torch.manual_seed(0)
-    model = OuroForCausalLM(OuroConfig.preset("tiny")).eval()
+    model = build_tiny_model()
     sequences = [([5, 6, 7, 8, 9], 2), ([11, 12, 13], 1), ([3, 4, 5, 6, 7, 8, 9, 10], 5)]
     scores = score_sequences(model, sequences, [Depth("step", 1), Depth("step", 3)])
     for (tokens, n), score in zip(sequences, scores):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_model
 
-from ouro.config import OuroConfig
 from ouro.eval.suite import (
     FAMILIES,
     eval_questions,
@@ -22,16 +22,6 @@ from ouro.eval.suite import (
     training_documents,
 )
 from ouro.eval.suite.questions import curriculum_difficulty
-from ouro.model import OuroForCausalLM
-
-
-@pytest.fixture(scope="module")
-def builtin_tokenizer():
-    from tokenizers import Tokenizer
-
-    from ouro.data.builtin import builtin_tokenizer_path
-
-    return Tokenizer.from_file(str(builtin_tokenizer_path()))
 
 
 # ------------------------------------------------------------------------------ independent reference solvers
@@ -250,11 +240,8 @@ def _reference_scores(model, tokenizer, questions, thresholds):
 
 
 def test_direct_scores_equal_one_question_at_a_time(builtin_tokenizer):
-    torch.manual_seed(0)
-    config = OuroConfig.preset("tiny", vocab_size=builtin_tokenizer.get_vocab_size(), total_ut_steps=3)
-    model = OuroForCausalLM(config).eval()
-    with torch.no_grad():
-        model.model.early_exit_gate.bias.fill_(-0.5)  # spread the exits so Q-exit differs between thresholds
+    # A gate bias of -0.5 spreads the exits so that Q-exit differs between thresholds.
+    model = build_tiny_model(gate_bias=-0.5, vocab_size=builtin_tokenizer.get_vocab_size(), total_ut_steps=3)
     questions = [q for d in (1, 3) for q in eval_questions("binding", d, 12)] + eval_questions("lookup", 2, 8)
     thresholds = (0.3, 0.6, 1.0)
     with torch.no_grad():
@@ -270,9 +257,7 @@ def test_lm_eval_through_ouro_eval_scores_what_the_direct_scorer_scores(builtin_
     """The materialised YAMLs run end to end in lm-eval through the ``ouro`` backend, with the same numbers."""
     from ouro.eval.runner import evaluate
 
-    torch.manual_seed(1)
-    config = OuroConfig.preset("tiny", vocab_size=builtin_tokenizer.get_vocab_size(), total_ut_steps=2)
-    model = OuroForCausalLM(config).eval()
+    model = build_tiny_model(1, vocab_size=builtin_tokenizer.get_vocab_size(), total_ut_steps=2)
     results = evaluate(
         model, builtin_tokenizer, "ouro_binding_d2", exit_thresholds=[0.6], limit=16, progress=False
     )

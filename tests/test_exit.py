@@ -4,10 +4,10 @@ and generation run the same loop (`OuroModel.embed`, then `OuroModel.step` once 
 from __future__ import annotations
 
 import torch
+from conftest import build_tiny_model
 
-from ouro.config import OuroConfig
 from ouro.generation import generate
-from ouro.model import ExitCDF, OuroForCausalLM, exit_distribution, q_exit_steps
+from ouro.model import ExitCDF, exit_distribution, q_exit_steps
 
 
 def test_running_cdf_equals_the_cdf_of_the_whole_distribution():
@@ -32,8 +32,7 @@ def test_running_cdf_keeps_only_the_tokens_still_running():
 
 
 def test_training_forward_and_generation_share_the_loop_step():
-    torch.manual_seed(0)
-    model = OuroForCausalLM(OuroConfig.preset("tiny", num_hidden_layers=1, total_ut_steps=3)).eval()
+    model = build_tiny_model(num_hidden_layers=1, total_ut_steps=3)
     calls = []
     original = model.model.step
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, write_fit_checkpoint, write_word_tokenizer
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -23,23 +22,10 @@ def config_and_state(source):
     return loaded.config, loaded.state_dict
 
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PROVENANCE = [
     {"stage": "warmup", "recipe": "recipes/warmup.yaml", "tokens": 2_000_000, "metrics": {"val/loss": 4.25}},
     {"stage": "stable", "recipe": "recipes/stable.yaml", "tokens": 3_000_000, "metrics": {"val/loss": 3.5}},
 ]
-
-
-def make_tokenizer(path: Path, vocab_size: int = 512) -> Path:
-    """A WordLevel tokenizer with the ChatML special tokens at ids 0, 1, 2."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = SPECIALS + ["[UNK]", "user", "assistant", "system"] + [f"w{i}" for i in range(vocab_size - 7)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens(SPECIALS)
-    tok.save(str(path))
-    return path
 
 
 def make_model(seed: int = 0) -> OuroForCausalLM:
@@ -49,20 +35,10 @@ def make_model(seed: int = 0) -> OuroForCausalLM:
 def write_checkpoint(
     path: Path, model: OuroForCausalLM, tokenizer: Path | None, tokens: int = 5_000_000
 ) -> Path:
-    """What `ouro fit` saves: the LightningModule state under `net.` and the `ouro` section."""
-    meta = {"config": asdict(model.config), "tokens_seen": tokens, "provenance": PROVENANCE}
-    if tokenizer is not None:
-        meta["tokenizer_path"] = str(tokenizer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
-            "ouro": meta,
-            "global_step": 7,
-        },
-        path,
+    """What `ouro fit` saves after two stages (`PROVENANCE`), at step 7."""
+    return write_fit_checkpoint(
+        path, model, tokenizer=tokenizer, tokens_seen=tokens, provenance=PROVENANCE, global_step=7
     )
-    return path
 
 
 def bf16_copy(model: OuroForCausalLM) -> OuroForCausalLM:
@@ -76,7 +52,7 @@ def bf16_copy(model: OuroForCausalLM) -> OuroForCausalLM:
 def setup(tmp_path):
     model = make_model()
     (tmp_path / "tok").mkdir()
-    tok = make_tokenizer(tmp_path / "tok" / "tokenizer.json")
+    tok = write_word_tokenizer(tmp_path / "tok" / "tokenizer.json")
     ckpt = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", model, tok)
     return model, tok, ckpt
 
@@ -194,7 +170,7 @@ def test_failed_exports_leave_nothing_that_looks_complete(setup, tmp_path):
 
 def test_tokenizer_override_and_cli(setup, tmp_path, capsys):
     model, tok, ckpt = setup
-    other = make_tokenizer(tmp_path / "other_tokenizer.json")
+    other = write_word_tokenizer(tmp_path / "other_tokenizer.json")
     main(
         ["export", str(ckpt), str(tmp_path / "export"), "--tokenizer", str(other), "--repo_name", "org/tiny"]
     )

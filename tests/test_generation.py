@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, write_fit_checkpoint, write_word_tokenizer
 
 from ouro.chat import format_chat
 from ouro.generation import LoopKVCache, generate
@@ -220,27 +220,14 @@ def test_bad_arguments_are_named(model):
 
 
 def test_ouro_generate_command(tmp_path, capsys):
-    from dataclasses import asdict
-
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer
 
     from ouro.cli import main
     from ouro.hub.export import export
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    words = specials + ["[UNK]", "user", "assistant", "system"] + [f"w{i}" for i in range(505)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens(specials)
-    tok.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(write_word_tokenizer(tmp_path / "tokenizer.json")))
     model = tiny_model()
-    torch.save(
-        {
-            "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
-            "ouro": {"config": asdict(model.config), "tokenizer_path": str(tmp_path / "tokenizer.json")},
-        },
-        tmp_path / "m.ckpt",
-    )
+    write_fit_checkpoint(tmp_path / "m.ckpt", model, tokenizer=tmp_path / "tokenizer.json")
     out = export(str(tmp_path / "m.ckpt"), str(tmp_path / "export"), dtype="float32")
     main(
         [

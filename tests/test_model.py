@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_tiny_model
 from safetensors.torch import save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,23 +22,26 @@ from ouro.config import OuroConfig
 from ouro.model import AttentionLayout, OuroForCausalLM, flops_per_token
 from ouro.model.layers import apply_rope
 
+#: Overrides of the ``tiny`` preset: a larger init than 0.02 so that activations, logits and gates are far from
+#: trivial, and an odd vocabulary so that no size is mistaken for another.
+CHANGES = dict(
+    vocab_size=97,
+    hidden_size=32,
+    intermediate_size=48,
+    num_attention_heads=4,
+    initializer_range=0.2,
+    total_ut_steps=3,
+)
+
 
 def make_config(**changes) -> OuroConfig:
-    # A larger init than 0.02 so that activations, logits and gates are far from trivial.
-    values = dict(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=48,
-        num_attention_heads=4,
-        initializer_range=0.2,
-        total_ut_steps=3,
-    )
-    return OuroConfig.preset("tiny", **{**values, **changes})
+    return OuroConfig.preset("tiny", **{**CHANGES, **changes})
 
 
 def make_model(**changes) -> OuroForCausalLM:
-    """A tiny model whose norm weights and gate bias are random too, so that swapping two norms shows."""
-    model = OuroForCausalLM(make_config(**changes)).eval()
+    """`build_tiny_model` with `CHANGES`, whose norm weights and gate bias are random too, so that swapping two
+    norms shows."""
+    model = build_tiny_model(**{**CHANGES, **changes})
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() == 1:

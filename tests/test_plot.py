@@ -7,6 +7,7 @@ import csv
 import lightning as L
 import pytest
 import torch
+from conftest import TrainingRecorder
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
@@ -25,20 +26,12 @@ def _rows(count: int, seq: int = 16) -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": b[:-1], "labels": b[1:]} for b in blocks]
 
 
-class LrLog(L.Callback):
-    def __init__(self) -> None:
-        self.values: list[tuple[int, float]] = []
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.values.append((pl_module.tokens_seen, optimizer.param_groups[0]["lr"]))
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A 6-step run in two attempts (the second resumes: logs in version_0 and version_1) with validation."""
     root = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
-    lr_log = LrLog()
+    recorder = TrainingRecorder()
 
     def trainer(max_steps: int, callbacks: list) -> L.Trainer:
         return L.Trainer(
@@ -59,7 +52,7 @@ def run_dir(tmp_path_factory):
         return [
             WarmupStableDecay(total_tokens=6 * 32, warmup_tokens=64, decay_tokens=64),
             LoopSchedule(beta=[[0, 0.1], [96, 0.05]]),
-            lr_log,
+            recorder,
         ]
 
     data = DataLoader(_rows(12), batch_size=2)
@@ -70,7 +63,7 @@ def run_dir(tmp_path_factory):
     first.save_checkpoint(checkpoint)
     model = OuroLM(model=OuroConfig.preset("tiny", total_ut_steps=2), optimizer=OptimizerConfig(lr=1e-3))
     trainer(6, callbacks()).fit(model, data, DataLoader(_rows(2), batch_size=2), ckpt_path=str(checkpoint))
-    return root, lr_log.values
+    return root, [(step["tokens"], step["lr"]) for step in recorder.steps]
 
 
 def test_metrics_of_every_attempt_are_read_against_tokens(run_dir):

@@ -316,10 +316,12 @@ def test_full_disk_during_fit_is_one_line_exit_1_and_the_last_checkpoint_survive
 
 
 def test_full_disk_during_export_keeps_the_previous_export(tmp_path, monkeypatch, capsys):
-    from test_export import make_model, make_tokenizer, write_checkpoint
+    from conftest import build_tiny_model, write_fit_checkpoint, write_word_tokenizer
 
-    tokenizer = make_tokenizer(tmp_path / "tokenizer.json")
-    source = write_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", make_model(), tokenizer)
+    tokenizer = write_word_tokenizer(tmp_path / "tokenizer.json")
+    source = write_fit_checkpoint(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", build_tiny_model(gate_std=0.5), tokenizer=tokenizer
+    )
     out = tmp_path / "export"
     main(["export", str(source), str(out)])
     before = {p.name: _digest(p) for p in out.iterdir()}
@@ -538,9 +540,10 @@ def small_filesystem(tmp_path):
 
 def test_real_full_disk_during_export_keeps_the_previous_export(tmp_path, small_filesystem, capsys):
     """The same guarantee on a real filesystem that fills up: the second export needs room for both copies."""
-    from test_export import make_model, make_tokenizer, write_checkpoint
+    from conftest import build_tiny_model, write_fit_checkpoint, write_word_tokenizer
 
-    source = write_checkpoint(tmp_path / "last.ckpt", make_model(), make_tokenizer(tmp_path / "t.json"))
+    tokenizer = write_word_tokenizer(tmp_path / "t.json")
+    source = write_fit_checkpoint(tmp_path / "last.ckpt", build_tiny_model(gate_std=0.5), tokenizer=tokenizer)
     main(["export", str(source), str(tmp_path / "measure")])
     size = sum(p.stat().st_size for p in (tmp_path / "measure").iterdir())
     out = small_filesystem(size * 3 // 2) / "export"  # room for one export, not for two

@@ -2,54 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
+from conftest import build_tiny_model, write_fit_checkpoint, write_word_tokenizer  # noqa: E402
+
 from ouro.chat import format_chat  # noqa: E402
 from ouro.checkpoints import load_model  # noqa: E402
-from ouro.config import OuroConfig  # noqa: E402
 from ouro.generation import generate  # noqa: E402
 from ouro.hub.export import export  # noqa: E402
-from ouro.model import OuroForCausalLM  # noqa: E402
-
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-
-def make_tokenizer(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = SPECIALS + ["[UNK]", "user", "assistant", "system"] + [f"w{i}" for i in range(505)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens(SPECIALS)
-    tok.save(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("remote")
-    torch.manual_seed(0)
     # Two KV heads for four query heads: the remote code's grouped-query path is exercised too.
-    net = OuroForCausalLM(OuroConfig.preset("tiny", num_key_value_heads=2, eos_token_id=None))
-    torch.nn.init.normal_(net.model.early_exit_gate.weight, std=0.5)
-    ckpt = root / "model.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-            "ouro": {
-                "config": asdict(net.config),
-                "tokens_seen": 10,
-                "tokenizer_path": str(make_tokenizer(root / "tokenizer.json")),
-            },
-        },
-        ckpt,
-    )
+    net = build_tiny_model(gate_std=0.5, num_key_value_heads=2, eos_token_id=None)
+    tokenizer = write_word_tokenizer(root / "tokenizer.json")
+    ckpt = write_fit_checkpoint(root / "model.ckpt", net, tokenizer=tokenizer, tokens_seen=10)
     out = export(str(ckpt), str(root / "export"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         out, trust_remote_code=True, local_files_only=True, dtype=torch.float32

@@ -1,4 +1,5 @@
-"""Helpers of tests/test_reliability*.py: a toy DataModule that resumes exactly, and `ouro` with one injected fault.
+"""Helpers of the crash-safety tests (kill -9, full disks, resume): a toy DataModule that resumes exactly, a tiny
+``ouro fit`` recipe on it, and `ouro` with one injected fault.
 
 ``python -m reliability_helpers FAULT ouro-args...`` runs ``ouro.cli.main(ouro-args)`` after installing FAULT:
 
@@ -12,13 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 from toy_data import ToyDataModule, _Patterns
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 
 
 class ResumableLoader(DataLoader):
@@ -87,6 +95,73 @@ data:
     seq_len: 8
     batch_size: 2
 """
+
+
+def write_recipe(folder: Path, steps: int, trainer: str = "  logger: false\n") -> Path:
+    """`TINY_RESUMABLE_RECIPE` for ``steps`` steps with the ``trainer`` lines, written to ``folder/r{steps}.yaml``."""
+    path = folder / f"r{steps}.yaml"
+    path.write_text(TINY_RESUMABLE_RECIPE.format(steps=steps, trainer=trainer))
+    return path
+
+
+def fit_args(recipe: Path, run: Path, *extra: str) -> list[str]:
+    """``ouro fit`` arguments: ``recipe`` into the run directory ``run``, then ``extra``."""
+    return ["fit", "--config", str(recipe), "--trainer.default_root_dir", str(run), *extra]
+
+
+def fit_in_process(*args: str) -> None:
+    """``ouro fit`` in this process, without the CLI's error handling (a failure raises)."""
+    from ouro.trainer_cli import run_trainer_cli
+
+    run_trainer_cli(list(args))
+
+
+def ouro_with_fault(
+    fault: str, args: list[str], cwd: Path, temp: Path | None = None
+) -> subprocess.CompletedProcess:
+    """``ouro ARGS`` in a subprocess with ``fault`` installed (see the module docstring); ``temp`` as its TMPDIR."""
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    if temp is not None:
+        env["TMPDIR"] = str(temp)
+    command = [sys.executable, "-m", "reliability_helpers", fault, *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint file, on the CPU, through ``weights_only=True``."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def digest(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tiny_checkpoint(path: Path, step: int) -> Path:
+    """A small readable checkpoint of step ``step`` at ``path`` (one tensor of 64 values equal to ``step``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {"w": torch.full((64,), float(step))}, "global_step": step}, path)
+    return path
+
+
+def age_file(path: Path, seconds: float) -> None:
+    """Set back a file's modification time by ``seconds`` (checkpoint selection prefers the newest)."""
+    stamp = path.stat().st_mtime - seconds
+    os.utime(path, (stamp, stamp))
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same step, tokens seen, weights and AdamW moments, bit for bit."""
+    assert a["global_step"] == b["global_step"]
+    assert a["ouro"]["tokens_seen"] == b["ouro"]["tokens_seen"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for state_a, state_b in zip(
+        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()
+    ):
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(state_a[name], state_b[name]), name
 
 
 class _DyingWriter:

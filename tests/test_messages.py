@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
+import os
 import re
 from pathlib import Path
 
@@ -10,7 +12,10 @@ import pytest
 import torch
 
 from ouro.cli import main
+from ouro.errors import plain_message
 from ouro.hub.export import export
+from ouro.preflight import check_recipe_syntax
+from ouro.recipe_yaml import RecipeError
 
 
 def _error_line(capsys, args: list[str]) -> str:
@@ -131,3 +136,31 @@ def test_eval_in_training_names_its_own_arguments_for_an_unknown_task(tmp_path, 
     assert not _flags(message), message
     with pytest.raises(FileNotFoundError, match="EvalInTraining's include_path"):
         EvalInTraining(tasks="arc_easy", include_path=str(tmp_path / "none")).setup(None, None, "fit")
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("trainer:\n  max_steps: 3\n  callbacks: [a, b\nmodel:\n  x: 1\n")
+    with pytest.raises(RecipeError, match=r"recipe .*broken\.yaml is not valid YAML: line 4, column 6: "):
+        check_recipe_syntax(["fit", "--config", str(recipe)])
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", f"--config={recipe}"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and "line 4" in err and "usage" not in err
+
+
+def test_jsonargparse_union_error_becomes_the_reason():
+    text = (
+        "Does not validate against any of the Union subtypes\nSubtypes: [<class 'A'>, <class 'NoneType'>]\n"
+        "Errors:\n  - seq_len and batch_size must be >= 1 and num_workers >= 0, got 16, 0, 1\n"
+        "  - Expected a <class 'NoneType'>\nGiven value type: <class 'Namespace'>\nGiven value: Namespace(x=1)"
+    )
+    assert (
+        plain_message(ValueError(text))
+        == "seq_len and batch_size must be >= 1 and num_workers >= 0, got 16, 0, 1"
+    )
+    assert plain_message(ValueError("a\n  b")) == "a b"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "runs/x/logs/metrics.csv")
+    assert plain_message(full).startswith(
+        "No space left on device writing runs/x/logs/metrics.csv; what ouro"
+    )

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_reliability import _fit_args, _fit_in_process, _recipe
+from reliability_helpers import fit_args, fit_in_process, write_recipe
 
 from ouro.cli import main
 from ouro.errors import RunInUseError
@@ -39,7 +39,7 @@ def test_second_fit_refuses_then_takes_over_the_lock_of_a_dead_job(tmp_path, cap
     holder = _hold_in_another_process(run)
     try:
         with pytest.raises(SystemExit) as exited:
-            main(_fit_args(_recipe(tmp_path, 2), run))
+            main(fit_args(write_recipe(tmp_path, 2), run))
         assert exited.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1, lines
@@ -52,7 +52,7 @@ def test_second_fit_refuses_then_takes_over_the_lock_of_a_dead_job(tmp_path, cap
     left = json.loads((run / LOCK_NAME).read_text())
     assert left["pid"] == holder.pid
 
-    _fit_in_process(*_fit_args(_recipe(tmp_path, 2), run))
+    fit_in_process(*fit_args(write_recipe(tmp_path, 2), run))
     taken = [line for line in capsys.readouterr().err.splitlines() if "took over the lock" in line]
     assert taken == [
         f"ouro: took over the lock of {run} left by a job that is gone (host {socket.gethostname()}, "

@@ -1,4 +1,7 @@
-"""The whole Ouro diagram at CPU size: `ouro pipeline recipes/pipelines/tiny.yaml`, both branches and the gate."""
+"""The whole Ouro diagram at CPU size: `ouro pipeline recipes/pipelines/tiny.yaml`, both branches and the gate.
+
+The pipeline runs once per module (`pipeline`); each test checks one of its guarantees on that run.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).parent.parent
@@ -29,18 +33,32 @@ def _last(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-def test_tiny_pipeline_runs_both_branches_end_to_end(tmp_path):
-    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
-    result = _run(tmp_path)
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The folder the tiny pipeline ran in, and its finished process (it succeeded)."""
+    folder = tmp_path_factory.mktemp("tiny_pipeline")
+    (folder / "recipes").symlink_to(ROOT / "recipes")
+    result = _run(folder)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    runs = tmp_path / "runs" / "tiny"
-    branches = {"1.4b": runs, "2.6b": runs / "ouro-2.6b"}
+    return folder, result
+
+
+@pytest.fixture(scope="module")
+def branches(pipeline) -> dict[str, Path]:
+    """Each branch's run folder: the 1.4B-style branch keeps 2 layers, the 2.6B-style one upcycles to 4."""
+    runs = pipeline[0] / "runs" / "tiny"
+    return {"1.4b": runs, "2.6b": runs / "ouro-2.6b"}
+
+
+def test_every_stage_of_both_branches_completes(pipeline, branches):
     for name, root in branches.items():
         for stage in STAGES[1:]:
             assert (root / stage / "stage_complete.json").is_file(), (name, stage)
-    assert (runs / "warmup" / "stage_complete.json").is_file()
+    assert (branches["1.4b"] / "warmup" / "stage_complete.json").is_file()
 
-    warmup = _last(runs / "warmup")["ouro"]
+
+def test_each_stage_trains_its_layers_loops_and_rope_base(branches):
+    warmup = _last(branches["1.4b"] / "warmup")["ouro"]
     assert warmup["config"]["total_ut_steps"] == 8 and warmup["config"]["rope_theta"] == 1e4
     for name, root in branches.items():
         layers = 2 if name == "1.4b" else 4
@@ -48,21 +66,36 @@ def test_tiny_pipeline_runs_both_branches_end_to_end(tmp_path):
             meta = _last(root / stage)["ouro"]
             assert meta["config"]["num_hidden_layers"] == layers and meta["config"]["total_ut_steps"] == 4
             assert meta["config"]["rope_theta"] == rope
-        # Provenance accumulates stage after stage, each with its own token count.
+
+
+def test_provenance_accumulates_stage_after_stage(branches):
+    for root in branches.values():
         sft = _last(root / "reasoning_sft")["ouro"]
         assert [p["stage"] for p in sft["provenance"]] == STAGES[:-1]
         assert sft["tokens_seen"] == 20480
-        # Gate training changed the exit gate and nothing else.
+
+
+def test_gate_training_changes_the_exit_gate_and_nothing_else(branches):
+    for root in branches.values():
         before = _last(root / "midtraining")["state_dict"]
         after = _last(root / "gate")["state_dict"]
         changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
         assert changed == ["net.model.early_exit_gate.bias", "net.model.early_exit_gate.weight"]
+
+
+def test_upcycling_reports_the_validation_ce_it_starts_from(pipeline):
+    result = pipeline[1]
     assert "after upcycling, last-step validation CE" in result.stderr + result.stdout
-    # In-training evaluation (EvalInTraining) logged the built-in suite at every exit step and under Q-exit.
-    header = next((runs / "stable").glob("**/metrics.csv")).read_text().splitlines()[0].split(",")
+
+
+def test_in_training_evaluation_logs_every_exit_step_and_q_exit(branches):
+    """EvalInTraining logged the built-in suite at every exit step and under Q-exit."""
+    header = next((branches["1.4b"] / "stable").glob("**/metrics.csv")).read_text().splitlines()[0].split(",")
     assert {"eval/ouro_binding/step1", "eval/ouro_binding/step4", "eval/ouro_binding/q0.9/depth"} <= set(
         header
     )
 
-    again = _run(tmp_path)  # every stage is complete: nothing reruns
+
+def test_a_complete_pipeline_reruns_nothing(pipeline):
+    again = _run(pipeline[0])  # every stage is complete: nothing reruns
     assert again.returncode == 0 and again.stdout.count("skipped") == 13

@@ -6,20 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from reliability_helpers import TINY_RESUMABLE_RECIPE
+from reliability_helpers import fit_args, load_checkpoint, write_recipe
 
 from ouro.cli import main
 
 
 def _fit(tmp_path: Path, run: Path, steps: int, *extra: str) -> None:
-    recipe = tmp_path / f"r{steps}.yaml"
-    recipe.write_text(TINY_RESUMABLE_RECIPE.format(steps=steps, trainer="  logger: false\n"))
-    main(["fit", "--config", str(recipe), "--trainer.default_root_dir", str(run), *extra])
+    main(fit_args(write_recipe(tmp_path, steps), run, *extra))
 
 
 def _step(path: Path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+    return load_checkpoint(path)["global_step"]
 
 
 def _refused(capsys, call) -> str:

@@ -7,9 +7,8 @@ import csv
 import lightning as L
 import pytest
 import torch
-from conftest import TrainingRecorder
+from conftest import ToyDataModule, TrainingRecorder
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader
 
 from ouro import OuroConfig
 from ouro.callbacks import LoopSchedule, WarmupStableDecay
@@ -18,12 +17,6 @@ from ouro.plot import find_metrics_files, plot, read_metrics, series
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def _rows(count: int, seq: int = 16) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    blocks = torch.randint(1, 512, (count, seq + 1), generator=g)
-    return [{"input_ids": b[:-1], "labels": b[1:]} for b in blocks]
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +48,14 @@ def run_dir(tmp_path_factory):
             recorder,
         ]
 
-    data = DataLoader(_rows(12), batch_size=2)
+    data = ToyDataModule(seq_len=16, batch_size=2, train_size=12, val_size=2)
     model = OuroLM(model=OuroConfig.preset("tiny", total_ut_steps=2), optimizer=OptimizerConfig(lr=1e-3))
     first = trainer(3, callbacks())
-    first.fit(model, data, DataLoader(_rows(2), batch_size=2))
+    first.fit(model, datamodule=data)
     checkpoint = root / "first.ckpt"
     first.save_checkpoint(checkpoint)
     model = OuroLM(model=OuroConfig.preset("tiny", total_ut_steps=2), optimizer=OptimizerConfig(lr=1e-3))
-    trainer(6, callbacks()).fit(model, data, DataLoader(_rows(2), batch_size=2), ckpt_path=str(checkpoint))
+    trainer(6, callbacks()).fit(model, datamodule=data, ckpt_path=str(checkpoint))
     return root, [(step["tokens"], step["lr"]) for step in recorder.steps]
 
 

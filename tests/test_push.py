@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TOKEN, build_tiny_model, write_fit_checkpoint, write_word_tokenizer
+from conftest import TOKEN, ToyDataModule, build_tiny_model, write_fit_checkpoint, write_word_tokenizer
 
 from ouro.checkpoints import load_model
 from ouro.config import OuroConfig
@@ -100,14 +100,12 @@ def test_callback_exports_and_pushes_at_the_end_of_a_stage(local_hub, tmp_path):
 
     tok = write_word_tokenizer(tmp_path / "tokenizer.json")
     module = OuroLM(model=OuroConfig.preset("tiny"), loss_chunk_size=64)
-    ids = torch.randint(3, 512, (4, 17))
-    data = [{"input_ids": ids[i, :-1], "labels": ids[i, 1:]} for i in range(4)]
-    loader = torch.utils.data.DataLoader(data, batch_size=2)
     callback = HubPushCallback(repo_id="org/stage-push", tokenizer=str(tok))
     trainer = L.Trainer(
         max_steps=2,
         logger=False,
         enable_checkpointing=False,
+        limit_val_batches=0,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[callback],
@@ -115,7 +113,7 @@ def test_callback_exports_and_pushes_at_the_end_of_a_stage(local_hub, tmp_path):
         accelerator="cpu",
         devices=1,
     )
-    trainer.fit(module, loader)
+    trainer.fit(module, datamodule=ToyDataModule(seq_len=16, batch_size=2, train_size=4))
     out = tmp_path / "run" / "export"
     assert callback.exported == out.resolve()
     assert local_hub.files[("org/stage-push", "main")] == _snapshot(out)

@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback
-from test_reliability import _age, _assert_same_training_state, _fit_args, _fit_in_process, _load, _recipe
-from test_reliability import _tiny_checkpoint as tiny_checkpoint
+from reliability_helpers import age_file as _age
+from reliability_helpers import assert_same_training_state as _assert_same_training_state
+from reliability_helpers import fit_args as _fit_args
+from reliability_helpers import fit_in_process as _fit_in_process
+from reliability_helpers import load_checkpoint as _load
+from reliability_helpers import tiny_checkpoint
+from reliability_helpers import write_recipe as _recipe
 from torch.utils.data import DataLoader, Dataset
 
 from ouro.cli import main

@@ -120,14 +120,12 @@ class EvalInTraining(L.Callback):
         lm_eval_tasks = [t for t in self.tasks if t not in self._builtin]
         if stage == "fit" and lm_eval_tasks:
             # lm-eval is an optional dependency (the `eval` extra); only lm-eval tasks need it.
-            from ouro.eval.runner import check_task_names, task_manager
+            from ouro.eval.runner import check_task_names, generation_tasks, task_manager
 
             include = "EvalInTraining's include_path"
             manager = task_manager(self.include_path, include_option=include, names=lm_eval_tasks)
             check_task_names(manager, lm_eval_tasks, "EvalInTraining's tasks", include)
             if trainer.world_size > 1:
-                from ouro.eval.runner import generation_tasks
-
                 generation = generation_tasks(manager, lm_eval_tasks)
                 if generation:
                     raise ValueError(

@@ -14,6 +14,7 @@ talks to), `builtin_tokenizer` (the built-in tokenizer, loaded once).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -171,3 +172,47 @@ class TrainingRecorder(L.Callback):
             )
         )
         self._micro = -1  # the step's last micro-batch ends after this hook
+
+
+LOCAL_CHOICE_TASK = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+"""
+LOCAL_ANSWER_TASK = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{choices[answer]}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: {max_gen_toks}
+metric_list:
+  - metric: exact_match
+"""
+
+
+def write_local_tasks(
+    folder: Path, docs: list[dict], choice_task: str, answer_task: str, max_gen_toks: int = 4
+) -> Path:
+    """An lm-eval ``include_path`` folder (no download): ``docs`` (``question``, ``choices``, ``answer``) as
+    ``docs.jsonl``, scored as the multiple-choice task ``choice_task`` and the generation task ``answer_task``
+    (the right choice, greedy, up to ``max_gen_toks`` tokens)."""
+    data = folder / "docs.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / f"{choice_task}.yaml").write_text(LOCAL_CHOICE_TASK.format(name=choice_task, data=data))
+    answer = LOCAL_ANSWER_TASK.format(name=answer_task, data=data, max_gen_toks=max_gen_toks)
+    (folder / f"{answer_task}.yaml").write_text(answer)
+    return folder

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, write_local_tasks
 
 from ouro.cli import main
 
@@ -20,44 +20,11 @@ DOCS = [
     {"question": "Water is", "choices": ["dry", "solid", "wet"], "answer": 2},
     {"question": "Fire is", "choices": ["hot", "cold", "quiet"], "answer": 0},
 ]
-MC_TASK = """task: toy_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-"""
-GEN_TASK = """task: toy_answer
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{choices[answer]}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 4
-metric_list:
-  - metric: exact_match
-"""
 
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tasks")
-    data = folder / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (folder / "toy_choice.yaml").write_text(MC_TASK.format(data=data))
-    (folder / "toy_answer.yaml").write_text(GEN_TASK.format(data=data))
-    return folder
+    return write_local_tasks(tmp_path_factory.mktemp("tasks"), DOCS, "toy_choice", "toy_answer")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import write_local_tasks
 from spawn_ranks import one_process, torchrun
 
 from ouro.callbacks import EvalInTraining
@@ -25,34 +26,6 @@ from ouro.eval.runner import check_splittable, load_tasks, task_manager
 TASK = "toy_sharded_choice"
 DOCS = 21  # odd: rank 0 scores 11 documents, rank 1 scores 10
 WORDS = ["red", "blue", "green", "cold", "hot", "wet", "dry", "one", "two", "three", "tree", "stone"]
-TASK_YAML = """task: toy_sharded_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: answer
-metric_list:
-  - metric: acc
-"""
-GEN_YAML = """task: toy_sharded_answer
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{choices[answer]}}}}"
-generation_kwargs:
-  until: ["\\n"]
-  max_gen_toks: 2
-metric_list:
-  - metric: exact_match
-"""
 STRATEGIES = {
     "fsdp1": {
         "class_path": "ouro.distributed.OuroFSDPStrategy",
@@ -68,11 +41,7 @@ def _task_folder(folder: Path) -> Path:
         words = [WORDS[(i * 5 + k) % len(WORDS)] for k in range(2 + i % 4)]
         choices = [WORDS[(i + k) % len(WORDS)] for k in range(3)]
         docs.append({"question": " ".join(words) + " is", "choices": choices, "answer": i % 3})
-    data = folder / "docs.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (folder / f"{TASK}.yaml").write_text(TASK_YAML.format(data=data))
-    (folder / "toy_sharded_answer.yaml").write_text(GEN_YAML.format(data=data))
-    return folder
+    return write_local_tasks(folder, docs, TASK, "toy_sharded_answer", max_gen_toks=2)
 
 
 def _recipe(tmp: Path, name: str, world: int, strategy: str, tasks: Path) -> Path:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from jsonargparse import ArgumentError, auto_cli
 
+from ouro import early_signals
 from ouro.data.cache import cache_dir
 from ouro.errors import OuroError, plain_message, usage_error
 from ouro.library_warnings import filter_harmless_warnings
@@ -189,10 +190,14 @@ def _dispatch(args: list[str]) -> None:
         print(f"ouro: unknown command {command!r}; run `ouro --help` for the list", file=sys.stderr)
         raise SystemExit(2)
     hold_compile_caches()  # before torch is imported; `use_run_scratch` chooses RUN/cache once the recipe is read
-    # Imported here: Lightning's CLI costs seconds of start-up that `ouro --help` and the tools do not need.
-    from ouro.trainer_cli import run_trainer_cli
+    previous = early_signals.hold()  # a pre-emption warning during start-up is kept for the fit, not fatal
+    try:
+        # Imported here: Lightning's CLI costs seconds of start-up that `ouro --help` and the tools do not need.
+        from ouro.trainer_cli import run_trainer_cli
 
-    run_trainer_cli(args)
+        run_trainer_cli(args)
+    finally:
+        early_signals.release(previous)
 
 
 if __name__ == "__main__":

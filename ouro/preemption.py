@@ -5,6 +5,8 @@ SLURM warns a job before its time limit or a pre-emption with ``--signal=SIGUSR1
 they save a checkpoint there (in the middle of a step, and under FSDP on one rank while the others sit in a
 collective), and every process that inherited them, DataLoader workers included, runs them. Here:
 
+* A warning that arrives while ``ouro fit`` starts, before these handlers exist, is held (`ouro.early_signals`)
+  and handed to them, instead of ending the process (SIGUSR1's default action).
 * `PreemptionSignals` replaces Lightning's signal connector. Its handlers only set flags, and only in the process
   that installed them: loader workers, forked from it, inherit handlers that do nothing, so they leave SIGUSR1 and
   SIGTERM to the main process.
@@ -34,6 +36,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ouro import early_signals
 from ouro.errors import ResumeError
 from ouro.resume import newest_readable_checkpoint
 
@@ -94,8 +97,11 @@ class PreemptionSignals(_SignalConnector):
                 launcher.kill(signum)  # processes this one started (Lightning's own launcher) stop too
             self.received_sigterm = True
 
-        self._register_signal(warning_signal(self.trainer), warned)
+        warning = warning_signal(self.trainer)
+        self._register_signal(warning, warned)
         self._register_signal(signal.SIGTERM, terminated)
+        if warning in early_signals.take():  # the warning came while the process was starting
+            self.on_warning(warning)
 
 
 class PreemptionCheckpoint(Callback):

@@ -69,6 +69,29 @@ def test_sigusr1_saves_at_the_next_step_and_the_rerun_is_bit_identical(tmp_path,
     _assert_same_training_state(_load(last), _load(reference / "checkpoints" / "last.ckpt"))
 
 
+class SignalAtSetup(Callback):
+    """Sends SIGUSR1 to this process while the fit sets up, before its signal handlers exist (as a warning that
+    reaches a job still loading its model would)."""
+
+    def setup(self, trainer, pl_module, stage) -> None:  # noqa: ANN001
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_a_warning_during_start_up_is_a_checkpoint_at_the_first_step(tmp_path) -> None:
+    run = tmp_path / "run"
+    args = _fit_args(_recipe(tmp_path, 6), run, "--trainer.callbacks+=test_preemption.SignalAtSetup")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "ouro.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    # Without the held warning, SIGUSR1's default action ends the process (return code -10, nothing saved).
+    assert result.returncode == EXIT_PREEMPTED, result.stderr[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ouro: pre-empted")]
+    assert lines == [f"ouro: pre-empted (SIGUSR1): saved step 1 to {last}; rerun to resume"]
+    assert _load(last)["global_step"] == 1
+
+
 class _Dispositions(Dataset):
     def __len__(self) -> int:
         return 1

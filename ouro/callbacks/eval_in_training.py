@@ -30,9 +30,9 @@ class EvalInTraining(L.Callback):
     `ouro.eval.runner.evaluate`. Under several ranks both kinds are split: each rank scores every world-size-th
     question (lm-eval: document, with lm-eval's own distributed evaluation) through the strategy's wrapped
     module, so a sharded model (FSDP1, FSDP2) gathers its parameters, and every rank logs the same metrics;
-    lm-eval generation tasks are refused there (score them with `ouro eval`). A budget keeps evaluation from dominating training: at most ``limit``
-    questions per task, at most ``max_tokens`` prompt tokens per evaluation, and no new task once
-    ``max_seconds`` have passed; whatever the budget cut is said in the log.
+    lm-eval generation tasks are refused there (score them with `ouro eval`). A budget keeps evaluation from
+    dominating training: at most ``limit`` questions per task, at most ``max_tokens`` prompt tokens per
+    evaluation, and no new task once ``max_seconds`` have passed; whatever the budget cut is said in the log.
     """
 
     def __init__(
@@ -88,9 +88,8 @@ class EvalInTraining(L.Callback):
         self._tokenizer = None
         self.last_tokens = -1  # tokens seen at the last evaluation
         self.history: list[dict[str, Any]] = []  # what each evaluation scored and cut (this session)
-        self.scored_here = (
-            0  # questions and lm-eval documents this rank scored (this session; the ranks share them)
-        )
+        # Questions and lm-eval documents this rank scored (this session; the ranks share them).
+        self.scored_here = 0
 
     @property
     def state_key(self) -> str:

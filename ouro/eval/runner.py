@@ -50,18 +50,11 @@ def suite_include_path() -> str:
     return str(materialize(cache_dir() / "eval-suite"))
 
 
-@functools.lru_cache(maxsize=4)
-def _task_manager(include_paths: tuple[str, ...]):
+@functools.lru_cache(maxsize=8)
+def _task_manager(include_paths: tuple[str, ...], include_defaults: bool = True):
     from lm_eval.tasks import TaskManager  # optional dependency (the `eval` extra); slow to import
 
-    return TaskManager(include_path=list(include_paths) or None)
-
-
-@functools.lru_cache(maxsize=4)
-def _local_task_manager(include_paths: tuple[str, ...]):
-    from lm_eval.tasks import TaskManager  # optional dependency (the `eval` extra); slow to import
-
-    return TaskManager(include_path=list(include_paths) or None, include_defaults=False)
+    return TaskManager(include_path=list(include_paths) or None, include_defaults=include_defaults)
 
 
 def task_manager(
@@ -82,7 +75,7 @@ def task_manager(
             raise FileNotFoundError(f"{include_option} {path} is not a folder of lm-eval task YAML files")
     folders = tuple(str(Path(p).resolve()) for p in paths) + (suite_include_path(),)
     if names is not None:
-        local = _local_task_manager(tuple(f for f in folders if f))
+        local = _task_manager(tuple(f for f in folders if f), include_defaults=False)
         if names and all(name in local.all_subtasks for name in names):
             return local
     return _task_manager(folders)
@@ -104,8 +97,11 @@ def check_task_names(
 
 def generation_tasks(manager, names: Sequence[str]) -> list[str]:
     """The tasks among ``names`` (groups expanded) whose requests are generation (``generate_until``)."""
-    loaded = load_tasks(manager, names)
-    return [name for name, task in loaded["tasks"].items() if task.OUTPUT_TYPE == "generate_until"]
+    return _generation(load_tasks(manager, names)["tasks"])
+
+
+def _generation(tasks: dict[str, Any]) -> list[str]:
+    return [name for name, task in tasks.items() if task.OUTPUT_TYPE == "generate_until"]
 
 
 def load_tasks(manager, names: Sequence[str]) -> dict[str, Any]:
@@ -212,7 +208,7 @@ def evaluate(
 def check_splittable(tasks: dict[str, Any], limit: int | float | None, world_size: int) -> None:
     """Refuse, identically on every rank, what cannot be split over ``world_size`` ranks: a rank without
     documents would skip the scoring forwards (collectives) the others run; generation exits early per token."""
-    generation = [name for name, task in tasks.items() if task.OUTPUT_TYPE == "generate_until"]
+    generation = _generation(tasks)
     if generation:
         raise ValueError(
             f"lm-eval generation task(s) {', '.join(generation)} cannot be split over {world_size} ranks (real "

@@ -126,7 +126,13 @@ def test_eval_in_training_names_its_own_arguments_for_an_unknown_task(tmp_path, 
     from ouro.eval import runner
 
     # lm-eval's own task index takes a minute to build on 2 busy cores: a stand-in that knows one task.
-    monkeypatch.setattr(runner, "_task_manager", lambda paths: SimpleNamespace(all_tasks=["arc_easy"]))
+    monkeypatch.setattr(
+        runner,
+        "_task_manager",
+        lambda paths, include_defaults=True: SimpleNamespace(
+            all_tasks=["arc_easy"], all_subtasks=["arc_easy"]
+        ),
+    )
     monkeypatch.setattr(runner, "suite_include_path", lambda: None)
 
     with pytest.raises(ValueError) as refused:

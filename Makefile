@@ -27,8 +27,12 @@ endif
 	$(PY) -c "import torch, lightning, litdata, ouro; print('ouro installed: torch', torch.__version__, 'lightning', lightning.__version__)"
 	touch $(STAMP)
 
+# Test files are spread over this many pytest-xdist workers (one per core of a 2-core machine; tests marked
+# `exclusive`, the SLURM ones, run alone). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 quickstart: $(STAMP)
 	$(VENV)/bin/ouro fit --config recipes/quickstart.yaml

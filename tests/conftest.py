@@ -8,13 +8,15 @@ Helpers (import them: ``from conftest import build_tiny_model``):
 - `write_word_tokenizer`: a word-level tokenizer with the ChatML special tokens at ids 0, 1, 2;
 - `write_fit_checkpoint`: a checkpoint as ``ouro fit`` writes it.
 
-Fixtures: `hf_offline` (the Hub and ``datasets`` offline), `local_hub` (a local Hub that ``huggingface_hub``
+Fixtures: `short_tmp_path` (a folder whose path is short enough for a run's temp dir), `hf_offline` (the Hub and ``datasets`` offline), `local_hub` (a local Hub that ``huggingface_hub``
 talks to), `builtin_tokenizer` (the built-in tokenizer, loaded once).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +31,8 @@ from ouro import OuroConfig, OuroForCausalLM
 from ouro.data.tokenizer import load_tokenizer
 
 torch.set_num_threads(1)
+
+pytest_plugins = ["exclusive_tests"]
 
 __all__ = [
     "CHATML_SPECIALS",
@@ -48,6 +52,15 @@ CHATML_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def short_tmp_path() -> Iterator[Path]:
+    """An empty folder with a short path, removed after the test: a run directory in it keeps its temp dir
+    inside (`ouro.run_dir.MAX_SCRATCH_PATH`), however long pytest's own ``tmp_path`` is (under xdist it grows)."""
+    folder = Path(tempfile.mkdtemp(prefix="ouro-t"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -18,13 +18,13 @@ from reliability_helpers import (
 )
 
 
-def test_kill_nine_resumes_bit_for_bit(tmp_path):
+def test_kill_nine_resumes_bit_for_bit(tmp_path, short_tmp_path):
     """Killed mid-step, then mid-checkpoint-write; the rerun ends exactly where an uninterrupted run ends."""
     recipe = write_recipe(tmp_path, 6)
     reference = tmp_path / "ref"
     fit_in_process(*fit_args(recipe, reference, "--checkpoint_every_n_steps", "2"))
 
-    run, temp = tmp_path / "r", tmp_path / "systemp"  # short: the run's temp dir must hold Unix sockets
+    run, temp = short_tmp_path / "r", short_tmp_path / "systemp"  # the run's temp dir must hold Unix sockets
     temp.mkdir()
     args = fit_args(recipe, run, "--checkpoint_every_n_steps", "2")
     checkpoints = run / "checkpoints"

@@ -18,10 +18,10 @@ from ouro.trainer_cli import OuroCLI
 ROOT = Path(__file__).parent.parent
 
 
-def test_run_scratch_lives_in_the_run_and_is_emptied_and_restored(tmp_path, monkeypatch):
+def test_run_scratch_lives_in_the_run_and_is_emptied_and_restored(tmp_path, short_tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     before = tempfile.gettempdir()
-    root = tmp_path / "r"
+    root = short_tmp_path / "r"
     stale = root / ".tmp" / "0" / "pymp-left-by-kill-9"
     stale.mkdir(parents=True)
     scratch = use_run_scratch(root)

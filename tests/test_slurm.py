@@ -28,6 +28,8 @@ import torch
 from slurm_cluster import ClusterUnavailable, SlurmCluster, start_cluster
 
 TESTS = Path(__file__).resolve().parent
+# Its jobs run under time limits and pre-emption warnings timed in seconds: no other test runs beside them.
+pytestmark = pytest.mark.exclusive
 ROOT = TESTS.parent
 SBATCH = ROOT / "scripts" / "slurm" / "ouro_fit.sbatch"
 CPU_NODE = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0"]

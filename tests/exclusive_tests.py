@@ -1,0 +1,56 @@
+"""Tests marked ``exclusive`` run with no other test beside them when the suite runs on several pytest-xdist
+workers (``make test`` uses two, one per core of the test machine).
+
+The SLURM tests need it: their jobs run under time limits and pre-emption warnings timed in seconds, which a
+second worker's training runs on the same two cores would push past. Every other test holds a shared lock while
+it runs (setup and teardown included); an exclusive one holds it alone. A gate lock, taken before either, gives
+the exclusive test the next turn: a worker waiting for it stops the other worker from starting new tests.
+Without xdist (one process), nothing is locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+MARKER = "exclusive"
+
+
+def _lock_files(config: pytest.Config) -> tuple[Path, Path] | None:
+    if not hasattr(config, "workerinput"):  # set by xdist in its workers only
+        return None
+    # Each worker's base temp dir is <the run's base temp dir>/popen-gw<N>: the run's is shared and pytest
+    # removes it with old runs.
+    shared = config._tmp_path_factory.getbasetemp().parent
+    return shared / "exclusive-tests.gate", shared / "exclusive-tests.lock"
+
+
+@contextmanager
+def _held(gate: Path, lock: Path, exclusive: bool) -> Iterator[None]:
+    with gate.open("a") as gate_file, lock.open("a") as lock_file:
+        fcntl.flock(gate_file, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate_file, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{MARKER}: run with no other test beside it under pytest-xdist")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    files = _lock_files(item.config)
+    if files is None:
+        return (yield)
+    with _held(*files, exclusive=item.get_closest_marker(MARKER) is not None):
+        return (yield)

@@ -58,7 +58,7 @@ FLAG_ALIASES = {"plan": {"--config": "--recipes"}}
 
 def tool_arguments(command: str, args: list[str]) -> tuple[Callable, list[str]]:
     """The function behind a tool command and its arguments as jsonargparse reads them."""
-    configure_parsing()
+    configure_parsing(args)
     filter_harmless_warnings()
     function = _load(_tool_commands()[command][0])
     # Accept --repo-id as well as --repo_id: jsonargparse spells options with underscores.

@@ -16,6 +16,7 @@ recipes this way; `read_recipe` reads one for code that only needs its values.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,25 @@ def install() -> None:
     _installed = True
 
 
-def configure_parsing() -> None:
-    """jsonargparse settings of every ``ouro`` command: field docstrings in ``--help`` (dataclass attribute
-    docstrings, e.g. every ``OuroConfig`` field), and ``<<: !include FILE`` in recipes (`install`)."""
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+def wants_help_text(args: Sequence[str]) -> bool:
+    """Whether a command line prints help text: ``-h``/``--help``, ``--KEY.help CLASS``, or ``--print_config``
+    with comments."""
+    for index, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if flag in ("-h", "--help") or (flag.startswith("--") and flag.endswith(".help")):
+            return True
+        following = args[index + 1] if index + 1 < len(args) else ""
+        if flag == "--print_config" and "comments" in (value or following):
+            return True
+    return False
+
+
+def configure_parsing(args: Sequence[str] | None = None) -> None:
+    """jsonargparse settings of an ``ouro`` command line ``args``: field docstrings in help text (dataclass
+    attribute docstrings, e.g. every ``OuroConfig`` field), and ``<<: !include FILE`` in recipes (`install`).
+
+    Attribute docstrings are read from the source of every class in the parser, which takes seconds at each
+    start, so they are read only when ``args`` print help (`wants_help_text`; always when ``args`` is None):
+    nothing else uses them."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=args is None or wants_help_text(args))
     install()

@@ -170,7 +170,7 @@ def check_sequence_fits(max_positions: int, datamodule: Any, callbacks: list[Any
 
 
 def run_trainer_cli(args: list[str]) -> OuroCLI:
-    configure_parsing()
+    configure_parsing(args)
     filter_harmless_warnings()
     check_recipe_syntax(args)
     try:

@@ -189,3 +189,21 @@ def test_data_help_shows_the_datamodule_arguments(capsys):
     for name in ("seq_len", "batch_size", "num_workers"):
         first_sentence = re.search(rf"^\s*{name}: ([^.]*\.)", doc, re.M).group(1)
         assert f"--data.{name}" in text and " ".join(first_sentence.split()) in text
+
+
+@pytest.mark.parametrize(
+    ("args", "help_text"),
+    [
+        (["fit", "--help"], True),
+        (["fit", "-h"], True),
+        (["fit", "--data.help", "ouro.data.PretrainDataModule"], True),
+        (["fit", "--print_config=comments"], True),
+        (["fit", "--print_config", "comments"], True),
+        (["fit", "--config", "recipes/stable.yaml", "--print_config"], False),
+        (["fit", "--config", "help.yaml", "--trainer.max_steps", "2"], False),
+    ],
+)
+def test_field_docstrings_are_read_only_for_help_text(args, help_text):
+    from ouro.recipe_yaml import wants_help_text
+
+    assert wants_help_text(args) is help_text

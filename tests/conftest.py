@@ -32,7 +32,7 @@ from ouro.data.tokenizer import load_tokenizer
 
 torch.set_num_threads(1)
 
-pytest_plugins = ["exclusive_tests"]
+pytest_plugins = ["worker_scheduling"]
 
 __all__ = [
     "CHATML_SPECIALS",

@@ -1,6 +1,9 @@
-"""Tests marked ``exclusive`` run with no other test beside them when the suite runs on several pytest-xdist
-workers (``make test`` uses two, one per core of the test machine).
+"""How the suite shares the test machine's cores among pytest-xdist workers (``make test`` uses two).
 
+The longest test files are collected first (`LONGEST_FIRST`), so that ``--dist loadfile`` hands them out at the
+start and the workers end together instead of one waiting on a long file handed out last.
+
+Tests marked ``exclusive`` run with no other test beside them.
 The SLURM tests need it: their jobs run under time limits and pre-emption warnings timed in seconds, which a
 second worker's training runs on the same two cores would push past. Every other test holds a shared lock while
 it runs (setup and teardown included); an exclusive one holds it alone. A gate lock, taken before either, gives
@@ -41,6 +44,25 @@ def _held(gate: Path, lock: Path, exclusive: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+#: Test files that run longest (most ``ouro fit`` processes), longest first: the SLURM tests (exclusive, so
+#: the other worker waits for them whenever they run), the tiny pipeline (13 stages), the plans of every GPU
+#: recipe, then the multi-rank chains.
+LONGEST_FIRST = [
+    "test_slurm.py",
+    "test_tiny_pipeline.py",
+    "test_plan_recipes.py",
+    "test_elastic_resume.py",
+    "test_distributed.py",
+    "test_pipeline_fsdp.py",
+    "test_eval_in_training_sharded.py",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 def pytest_configure(config: pytest.Config) -> None:

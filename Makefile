@@ -32,7 +32,7 @@ endif
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 quickstart: $(STAMP)
 	$(VENV)/bin/ouro fit --config recipes/quickstart.yaml

@@ -1,7 +1,8 @@
 """How the suite shares the test machine's cores among pytest-xdist workers (``make test`` uses two).
 
-The longest test files are collected first (`LONGEST_FIRST`), so that ``--dist loadfile`` hands them out at the
-start and the workers end together instead of one waiting on a long file handed out last.
+The longest test files are collected first (`LONGEST_FIRST`), so that ``--dist loadfile --no-loadscope-reorder``
+(xdist's own order puts the files with the most tests first) hands them out at the start and the workers end
+together, instead of one waiting on a long file handed out last.
 
 Tests marked ``exclusive`` run with no other test beside them.
 The SLURM tests need it: their jobs run under time limits and pre-emption warnings timed in seconds, which a

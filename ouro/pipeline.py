@@ -21,17 +21,18 @@ saves at its next step and exits with `ouro.preemption.EXIT_PREEMPTED`, and so d
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
 
+from ouro.child_processes import die_with_parent
 from ouro.errors import PipelineError
 from ouro.preemption import EXIT_PREEMPTED
 from ouro.preflight import yaml_syntax_problem
@@ -136,24 +137,10 @@ def load_pipeline(path: str | Path) -> list[Stage]:
     return stages
 
 
-PR_SET_PDEATHSIG = 1
 #: Signals the pipeline passes on to its running stage: the stop signals, and the pre-emption warning.
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 #: Passed on without stopping the pipeline: the stage saves, says so and exits with `EXIT_PREEMPTED`.
 WARNING_SIGNALS = (signal.SIGUSR1,)
-
-
-def _die_with_parent(parent_pid: int):  # noqa: ANN202 (a preexec_fn)
-    """A ``preexec_fn`` for the stage: the kernel sends it SIGKILL when the pipeline process dies (Linux)."""
-
-    def preexec() -> None:
-        if sys.platform.startswith("linux"):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the pipeline died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 def run_stage(command: list[str]) -> int:
@@ -166,7 +153,7 @@ def run_stage(command: list[str]) -> int:
     child = subprocess.Popen(
         command,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        preexec_fn=_die_with_parent(os.getpid()),
+        preexec_fn=partial(die_with_parent, os.getpid()),
         process_group=0,
     )
     received: list[int] = []

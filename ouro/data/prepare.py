@@ -11,13 +11,10 @@ the last one to finish writes the index and the manifest (`ouro.data.nodes` read
 
 from __future__ import annotations
 
-import ctypes
 import json
 import multiprocessing
 import os
 import shutil
-import signal
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -27,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from ouro.chat import chat_token_ids
+from ouro.child_processes import die_with_parent
 from ouro.data import remote
 from ouro.data.cache import cache_dir, local_path, portable_path
 from ouro.data.chat import ChatRenderer, validate_conversation
@@ -155,15 +153,6 @@ def _write_unit(job: _Job, unit: Unit, staging) -> dict:
     return record
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Pool initializer: an idle worker waits on its task queue forever once the prepare is gone, so on Linux the
-    kernel sends it SIGKILL when the parent dies (``PR_SET_PDEATHSIG``)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _run_units(job: _Job, units: list[Unit], staging, workers: int) -> None:
     if workers <= 1 or len(units) <= 1:
         for unit in units:
@@ -174,7 +163,8 @@ def _run_units(job: _Job, units: list[Unit], staging, workers: int) -> None:
     pool = ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("fork"),
-        initializer=_die_with_parent,
+        # An idle worker would wait on its task queue forever once the prepare is gone.
+        initializer=die_with_parent,
         initargs=(os.getpid(),),
     )
     try:

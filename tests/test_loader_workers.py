@@ -1,0 +1,108 @@
+"""Loader workers die with a training process that is killed (``kill -9``), at once and without a word.
+
+A loader worker hands each batch's tensors to the training process over a connection of multiprocessing's
+``resource_sharer``. When the training process dies during that handshake, a worker left alone prints the reset
+connection as a traceback (under SLURM, into the job log) and lingers until PyTorch's watchdog notices, up to 5 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ouro.data.builtin import train_tokenizer
+from ouro.data.prepare import prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+#: A killed training process's workers must be gone well before PyTorch's watchdog (5 s) would end them.
+GONE_WITHIN_S = 3.0
+
+# Iterates an ouro loader with two workers, prints the workers' pids, then dies by SIGKILL in the middle of the
+# handshake that receives the next batch's tensors: it has answered the worker's challenge and not yet read the
+# worker's reply, so the worker's end of the connection is reset.
+KILLED_WHILE_RECEIVING = """
+import multiprocessing, multiprocessing.connection as connection, os, signal, sys
+from ouro.data.pretrain import PretrainDataModule
+
+data = PretrainDataModule(sources=[sys.argv[1]], val_source=None, seq_len=16, batch_size=2, num_workers=2)
+data.setup("fit")
+batches = iter(data.train_dataloader())
+next(batches)
+print(" ".join(str(worker.pid) for worker in multiprocessing.active_children()), flush=True)
+answer_challenge = connection.answer_challenge
+
+def answer_then_die(conn, authkey):
+    recv_bytes, received = conn.recv_bytes, []
+
+    def recv_then_die(*args):
+        received.append(args)
+        if len(received) == 2:  # the worker's reply to our answer
+            os.kill(os.getpid(), signal.SIGKILL)
+        return recv_bytes(*args)
+
+    conn.recv_bytes = recv_then_die
+    answer_challenge(conn, authkey)
+
+connection.answer_challenge = answer_then_die
+next(batches)
+print("not killed: the next batch needed no handshake with a worker", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("loader_workers")
+    corpus = root / "corpus.jsonl"
+    words = "alpha beta gamma delta loop model token stream shard chunk".split()
+    docs = (" ".join(words[(i + j) % len(words)] for j in range(5 + i % 20)) for i in range(300))
+    corpus.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in docs))
+    tokenizer = root / "tokenizer.json"
+    tokenizer.write_text(train_tokenizer([corpus], vocab_size=100).to_str())
+    prepare([str(corpus)], str(root / "shards"), tokenizer=str(tokenizer), num_workers=1)
+    return root / "shards"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie waiting for its reaper has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel ends the workers on Linux only")
+def test_workers_of_a_killed_training_process_die_at_once_and_print_nothing(shards: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WHILE_RECEIVING, str(shards)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # The workers' pids, or nothing if the child hangs before printing them (then it is killed below).
+        started = select.select([child.stdout], [], [], 120)[0]
+        workers = [int(pid) for pid in child.stdout.readline().split()] if started else []
+        returncode = child.wait(timeout=60) if workers else None
+        died = time.monotonic()
+        while any(map(_running, workers)) and time.monotonic() - died < GONE_WITHIN_S:
+            time.sleep(0.05)
+        alive = [pid for pid in workers if _running(pid)]
+    finally:
+        for pid in [child.pid, *workers]:  # never leave a process behind, whatever failed
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+    assert len(workers) == 2 and returncode == -signal.SIGKILL, stdout + stderr
+    assert not alive, f"loader workers {alive} outlived the killed training process by {GONE_WITHIN_S} s"
+    assert "Traceback" not in stderr, stderr

@@ -20,6 +20,7 @@ import pytest
 
 from ouro.data.builtin import train_tokenizer
 from ouro.data.prepare import prepare
+from ouro.data.workers import QuietIfParentDied
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A killed training process's workers must be gone well before PyTorch's watchdog (5 s) would end them.
@@ -108,3 +109,18 @@ def test_workers_of_a_killed_training_process_die_at_once_and_print_nothing(shar
         f"loader workers still running {GONE_WITHIN_S} s after the training process was killed: {alive}; "
         f"what the processes printed:\n{stderr}"
     )
+
+
+def test_a_worker_reports_a_lost_connection_unless_its_parent_died() -> None:
+    reported = []
+    error = ConnectionResetError(104, "Connection reset by peer")
+    alive = QuietIfParentDied(lambda *exc: reported.append(exc[1]), os.getppid(), wait_s=0.05)
+    alive(ConnectionResetError, error, None)
+    alive(ValueError, ValueError("any other error"), None)
+    assert [type(e) for e in reported] == [ConnectionResetError, ValueError], "a live parent: all reported"
+    reported.clear()
+    dead = QuietIfParentDied(lambda *exc: reported.append(exc[1]), os.getppid() + 1_000_000, wait_s=0.05)
+    dead(ConnectionResetError, error, None)
+    dead(EOFError, EOFError(), None)
+    dead(ValueError, ValueError("any other error"), None)
+    assert [type(e) for e in reported] == [ValueError], "the parent is gone: its lost connection is no news"

@@ -9,14 +9,20 @@ save a checkpoint there and fails). Ignoring both in the worker leaves them to t
 A training process that dies without stopping its workers (``kill -9``, the kernel's out-of-memory killer) takes
 them with it at once (`ouro.child_processes.die_with_parent`). Left alone, a worker that is sending a batch at
 that moment prints a traceback (multiprocessing's ``resource_sharer`` reports the reset connection to its dead
-parent) before PyTorch's watchdog ends it, up to 5 s later.
+parent) before PyTorch's watchdog ends it, up to 5 s later. The kernel resets that connection a moment before it
+kills the worker, and under load the worker can run in between: a lost connection is reported only once it is
+clear the parent still lives (`QuietIfParentDied`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import sys
+import time
 from collections.abc import Callable
+from types import TracebackType
 
 from ouro.child_processes import die_with_parent
 
@@ -34,5 +40,27 @@ class LeaveSignalsToMainProcess:
         parent = multiprocessing.parent_process()
         if parent is not None:  # None: called in a process multiprocessing did not start, not in a worker
             die_with_parent(parent.pid)
+            sys.excepthook = QuietIfParentDied(sys.excepthook, parent.pid)
         if self.then is not None:
             self.then(worker_id)
+
+
+class QuietIfParentDied:
+    """A worker's ``sys.excepthook``: a lost connection (``ConnectionError``, ``EOFError``) is passed on to ``hook``
+    only if the parent process (``parent_pid``) is still alive ``wait_s`` seconds later; once the parent is gone
+    the connection was to it, and the kernel is killing this worker anyway. Any other exception goes to ``hook``
+    at once."""
+
+    def __init__(self, hook: Callable[..., object], parent_pid: int, wait_s: float = 1.0) -> None:
+        self.hook, self.parent_pid, self.wait_s = hook, parent_pid, wait_s
+
+    def __call__(
+        self, kind: type[BaseException], value: BaseException, traceback: TracebackType | None
+    ) -> None:
+        if issubclass(kind, (ConnectionError, EOFError)):
+            deadline = time.monotonic() + self.wait_s
+            while os.getppid() == self.parent_pid and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if os.getppid() != self.parent_pid:
+                return
+        self.hook(kind, value, traceback)

@@ -124,3 +124,38 @@ def test_a_worker_reports_a_lost_connection_unless_its_parent_died() -> None:
     dead(EOFError, EOFError(), None)
     dead(ValueError, ValueError("any other error"), None)
     assert [type(e) for e in reported] == [ValueError], "the parent is gone: its lost connection is no news"
+
+
+# Fails while an ouro loader's iterator (two workers) still holds its workers: the process exits with them alive.
+FAILS_WITH_WORKERS_RUNNING = """
+import sys
+from ouro.data.pretrain import PretrainDataModule
+
+data = PretrainDataModule(sources=[sys.argv[1]], val_source=None, seq_len=16, batch_size=2, num_workers=2)
+data.setup("fit")
+batches = iter(data.train_dataloader())
+next(batches)
+raise RuntimeError("a failure while the loader's workers run")
+"""
+
+
+def test_a_process_that_fails_while_its_workers_run_exits_instead_of_waiting_for_them(shards: Path) -> None:
+    # The workers ignore SIGTERM (it is the training process's), and Python's exit sends daemonic children
+    # SIGTERM and then waits for them without a limit.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    child = subprocess.Popen(
+        [sys.executable, "-c", FAILS_WITH_WORKERS_RUNNING, str(shards)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its workers too can be killed below, whatever failed
+    )
+    try:
+        stdout, stderr = child.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+        pytest.fail(f"the process was still running 90 s after it started; it printed:\n{stdout}{stderr}")
+    assert child.returncode == 1, stdout + stderr
+    assert stderr.rstrip().endswith("RuntimeError: a failure while the loader's workers run"), stderr

@@ -12,10 +12,16 @@ that moment prints a traceback (multiprocessing's ``resource_sharer`` reports th
 parent) before PyTorch's watchdog ends it, up to 5 s later. The kernel resets that connection a moment before it
 kills the worker, and under load the worker can run in between: a lost connection is reported only once it is
 clear the parent still lives (`QuietIfParentDied`).
+
+A training process that ends while workers still run (a failure raised with a loader's iterator alive) would
+wait for them for ever: Python's exit sends its daemonic children SIGTERM, which the workers ignore, and then
+joins them without a limit. The process that configures the workers therefore stops them at exit itself
+(`stop_daemonic_children`), before Python's own handler runs.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import signal
@@ -33,6 +39,7 @@ class LeaveSignalsToMainProcess:
 
     def __init__(self, then: Callable[[int], None] | None = None) -> None:
         self.then = then
+        _stop_children_at_exit()
 
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -43,6 +50,33 @@ class LeaveSignalsToMainProcess:
             sys.excepthook = QuietIfParentDied(sys.excepthook, parent.pid)
         if self.then is not None:
             self.then(worker_id)
+
+
+#: Seconds `stop_daemonic_children` waits for children that take SIGTERM before it kills the rest.
+STOP_WAIT_S = 2.0
+_stopping_at_exit: list[bool] = []
+
+
+def _stop_children_at_exit() -> None:
+    if not _stopping_at_exit:
+        # atexit runs the newest first, so this runs before multiprocessing's handler (registered at its import).
+        atexit.register(stop_daemonic_children)
+        _stopping_at_exit.append(True)
+
+
+def stop_daemonic_children() -> None:
+    """End this process's daemonic children (loader workers): SIGTERM, then SIGKILL for those still running
+    `STOP_WAIT_S` later (ouro's workers ignore SIGTERM). Without children, it does nothing."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + STOP_WAIT_S
+    for child in children:
+        child.join(max(deadline - time.monotonic(), 0.0))
+    for child in children:
+        if child.is_alive():
+            child.kill()
+            child.join()
 
 
 class QuietIfParentDied:

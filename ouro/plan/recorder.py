@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, _device_handler
 from torch.utils._python_dispatch import TorchDispatchMode
 
 _LOCAL_SCALAR = torch.ops.aten._local_scalar_dense.default
@@ -50,16 +50,22 @@ class FakeStepRecorder(FakeTensorMode):
         self.observers = observers
         self._depth = 0
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # No torch.compile runs inside a plan, so this mode's dispatch need not be wrapped in a Dynamo-disabling
+        # frame (per op, twice: here and in FakeTensorMode's own __torch_dispatch__, which `dispatch` skips).
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is _DEVICE:
-            return super().__torch_dispatch__(func, types, args, kwargs)
+        if func is _DEVICE:  # two ops in three: answered as FakeTensorMode answers it, without its dispatch
+            return _device_handler(args)
         if func is _LOCAL_SCALAR and isinstance(args[0], FakeTensor):
             tensor = args[0]
             return True if tensor.dtype == torch.bool else (1.0 if tensor.is_floating_point() else 1)
         kwargs = kwargs or {}
         self._depth += 1
         try:
-            out = super().__torch_dispatch__(func, types, args, kwargs)
+            out = self.dispatch(func, types, args, kwargs)
         finally:
             self._depth -= 1
         if self._depth == 0:

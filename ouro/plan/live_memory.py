@@ -36,13 +36,17 @@ class LiveStorages:
     def track(self, *values: Any) -> None:
         """Count (or recount) the storages behind the tensors in ``values`` and in lists, tuples and dicts in them
         (the shapes op arguments and results take)."""
-        for value in values:
+        # Depth first, in order (an op's tensors are counted one after another, and the peak is taken after each);
+        # iterative, as `observe` runs for every op of a step.
+        pending = list(reversed(values))
+        while pending:
+            value = pending.pop()
             if isinstance(value, torch.Tensor):
                 self._track_storage(value)
             elif isinstance(value, (list, tuple)):
-                self.track(*value)
+                pending.extend(reversed(value))
             elif isinstance(value, dict):
-                self.track(*value.values())
+                pending.extend(reversed(value.values()))
 
     def _track_storage(self, tensor: torch.Tensor) -> None:
         try:
@@ -58,8 +62,8 @@ class LiveStorages:
         size = storage.nbytes()
         known = self._sizes.get(storage)
         if known is None:
-            self._sizes[storage] = [size]
-            weakref.finalize(storage, self._free, self._sizes[storage])
+            self._sizes[storage] = known = [size]
+            weakref.finalize(storage, self._free, known)
             self._add(size)
         elif known[0] != size:
             self._add(size - known[0])

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 GONE_WITHIN_S = 3.0
 
 # Iterates an ouro loader with two workers, prints the workers' pids, then dies by SIGKILL in the middle of the
-# handshake that receives the next batch's tensors: it has answered the worker's challenge and not yet read the
-# worker's reply, so the worker's end of the connection is reset.
+# handshake that receives a batch's tensors: it has answered the worker's challenge and not yet read the
+# worker's reply, so the worker's end of the connection is reset. (A batch that a worker sent ahead of its turn
+# was received, handshake included, while the loader waited for an earlier one.)
 KILLED_WHILE_RECEIVING = """
 import multiprocessing, multiprocessing.connection as connection, os, signal, sys
 from ouro.data.pretrain import PretrainDataModule
@@ -53,8 +54,9 @@ def answer_then_die(conn, authkey):
     answer_challenge(conn, authkey)
 
 connection.answer_challenge = answer_then_die
-next(batches)
-print("not killed: the next batch needed no handshake with a worker", flush=True)
+for _ in range(20):  # a batch that arrived early was received already (no handshake); the next one is not
+    next(batches)
+print("not killed: 20 more batches needed no handshake with a worker", flush=True)
 """
 
 

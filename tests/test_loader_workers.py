@@ -73,6 +73,15 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "shards"
 
 
+def _start(script: str, shards: Path, **popen) -> subprocess.Popen:
+    """``python -c SCRIPT SHARDS`` with its output piped (text)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-c", script, str(shards)]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
+    )
+
+
 def _running(pid: int) -> bool:
     """Whether ``pid`` is a process that has not exited (a zombie waiting for its reaper has)."""
     try:
@@ -84,14 +93,7 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel ends the workers on Linux only")
 def test_workers_of_a_killed_training_process_die_at_once_and_print_nothing(shards: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WHILE_RECEIVING, str(shards)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    child = _start(KILLED_WHILE_RECEIVING, shards)
     try:
         # The workers' pids, or nothing if the child hangs before printing them (then it is killed below).
         started = select.select([child.stdout], [], [], 120)[0]
@@ -144,15 +146,9 @@ raise RuntimeError("a failure while the loader's workers run")
 def test_a_process_that_fails_while_its_workers_run_exits_instead_of_waiting_for_them(shards: Path) -> None:
     # The workers ignore SIGTERM (it is the training process's), and Python's exit sends daemonic children
     # SIGTERM and then waits for them without a limit.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    child = subprocess.Popen(
-        [sys.executable, "-c", FAILS_WITH_WORKERS_RUNNING, str(shards)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its workers too can be killed below, whatever failed
-    )
+    child = _start(
+        FAILS_WITH_WORKERS_RUNNING, shards, start_new_session=True
+    )  # its workers can be killed too
     try:
         stdout, stderr = child.communicate(timeout=90)
     except subprocess.TimeoutExpired:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import time
 
 from lightning import Callback
+
+#: The signal on which the job's processes print every thread's stack to the job's log (`Pace` sets it up in
+#: each rank, and its loader workers inherit it): what a test that times out sends before it fails.
+DUMP_STACKS = signal.SIGUSR2
 
 
 class Pace(Callback):
@@ -13,6 +19,7 @@ class Pace(Callback):
 
     def __init__(self, seconds: float = 0.2) -> None:
         self.seconds = seconds
+        faulthandler.register(DUMP_STACKS, all_threads=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         time.sleep(self.seconds)

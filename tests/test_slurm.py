@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 from slurm_cluster import ClusterUnavailable, SlurmCluster, start_cluster
+from slurm_helpers import DUMP_STACKS
 
 TESTS = Path(__file__).resolve().parent
 # Its jobs run under time limits and pre-emption warnings timed in seconds: no other test runs beside them.
@@ -158,9 +159,49 @@ def _wait(what: str, condition, cluster: SlurmCluster, job: int, workdir: Path, 
             return found
         time.sleep(0.2)
     state = cluster.job(job)
+    stacks = _dump_stacks(job)
     pytest.fail(
-        f"timed out waiting for {what}; job {job}: {state.get('JobState')}\n{_log(workdir, job)[-3000:]}"
+        f"timed out waiting for {what}; job {job}: {state.get('JobState')}; {stacks}\n"
+        f"{_log(workdir, job)[-30000:]}"
     )
+
+
+def _job_python_processes(job: int) -> list[int]:
+    """The PIDs of the Python processes of job ``job``: its ranks and their loader workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            executable = os.readlink(entry / "exe")
+        except (OSError, ValueError):
+            continue
+        if f"SLURM_JOB_ID={job}".encode() in environ and "python" in Path(executable).name:
+            found.append(int(entry.name))
+    return found
+
+
+def _dump_stacks(job: int) -> str:
+    """Have the job's Python processes print their threads' stacks to the job's log, one after the other (for
+    a test that failed waiting on the job: where it hangs); which processes, in that order."""
+    pids = _job_python_processes(job)
+    for pid in pids:
+        try:
+            os.kill(pid, DUMP_STACKS)
+        except ProcessLookupError:
+            pass
+        time.sleep(1)
+    return (
+        f"stacks below, in this order, of PIDs {pids}; the parent of each: {[_parent(pid) for pid in pids]}"
+    )
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _training_past(cluster: SlurmCluster, job: int, workdir: Path, run: Path, step: int) -> None:
@@ -195,7 +236,7 @@ def _rank_pid(job: int, rank: int) -> int:
             continue
         try:
             environ = (entry / "environ").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent = _parent(int(entry.name))
             parent_name = Path(f"/proc/{parent}/comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             continue

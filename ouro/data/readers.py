@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from huggingface_hub import HfFileSystem
 
 from ouro.errors import DataError
@@ -165,6 +163,11 @@ def _read_jsonl(path: str, field: str, skip_bad: bool, stats: ReadStats) -> Iter
 
 
 def _read_parquet(path: str, field: str, skip_bad: bool, stats: ReadStats) -> Iterator[tuple[Any, str]]:
+    # Imported here, not with the module: pyarrow's allocator starts a thread when the library loads, and a
+    # training process (which imports this module) forks its loader workers; a fork beside a running thread
+    # risks a deadlocked child, and ``ouro fit`` reads no parquet.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(_open(path) if path.startswith(HUB_PREFIX) else path)

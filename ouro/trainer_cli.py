@@ -21,6 +21,8 @@ from ouro.callbacks.long_context import LongContextSchedule
 from ouro.callbacks.progress import StageProgress
 from ouro.checkpoint_io import with_atomic_checkpoint_io
 from ouro.data.base import OuroDataModule
+from ouro.data.pretrain import PretrainDataModule
+from ouro.data.worker_server import start_worker_server
 from ouro.distributed import resolve_strategy
 from ouro.errors import RecipeError, usage_error
 from ouro.library_warnings import filter_harmless_warnings
@@ -147,6 +149,8 @@ class OuroCLI(LightningCLI):
         self.model.stage.resuming = ckpt_path is not None
         self.model.stage.name = root.name
         self.model.stage.recipe = ", ".join(str(c) for c in configs) or None
+        if isinstance(self.datamodule, PretrainDataModule) and self.datamodule.num_workers > 0:
+            start_worker_server()  # before fit starts any thread (the process group's, the loaders')
 
 
 def check_sequence_fits(max_positions: int, datamodule: Any, callbacks: list[Any]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ouro.data import worker_server
 from ouro.data.builtin import train_tokenizer
 from ouro.data.prepare import prepare
 from ouro.data.workers import QuietIfParentDied
@@ -73,10 +74,27 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "shards"
 
 
-def _start(script: str, shards: Path, **popen) -> subprocess.Popen:
-    """``python -c SCRIPT SHARDS`` with its output piped (text)."""
+#: Run first, the scripts' workers are forked by the worker server, as under ``ouro fit``.
+WITH_WORKER_SERVER = (
+    "from ouro.data.worker_server import start_worker_server\nassert start_worker_server() is not None\n"
+)
+STARTS = pytest.mark.parametrize(
+    "server",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(not worker_server.supported(), reason="Linux, Python < 3.14 only"),
+        ),
+    ],
+    ids=["forked", "worker_server"],
+)
+
+
+def _start(script: str, shards: Path, server: bool = False, **popen) -> subprocess.Popen:
+    """``python -c SCRIPT SHARDS`` with its output piped (text); with ``server``, the worker server first."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-c", script, str(shards)]
+    command = [sys.executable, "-c", (WITH_WORKER_SERVER if server else "") + script, str(shards)]
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen
     )
@@ -92,8 +110,11 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel ends the workers on Linux only")
-def test_workers_of_a_killed_training_process_die_at_once_and_print_nothing(shards: Path) -> None:
-    child = _start(KILLED_WHILE_RECEIVING, shards)
+@STARTS
+def test_workers_of_a_killed_training_process_die_at_once_and_print_nothing(
+    shards: Path, server: bool
+) -> None:
+    child = _start(KILLED_WHILE_RECEIVING, shards, server)
     try:
         # The workers' pids, or nothing if the child hangs before printing them (then it is killed below).
         started = select.select([child.stdout], [], [], 120)[0]
@@ -143,11 +164,14 @@ raise RuntimeError("a failure while the loader's workers run")
 """
 
 
-def test_a_process_that_fails_while_its_workers_run_exits_instead_of_waiting_for_them(shards: Path) -> None:
+@STARTS
+def test_a_process_that_fails_while_its_workers_run_exits_instead_of_waiting_for_them(
+    shards: Path, server: bool
+) -> None:
     # The workers ignore SIGTERM (it is the training process's), and Python's exit sends daemonic children
     # SIGTERM and then waits for them without a limit.
     child = _start(
-        FAILS_WITH_WORKERS_RUNNING, shards, start_new_session=True
+        FAILS_WITH_WORKERS_RUNNING, shards, server, start_new_session=True
     )  # its workers can be killed too
     try:
         stdout, stderr = child.communicate(timeout=90)

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from litdata import StreamingDataLoader, TokensLoader
 from litdata.streaming.resolver import Dir
 
-from ouro.data import remote
+from ouro.data import remote, worker_server
 from ouro.data.base import OuroDataModule
 from ouro.data.batching import BlockCollate
 from ouro.data.builtin_sources import builtin_dirs, is_builtin
@@ -305,10 +305,14 @@ class PretrainDataModule(OuroDataModule):
     def _worker_init(self) -> dict:
         """Loader workers leave SIGTERM / SIGUSR1 to the training process (`ouro.data.workers`), and workers of
         remote sources redo this process's litdata settings: a spawned worker (the start method litdata's
-        ``optimize`` sets for the whole process) starts without them."""
+        ``optimize`` sets for the whole process) starts without them. Under ``ouro fit`` they are forked by the
+        worker server (`ouro.data.worker_server`), never by the training process itself."""
         dirs = [*self._train_dirs, *([self._val_dir] if self._val_dir else [])]
         then = remote.worker_init if any(map(remote.is_remote, dirs)) else None
-        return {"worker_init_fn": LeaveSignalsToMainProcess(then)}
+        options: dict = {"worker_init_fn": LeaveSignalsToMainProcess(then)}
+        if self.num_workers > 0 and worker_server.worker_context() is not None:
+            options["multiprocessing_context"] = worker_server.worker_context()
+        return options
 
     # ------------------------------------------------------------------------------------- per-source tokens
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

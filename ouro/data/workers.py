@@ -7,7 +7,8 @@ save a checkpoint there and fails). Ignoring both in the worker leaves them to t
 (`ouro.preemption`), which stops its workers itself.
 
 A training process that dies without stopping its workers (``kill -9``, the kernel's out-of-memory killer) takes
-them with it at once (`ouro.child_processes.die_with_parent`). Left alone, a worker that is sending a batch at
+them with it at once (`ouro.child_processes.die_with_parent`; under ``ouro fit`` the workers' parent is the
+worker server of `ouro.data.worker_server`, which dies with the training process the same way). Left alone, a worker that is sending a batch at
 that moment prints a traceback (multiprocessing's ``resource_sharer`` reports the reset connection to its dead
 parent) before PyTorch's watchdog ends it, up to 5 s later. The kernel resets that connection a moment before it
 kills the worker, and under load the worker can run in between: a lost connection is reported only once it is
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from ouro.child_processes import die_with_parent
+from ouro.data import worker_server
 
 
 class LeaveSignalsToMainProcess:
@@ -46,8 +48,11 @@ class LeaveSignalsToMainProcess:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         parent = multiprocessing.parent_process()
         if parent is not None:  # None: called in a process multiprocessing did not start, not in a worker
-            die_with_parent(parent.pid)
-            sys.excepthook = QuietIfParentDied(sys.excepthook, parent.pid)
+            # A worker forked by the worker server has the server as its parent, which dies with the training
+            # process (`ouro.data.worker_server`).
+            parent_pid = worker_server.server_pid or parent.pid
+            die_with_parent(parent_pid)
+            sys.excepthook = QuietIfParentDied(sys.excepthook, parent_pid)
         if self.then is not None:
             self.then(worker_id)
 

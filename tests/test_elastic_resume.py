@@ -13,7 +13,6 @@ previous run's mid-epoch checkpoint (``--ckpt_path .../step-N.ckpt``, as a pre-e
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import Counter
 from dataclasses import asdict
@@ -189,16 +188,7 @@ def test_resume_says_what_changed_in_one_line(ddp_chain):
     assert said[3] == ["ouro: checkpoint written by 1 rank, resuming on 2: data position restriped"]
 
 
-# The FSDP2 chain's first 2-rank run hung once in a clean-clone CI run (no checkpoint written, killed at the
-# 240 s timeout) and passed in another; until the hang is understood it stays out of CI, where a hang would
-# fail every submission. OURO_TEST_FSDP2_CHAIN=1 runs it (a hang then fails with every rank's stack).
-FSDP2_HANG = pytest.mark.skipif(
-    os.environ.get("OURO_TEST_FSDP2_CHAIN") != "1",
-    reason="FSDP2 2-rank start hung once in CI (see the comment above); OURO_TEST_FSDP2_CHAIN=1 runs it",
-)
-
-
-@pytest.mark.parametrize("strategy", ["fsdp", pytest.param("fsdp2", marks=FSDP2_HANG)])
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp2"])
 def test_sharded_checkpoints_resume_on_another_world_size(tmp_path, source, ddp_chain, strategy):
     # FSDP2 computes in float32 here (the short name's default is bf16) to compare with DDP step for step.
     spec = (

@@ -130,7 +130,8 @@ def test_workers_of_a_killed_training_process_die_at_once_and_print_nothing(
                 os.kill(pid, signal.SIGKILL)
         stdout, stderr = child.communicate()
     assert len(workers) == 2 and returncode == -signal.SIGKILL, stdout + stderr
-    assert not alive and "Traceback" not in stderr, (
+    # "leaked semaphore": multiprocessing's resource tracker, cleaning up after the worker server's loaders.
+    assert not alive and "Traceback" not in stderr and "leaked semaphore" not in stderr, (
         f"loader workers still running {GONE_WITHIN_S} s after the training process was killed: {alive}; "
         f"what the processes printed:\n{stderr}"
     )

@@ -62,8 +62,7 @@ def start_worker_server() -> BaseContext | None:
     with server._lock:
         if server._forkserver_pid is not None:  # Python's own server already runs here
             return None
-        # The tracker of shared-memory segments, which workers report to: started now, while one thread runs.
-        resource_tracker.ensure_running()
+        _start_resource_tracker()
         address = connection.arbitrary_address("AF_UNIX")
         with socket.socket(socket.AF_UNIX) as listener:
             listener.bind(address)
@@ -81,6 +80,18 @@ def start_worker_server() -> BaseContext | None:
         server._forkserver_pid = pid
     _context = multiprocessing.get_context("forkserver")
     return _context
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (the workers report their named semaphores to it) now, while one
+    thread runs. Once a training process is killed, the tracker removes the semaphores of its loaders' queues and
+    would warn about each one as a leak: expected then, and nothing the user can act on, so it does not."""
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    sys.warnoptions.append(quiet)  # the tracker is a new interpreter, started with this process's -W options
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions.remove(quiet)
 
 
 def _serve(listener_fd: int, alive_r: int, alive_w: int, parent: int) -> None:

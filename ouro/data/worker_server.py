@@ -20,13 +20,16 @@ already runs threads) loaders keep the default start method.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
-from multiprocessing import connection, forkserver, resource_tracker, util
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.context import BaseContext
 
 from ouro.child_processes import die_with_parent
@@ -63,11 +66,9 @@ def start_worker_server() -> BaseContext | None:
         if server._forkserver_pid is not None:  # Python's own server already runs here
             return None
         _start_resource_tracker()
-        address = connection.arbitrary_address("AF_UNIX")
+        address = _socket_path()
         with socket.socket(socket.AF_UNIX) as listener:
             listener.bind(address)
-            if not util.is_abstract_socket_namespace(address):
-                os.chmod(address, 0o600)
             listener.listen()
             alive_r, alive_w = os.pipe()
             parent = os.getpid()
@@ -80,6 +81,16 @@ def start_worker_server() -> BaseContext | None:
         server._forkserver_pid = pid
     _context = multiprocessing.get_context("forkserver")
     return _context
+
+
+def _socket_path() -> str:
+    """A path for the server's socket, in a new folder only this user can enter, in the temp dir (under ``ouro
+    fit`` the run's scratch folder, whose path is short enough for a socket). Not in multiprocessing's own temp
+    folder: that one is removed by a handler at exit, which fails with a traceback once ``ouro fit`` has removed
+    the scratch folder around it."""
+    folder = tempfile.mkdtemp(prefix="ws-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return os.path.join(folder, "socket")
 
 
 def _start_resource_tracker() -> None:

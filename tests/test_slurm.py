@@ -167,7 +167,8 @@ def _wait(what: str, condition, cluster: SlurmCluster, job: int, workdir: Path, 
 
 
 def _job_python_processes(job: int) -> list[int]:
-    """The PIDs of the Python processes of job ``job``: its ranks and their loader workers."""
+    """The PIDs of the ``ouro`` processes of job ``job``: its ranks, their worker servers and loader workers (not
+    multiprocessing's resource trackers, which SIGUSR2 would end)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -177,7 +178,11 @@ def _job_python_processes(job: int) -> list[int]:
             executable = os.readlink(entry / "exe")
         except (OSError, ValueError):
             continue
-        if f"SLURM_JOB_ID={job}".encode() in environ and "python" in Path(executable).name:
+        if (
+            f"SLURM_JOB_ID={job}".encode() in environ
+            and "python" in Path(executable).name
+            and b"resource_tracker" not in (entry / "cmdline").read_bytes()
+        ):
             found.append(int(entry.name))
     return found
 

@@ -95,13 +95,21 @@ def _socket_path() -> str:
 
 def _start_resource_tracker() -> None:
     """Start multiprocessing's resource tracker (the workers report their named semaphores to it) now, while one
-    thread runs. Once a training process is killed, the tracker removes the semaphores of its loaders' queues and
-    would warn about each one as a leak: expected then, and nothing the user can act on, so it does not."""
+    thread runs.
+
+    * The tracker ignores SIGINT and SIGTERM itself, but not SIGUSR1, which SLURM's pre-emption warning sends to
+      every process of the job step: SIGUSR1 stays blocked in it (a new process inherits the signal mask; here
+      the signal is only held for the moment of the start, then delivered).
+    * Once a training process is killed, the tracker removes the semaphores of its loaders' queues and would
+      warn about each one as a leak: expected then, and nothing the user can act on, so it does not.
+    """
     quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
     sys.warnoptions.append(quiet)  # the tracker is a new interpreter, started with this process's -W options
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     try:
         resource_tracker.ensure_running()
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         sys.warnoptions.remove(quiet)
 
 

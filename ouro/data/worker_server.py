@@ -10,9 +10,9 @@ under a real SLURM: a resumed job's worker stuck in ``os.fork``, its rank in the
 ``ouro fit`` therefore forks, while it is still one thread and has imported everything (`start_worker_server`),
 a server process whose only work is to fork loader workers: multiprocessing's ``forkserver`` start method, with
 the server forked instead of started as a new interpreter, so a worker starts about as fast as a forked one
-(``benchmarks/worker_start.py``) and shares the imported modules' memory. The server ignores SIGTERM and SIGUSR1 as the workers do (SLURM signals every
-process of a job step), and dies with the training process (`ouro.child_processes.die_with_parent`), taking its
-workers with it.
+(``benchmarks/worker_start.py``) and shares the imported modules' memory. The server ignores SIGTERM and SIGUSR1
+as the workers do (SLURM signals every process of a job step), and dies with the training process
+(`ouro.child_processes.die_with_parent`), taking its workers with it.
 
 Where this cannot be done (not Linux, Python 3.14 and newer whose ``forkserver`` differs, or a process that
 already runs threads) loaders keep the default start method.

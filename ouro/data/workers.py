@@ -8,9 +8,9 @@ save a checkpoint there and fails). Ignoring both in the worker leaves them to t
 
 A training process that dies without stopping its workers (``kill -9``, the kernel's out-of-memory killer) takes
 them with it at once (`ouro.child_processes.die_with_parent`; under ``ouro fit`` the workers' parent is the
-worker server of `ouro.data.worker_server`, which dies with the training process the same way). Left alone, a worker that is sending a batch at
-that moment prints a traceback (multiprocessing's ``resource_sharer`` reports the reset connection to its dead
-parent) before PyTorch's watchdog ends it, up to 5 s later. The kernel resets that connection a moment before it
+worker server of `ouro.data.worker_server`, which dies with the training process the same way). Left alone, a
+worker that is sending a batch at that moment prints a traceback (multiprocessing's ``resource_sharer`` reports
+the reset connection to its dead parent) before PyTorch's watchdog ends it, up to 5 s later. The kernel resets that connection a moment before it
 kills the worker, and under load the worker can run in between: a lost connection is reported only once it is
 clear the parent still lives (`QuietIfParentDied`).
 

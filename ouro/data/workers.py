@@ -10,9 +10,9 @@ A training process that dies without stopping its workers (``kill -9``, the kern
 them with it at once (`ouro.child_processes.die_with_parent`; under ``ouro fit`` the workers' parent is the
 worker server of `ouro.data.worker_server`, which dies with the training process the same way). Left alone, a
 worker that is sending a batch at that moment prints a traceback (multiprocessing's ``resource_sharer`` reports
-the reset connection to its dead parent) before PyTorch's watchdog ends it, up to 5 s later. The kernel resets that connection a moment before it
-kills the worker, and under load the worker can run in between: a lost connection is reported only once it is
-clear the parent still lives (`QuietIfParentDied`).
+the reset connection to its dead parent) before PyTorch's watchdog ends it, up to 5 s later. The kernel resets
+that connection a moment before it kills the worker, and under load the worker can run in between: a lost
+connection is reported only once it is clear the parent still lives (`QuietIfParentDied`).
 
 A training process that ends while workers still run (a failure raised with a loader's iterator alive) would
 wait for them for ever: Python's exit sends its daemonic children SIGTERM, which the workers ignore, and then

@@ -127,3 +127,29 @@ def test_ouro_fit_has_its_loader_workers_forked_by_a_one_thread_server(tmp_path:
     (server,) = set(seen["worker_parents"])
     assert server != seen["training_process"], "the training process forked its workers itself"
     assert seen["worker_parent_threads"] == [1, 1]
+
+
+FORKED_AFTER_THE_SERVER = """
+import os
+from ouro.data.worker_server import start_worker_server, worker_context
+
+assert start_worker_server() is not None
+child = os.fork()
+if child == 0:
+    os._exit(0 if worker_context() is None else 3)
+_, status = os.waitpid(child, 0)
+print(worker_context() is not None, os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not worker_server.supported(), reason="the worker server runs on Linux, Python < 3.14")
+def test_a_process_forked_after_the_server_started_does_not_use_its_parents_server() -> None:
+    # A rank forked from the process that started the server (``ddp_fork``) is not the server's parent: its
+    # loaders keep the default start method.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", FORKED_AFTER_THE_SERVER], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["True", "0"]

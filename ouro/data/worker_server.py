@@ -35,6 +35,8 @@ from multiprocessing.context import BaseContext
 from ouro.child_processes import die_with_parent
 
 _context: BaseContext | None = None
+#: The process that started the server (a process forked from it later, e.g. a rank of ``ddp_fork``, cannot use it).
+_owner: int | None = None
 #: Set in the server process (and so in every worker it forks): the server's PID, the workers' parent.
 server_pid: int | None = None
 
@@ -56,9 +58,9 @@ def start_worker_server() -> BaseContext | None:
     """Fork the server that forks this process's loader workers, once; the multiprocessing context that uses
     it (`worker_context`). None, and nothing started, where it is not `supported` or this process already
     runs other threads (a fork then is the hazard this avoids)."""
-    global _context
+    global _context, _owner
     if _context is not None:
-        return _context
+        return worker_context()
     if not supported() or threads_running() != 1:
         return None
     server = forkserver._forkserver
@@ -79,7 +81,7 @@ def start_worker_server() -> BaseContext | None:
         server._forkserver_address = address
         server._forkserver_alive_fd = alive_w
         server._forkserver_pid = pid
-    _context = multiprocessing.get_context("forkserver")
+    _context, _owner = multiprocessing.get_context("forkserver"), os.getpid()
     return _context
 
 
@@ -133,4 +135,4 @@ def _serve(listener_fd: int, alive_r: int, alive_w: int, parent: int) -> None:
 def worker_context() -> BaseContext | None:
     """The context loaders start their workers with: the worker server's once `start_worker_server` ran in this
     process, else None (the default start method)."""
-    return _context
+    return _context if _owner == os.getpid() else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -60,8 +61,6 @@ def _in_fresh_process(method: str, workers: int, repeats: int) -> dict:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 

@@ -17,6 +17,19 @@ import pytest
 from ouro.data import worker_server
 
 ROOT = Path(__file__).resolve().parent.parent
+NEEDS_SERVER = pytest.mark.skipif(
+    not worker_server.supported(), reason="the worker server runs on Linux, Python < 3.14"
+)
+
+
+def _python(*args: str, cwd: Path = ROOT, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python ARGS`` with ouro and the tests' helpers importable, one OpenMP thread; its output captured."""
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
 
 # Parses every tiny stage recipe as ``ouro fit`` does (classes resolved, so every module a stage names is
 # imported), then prints the names of the process's threads, as the kernel knows them.
@@ -38,11 +51,7 @@ print(json.dumps([open(f"/proc/self/task/{task}/comm").read().strip() for task i
 def test_ouro_fit_starts_no_thread_before_it_forks_loader_workers() -> None:
     recipes = sorted(str(path) for path in (ROOT / "recipes" / "tiny").glob("*.yaml"))
     assert len(recipes) >= 7  # every stage and the gate training
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", PARSE_THEN_LIST_THREADS, *recipes],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = _python("-c", PARSE_THEN_LIST_THREADS, *recipes, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     threads = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(threads) == 1, f"threads besides the main one: {threads}"
@@ -71,14 +80,10 @@ print(sum(int(batch.sum()) for batch in loader))
 """
 
 
-@pytest.mark.skipif(not worker_server.supported(), reason="the worker server runs on Linux, Python < 3.14")
+@NEEDS_SERVER
 @pytest.mark.parametrize("start", ["fork", "server"])
 def test_a_worker_forked_beside_a_held_lock_hangs_unless_the_worker_server_forks_it(start: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", WORKER_BESIDE_A_HELD_LOCK, start],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = _python("-c", WORKER_BESIDE_A_HELD_LOCK, start)
     if start == "fork":  # the reference: the worker never starts, and the loader's timeout says so
         assert result.returncode != 0 and "DataLoader timed out after 10 seconds" in result.stderr, (
             result.stderr
@@ -107,20 +112,15 @@ data:
 """
 
 
-@pytest.mark.skipif(not worker_server.supported(), reason="the worker server runs on Linux, Python < 3.14")
+@NEEDS_SERVER
 def test_ouro_fit_has_its_loader_workers_forked_by_a_one_thread_server(tmp_path: Path) -> None:
     (tmp_path / "recipe.yaml").write_text(RECIPE)
     record = tmp_path / "workers.json"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-    }
     command = [
-        sys.executable, "-m", "ouro.cli", "fit", "--config", "recipe.yaml", "--trainer.default_root_dir", "run",
+        "-m", "ouro.cli", "fit", "--config", "recipe.yaml", "--trainer.default_root_dir", "run",
         "--trainer.callbacks+=worker_parents.RecordWorkerParents", f"--trainer.callbacks.path={record}",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = _python(*command, cwd=tmp_path, timeout=600)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     seen = json.loads(record.read_text())
     assert len(seen["worker_parents"]) == 2
@@ -142,14 +142,10 @@ print(worker_context() is not None, os.waitstatus_to_exitcode(status))
 """
 
 
-@pytest.mark.skipif(not worker_server.supported(), reason="the worker server runs on Linux, Python < 3.14")
+@NEEDS_SERVER
 def test_a_process_forked_after_the_server_started_does_not_use_its_parents_server() -> None:
     # A rank forked from the process that started the server (``ddp_fork``) is not the server's parent: its
     # loaders keep the default start method.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", FORKED_AFTER_THE_SERVER], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+    result = _python("-c", FORKED_AFTER_THE_SERVER)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["True", "0"]

@@ -21,12 +21,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from slurm_cluster import ClusterUnavailable, SlurmCluster, start_cluster
 from slurm_helpers import DUMP_STACKS
+from worker_parents import parent_pid
 
 TESTS = Path(__file__).resolve().parent
 # Its jobs run under time limits and pre-emption warnings timed in seconds: no other test runs beside them.
@@ -166,47 +168,48 @@ def _wait(what: str, condition, cluster: SlurmCluster, job: int, workdir: Path, 
     )
 
 
-def _job_python_processes(job: int) -> list[int]:
-    """The PIDs of the ``ouro`` processes of job ``job``: its ranks, their worker servers and loader workers (not
-    multiprocessing's resource trackers, which SIGUSR2 would end)."""
-    found = []
+def _job_processes(job: int) -> Iterator[tuple[int, list[bytes]]]:
+    """``(PID, environment)`` of every process of job ``job`` that can still be read."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             environ = (entry / "environ").read_bytes().split(b"\0")
-            executable = os.readlink(entry / "exe")
-        except (OSError, ValueError):
+        except OSError:
             continue
-        if (
-            f"SLURM_JOB_ID={job}".encode() in environ
-            and "python" in Path(executable).name
-            and b"resource_tracker" not in (entry / "cmdline").read_bytes()
-        ):
-            found.append(int(entry.name))
+        if f"SLURM_JOB_ID={job}".encode() in environ:
+            yield int(entry.name), environ
+
+
+def _job_python_processes(job: int) -> dict[int, int]:
+    """The ``ouro`` processes of job ``job`` (its ranks, their worker servers and loader workers; not
+    multiprocessing's resource trackers, which SIGUSR2 would end): the parent of each, by PID."""
+    found = {}
+    for pid, _ in _job_processes(job):
+        try:
+            executable = os.readlink(f"/proc/{pid}/exe")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            parent = parent_pid(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        if "python" in Path(executable).name and b"resource_tracker" not in command:
+            found[pid] = parent
     return found
 
 
 def _dump_stacks(job: int) -> str:
     """Have the job's Python processes print their threads' stacks to the job's log, one after the other (for
     a test that failed waiting on the job: where it hangs); which processes, in that order."""
-    pids = _job_python_processes(job)
-    for pid in pids:
+    parents = _job_python_processes(job)
+    for pid in parents:
         try:
             os.kill(pid, DUMP_STACKS)
         except ProcessLookupError:
             pass
         time.sleep(1)
     return (
-        f"stacks below, in this order, of PIDs {pids}; the parent of each: {[_parent(pid) for pid in pids]}"
+        f"stacks below, in this order, of PIDs {list(parents)}; the parent of each: {list(parents.values())}"
     )
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _training_past(cluster: SlurmCluster, job: int, workdir: Path, run: Path, step: int) -> None:
@@ -236,21 +239,13 @@ def _ended(cluster: SlurmCluster, job: int, workdir: Path, timeout: float = 240)
 
 def _rank_pid(job: int, rank: int) -> int:
     """The PID of the training process of ``rank`` (a child of slurmstepd, not one of its loader workers)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, environ in _job_processes(job):
         try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            parent = _parent(int(entry.name))
-            parent_name = Path(f"/proc/{parent}/comm").read_text().strip()
+            parent_name = Path(f"/proc/{parent_pid(pid)}/comm").read_text().strip()
         except (OSError, ValueError, IndexError):
             continue
-        if (
-            f"SLURM_JOB_ID={job}".encode() in environ
-            and f"SLURM_PROCID={rank}".encode() in environ
-            and parent_name == "slurmstepd"
-        ):
-            return int(entry.name)
+        if f"SLURM_PROCID={rank}".encode() in environ and parent_name == "slurmstepd":
+            return pid
     raise AssertionError(f"no training process of rank {rank} in job {job}")
 
 

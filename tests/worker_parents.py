@@ -1,4 +1,5 @@
-"""A callback for tests/test_fork_safety.py that runs inside ``ouro fit`` (importable through PYTHONPATH)."""
+"""Loader workers and their parents, read from /proc: `parent_pid` (also for tests/test_slurm.py), and a callback for
+tests/test_fork_safety.py that runs inside ``ouro fit`` (importable through PYTHONPATH)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from lightning import Callback
 
 
-def _parent(pid: int) -> int:
+def parent_pid(pid: int) -> int:
+    """The PID of the parent of process ``pid`` (Linux's /proc)."""
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
@@ -19,8 +21,8 @@ def _threads(pid: int) -> int:
 
 
 class RecordWorkerParents(Callback):
-    """After the first training batch, writes to ``path`` this process's PID and thread count, and for each of its
-    loader workers its parent's PID and that parent's thread count."""
+    """After the first training batch, writes to ``path`` this process's PID and, for each of its loader workers,
+    its parent's PID and that parent's thread count."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -31,8 +33,7 @@ class RecordWorkerParents(Callback):
         workers = [child.pid for child in multiprocessing.active_children() if child.daemon]
         record = {
             "training_process": os.getpid(),
-            "training_threads": _threads(os.getpid()),
-            "worker_parents": [_parent(pid) for pid in workers],
-            "worker_parent_threads": [_threads(_parent(pid)) for pid in workers],
+            "worker_parents": [parent_pid(pid) for pid in workers],
+            "worker_parent_threads": [_threads(parent_pid(pid)) for pid in workers],
         }
         Path(self.path).write_text(json.dumps(record))

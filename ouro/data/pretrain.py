@@ -310,8 +310,9 @@ class PretrainDataModule(OuroDataModule):
         dirs = [*self._train_dirs, *([self._val_dir] if self._val_dir else [])]
         then = remote.worker_init if any(map(remote.is_remote, dirs)) else None
         options: dict = {"worker_init_fn": LeaveSignalsToMainProcess(then)}
-        if self.num_workers > 0 and worker_server.worker_context() is not None:
-            options["multiprocessing_context"] = worker_server.worker_context()
+        context = worker_server.worker_context()
+        if self.num_workers > 0 and context is not None:
+            options["multiprocessing_context"] = context
         return options
 
     # ------------------------------------------------------------------------------------- per-source tokens
